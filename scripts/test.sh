@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit tests, property tests and the end-to-end tests (real
+# sockets on 127.0.0.1, real TLS, real WebSocket clients, the built binary as a child).
+# Installs what the tests need first, so it works on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install Rust from your distribution or rustup first" >&2
+  exit 1
+fi
+
+cargo test --locked --all-targets "$@"

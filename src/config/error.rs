@@ -1,0 +1,143 @@
+//! Config errors as the operator reads them: `FILE:LINE:COL: message`, then `  hint: ...`.
+//! Spans from the parser are byte ranges; they are turned into 1-based lines and character
+//! columns here, the one place that knows the text, so no byte offset is ever printed.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// One problem in a config file, at the value (or key) that causes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based.
+    pub line: usize,
+    /// 1-based, counted in characters.
+    pub col: usize,
+    /// What is wrong and what it would cause.
+    pub message: String,
+    /// How to fix it, when there is something to suggest.
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.message
+        )?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Every problem found in one config file, in file order. Displayed as one block per
+/// error, each ending in a newline, ready for `eprint!`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for error in &self.0 {
+            writeln!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Collects errors while one file is checked.
+pub(super) struct Report<'a> {
+    text: &'a str,
+    file: &'a Path,
+    /// With the byte offset they were reported at, to sort them into file order.
+    errors: Vec<(usize, ConfigError)>,
+}
+
+impl<'a> Report<'a> {
+    pub(super) fn new(text: &'a str, file: &'a Path) -> Self {
+        Report {
+            text,
+            file,
+            errors: Vec::new(),
+        }
+    }
+
+    /// An error at `span` with a suggested fix.
+    pub(super) fn error(
+        &mut self,
+        span: Range<usize>,
+        message: impl Into<String>,
+        hint: impl Into<String>,
+    ) {
+        self.push(span.start, message.into(), Some(hint.into()));
+    }
+
+    /// An error at `span` that carries its own explanation (parser and type errors).
+    pub(super) fn bare(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.push(span.start, message.into(), None);
+    }
+
+    /// A span rendered as `LINE:COL`, for hints that point at another place in the file.
+    pub(super) fn position(&self, span: &Range<usize>) -> String {
+        let (line, col) = line_col(self.text, span.start);
+        format!("{line}:{col}")
+    }
+
+    /// The validated value when nothing was reported, otherwise every error in file order.
+    pub(super) fn finish<T>(self, value: Option<T>) -> Result<T, ConfigErrors> {
+        match value {
+            Some(value) if self.errors.is_empty() => Ok(value),
+            _ => {
+                debug_assert!(
+                    !self.errors.is_empty(),
+                    "validation failed without saying why"
+                );
+                let mut errors = self.errors;
+                // Stable: errors at the same place keep the order they were found in.
+                errors.sort_by_key(|(offset, _)| *offset);
+                Err(ConfigErrors(errors.into_iter().map(|(_, e)| e).collect()))
+            }
+        }
+    }
+
+    fn push(&mut self, offset: usize, message: String, hint: Option<String>) {
+        let (line, col) = line_col(self.text, offset);
+        let error = ConfigError {
+            file: self.file.to_owned(),
+            line,
+            col,
+            message,
+            hint,
+        };
+        self.errors.push((offset, error));
+    }
+}
+
+/// 1-based line and character column of a byte offset; offsets past the end (a parser
+/// error at end of file) land just after the last character.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut line = 1;
+    let mut col = 1;
+    for (i, c) in text.char_indices() {
+        if i >= offset {
+            break;
+        }
+        if c == '\n' {
+            line += 1;
+            col = 1;
+        } else {
+            col += 1;
+        }
+    }
+    (line, col)
+}

@@ -1,0 +1,102 @@
+//! The config file: TOML text in, a validated [`Config`] out, or every problem found in it.
+//! Runs at start-up, on `sockgate check`, and on reload, before anything is bound.
+//!
+//! Checking goes in stages, each reporting as much as it can before the next:
+//!
+//! ```text
+//! text ─ parse ─ key walk ─ serde ─ validate ─▶ Config
+//!          │        │         │        │
+//!       syntax   unknown &  wrong    rules, cross-references,
+//!       error    unsupported type    certificates (all of them)
+//!                keys (all)
+//! ```
+//!
+//! A syntax error or a value of the wrong type ends checking there (nothing later can be
+//! trusted); unknown keys are removed after being reported, so the rules still run.
+//! Every error is printed as `FILE:LINE:COL: message` with an optional `  hint:` line.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use toml::de::DeTable;
+
+mod error;
+mod keys;
+pub mod model;
+mod raw;
+mod validate;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use model::*;
+pub use values::{parse_duration, parse_size};
+
+use error::Report;
+use raw::RawConfig;
+
+/// Reads and validates a config file; relative paths resolve from the file's folder. The
+/// returned config records `path` as its source, for reload.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_owned(),
+            line: 1,
+            col: 1,
+            message: format!("cannot read the config file: {e}"),
+            hint: None,
+        }])
+    })?;
+    let base_dir = path.parent().unwrap_or(Path::new(""));
+    let mut config = from_str(&text, path, base_dir)?;
+    config.source = Some(path.to_owned());
+    Ok(config)
+}
+
+/// The testable core of [`load`]: `file` is only used in messages, `base_dir` resolves
+/// relative paths. Certificates are read from disk. `source` is left `None`.
+pub fn from_str(text: &str, file: &Path, base_dir: &Path) -> Result<Config, ConfigErrors> {
+    let mut report = Report::new(text, file);
+    let mut document = match DeTable::parse(text) {
+        Ok(document) => document,
+        Err(e) => {
+            report.bare(
+                e.span().unwrap_or(0..0),
+                format!("invalid TOML: {}", e.message()),
+            );
+            return report.finish(None);
+        }
+    };
+    keys::check(document.get_mut(), &keys::ROOT, &mut report);
+    let raw = match RawConfig::deserialize(toml::de::Deserializer::from(document)) {
+        Ok(raw) => raw,
+        Err(e) => {
+            type_error(text, &e, &mut report);
+            return report.finish(None);
+        }
+    };
+    let config = validate::validate(&raw, base_dir, &mut report);
+    report.finish(config)
+}
+
+/// A value of the wrong type, named by its key.
+fn type_error(text: &str, error: &toml::de::Error, report: &mut Report<'_>) {
+    let span = error.span().unwrap_or(0..0);
+    // serde consumed the document; parsing it again is cheap and only happens here.
+    let key = DeTable::parse(text)
+        .ok()
+        .and_then(|document| keys::key_at(document.get_ref(), span.start));
+    let Some((path, is_table)) = key else {
+        report.bare(span, error.message());
+        return;
+    };
+    let message = format!("`{path}`: {}", error.message());
+    if is_table && error.message().ends_with("expected a sequence") {
+        let hint = format!("write [[{path}]], with double brackets, once per entry");
+        report.error(span, message, hint);
+    } else {
+        report.bare(span, message);
+    }
+}

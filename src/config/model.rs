@@ -1,0 +1,157 @@
+//! Validated configuration: what every later stage reads. Nothing here is raw input —
+//! addresses are parsed, durations are `Duration`s, relative paths are resolved against the
+//! config file's folder, and every certificate/key pair has been loaded and checked to match.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::sign::CertifiedKey;
+
+/// One whole, validated config file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for reload and messages); `None` when built in memory.
+    pub source: Option<PathBuf>,
+    pub admin: Option<AdminConfig>,
+    pub defaults: Defaults,
+    pub listeners: Vec<ListenerConfig>,
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+/// `[defaults]`; every field has a default when the section or the key is absent.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    /// Backend TCP connect (default 3s).
+    pub connect_timeout: Duration,
+    /// Wait for the client's first bytes before deciding it is raw TCP (default 2s).
+    pub detect_timeout: Duration,
+    /// TLS handshake and HTTP request head (default 10s).
+    pub handshake_timeout: Duration,
+    /// No bytes either way (default 1h).
+    pub idle_timeout: Duration,
+    /// Total time given to connections after a drain starts (default 30s).
+    pub drain_timeout: Duration,
+    /// WebSocket closes are spread over this window (default 10s); never more than drain_timeout.
+    pub drain_spread: Duration,
+    /// WebSocket closing handshake (default 5s).
+    pub close_timeout: Duration,
+    /// Whole-process connection limit; `None` = unlimited.
+    pub max_connections: Option<usize>,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            connect_timeout: Duration::from_secs(3),
+            detect_timeout: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(3600),
+            drain_timeout: Duration::from_secs(30),
+            drain_spread: Duration::from_secs(10),
+            close_timeout: Duration::from_secs(5),
+            max_connections: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// `None` = plaintext.
+    pub tls: Option<TlsConfig>,
+    /// In file order; the first match wins.
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Served when the client sends no SNI or a name no `sni` entry covers.
+    pub default: CertPair,
+    /// Extra certificates chosen by SNI, in file order.
+    pub sni: Vec<SniCert>,
+}
+
+/// A certificate chain and its key, loaded and checked to match.
+#[derive(Debug, Clone)]
+pub struct CertPair {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub certified: Arc<CertifiedKey>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SniCert {
+    /// Lower-cased; exact names or `*.example.com` wildcards (one label).
+    pub names: Vec<String>,
+    pub pair: CertPair,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    WebSocket,
+    Http,
+    Tcp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::WebSocket => "websocket",
+            Protocol::Http => "http",
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    /// `None` = any protocol.
+    pub protocol: Option<Protocol>,
+    /// Lower-cased, without port. HTTP and WebSocket only.
+    pub host: Option<String>,
+    /// Lower-cased TLS server name; any protocol.
+    pub sni: Option<String>,
+    /// HTTP and WebSocket only; starts with `/`.
+    pub path_prefix: Option<String>,
+    /// Name of a backend that exists in `Config::backends`.
+    pub backend: String,
+    pub websocket: WebSocketLimits,
+}
+
+/// Per-route WebSocket options, all optional.
+#[derive(Debug, Clone, Default)]
+pub struct WebSocketLimits {
+    /// Bytes; over it the sender gets Close 1009.
+    pub max_message_size: Option<u64>,
+    /// Over it the sender gets Close 1008.
+    pub max_messages_per_second: Option<u32>,
+    /// Gateway-originated pings toward the client.
+    pub ping_interval: Option<Duration>,
+    /// Default 10s when `ping_interval` is set.
+    pub pong_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub name: String,
+    /// At least one.
+    pub servers: Vec<ServerConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `host:port` as written (`127.0.0.1:9001`, `[::1]:9001`, `chat.internal:9001`);
+    /// resolved at connect time.
+    pub address: String,
+    /// Default 1.
+    pub weight: u32,
+}

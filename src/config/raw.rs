@@ -1,0 +1,152 @@
+//! The file's shape as serde reads it, before any rule is applied. Values that a rule may
+//! cite keep their span. Keys the operator must write are still `Option` here: a missing one
+//! is reported by validation together with every other problem, where serde would stop at
+//! the first. Field order is the order the "valid keys" hints list them in.
+
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{MapAccess, Visitor};
+use toml::Spanned;
+
+type Text = Option<Spanned<String>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub admin: Option<Spanned<RawAdmin>>,
+    pub defaults: Option<RawDefaults>,
+    #[serde(default)]
+    pub listener: Vec<Spanned<RawListener>>,
+    #[serde(default)]
+    pub backend: Vec<Spanned<RawBackend>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub listen: Text,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDefaults {
+    pub connect_timeout: Text,
+    pub detect_timeout: Text,
+    pub handshake_timeout: Text,
+    pub idle_timeout: Text,
+    pub drain_timeout: Text,
+    pub drain_spread: Text,
+    pub close_timeout: Text,
+    pub max_connections: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListener {
+    pub name: Text,
+    pub listen: Text,
+    pub tls: Option<Spanned<RawTls>>,
+    #[serde(default)]
+    pub route: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub cert: Text,
+    pub key: Text,
+    #[serde(default)]
+    pub sni: Vec<Spanned<RawSni>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSni {
+    pub names: Option<Spanned<Vec<Spanned<String>>>>,
+    pub cert: Text,
+    pub key: Text,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    pub name: Text,
+    pub protocol: Text,
+    pub host: Text,
+    pub sni: Text,
+    pub path_prefix: Text,
+    pub backend: Text,
+    pub max_message_size: Option<Spanned<RawSize>>,
+    pub max_messages_per_second: Option<Spanned<i64>>,
+    pub ping_interval: Text,
+    pub pong_timeout: Text,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackend {
+    pub name: Text,
+    pub servers: Option<Spanned<Vec<Spanned<RawServer>>>>,
+}
+
+/// A `servers` entry: `"127.0.0.1:9001"` or `{ address = "127.0.0.1:9001", weight = 3 }`.
+pub(super) enum RawServer {
+    Address(String),
+    Table(RawServerTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServerTable {
+    pub address: Text,
+    pub weight: Option<Spanned<i64>>,
+}
+
+/// A byte count: a TOML integer, or a string with a unit such as `"1MiB"`.
+pub(super) enum RawSize {
+    Bytes(i64),
+    Text(String),
+}
+
+// Hand-written rather than `#[serde(untagged)]`: untagged buffers the value, which loses
+// the spans inside the inline table and replaces the type error with "did not match any
+// variant".
+impl<'de> Deserialize<'de> for RawServer {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ServerVisitor;
+        impl<'de> Visitor<'de> for ServerVisitor {
+            type Value = RawServer;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"an address like "127.0.0.1:9001" or a table like { address = "127.0.0.1:9001", weight = 3 }"#)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawServer, E> {
+                Ok(RawServer::Address(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawServer, A::Error> {
+                RawServerTable::deserialize(MapAccessDeserializer::new(map)).map(RawServer::Table)
+            }
+        }
+        deserializer.deserialize_any(ServerVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawSize {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = RawSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a size like "1MiB" or a number of bytes"#)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawSize, E> {
+                Ok(RawSize::Bytes(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawSize, E> {
+                Ok(RawSize::Text(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(SizeVisitor)
+    }
+}

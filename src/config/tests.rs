@@ -1,0 +1,1198 @@
+//! One test per rule, each asserting on the printed message, position included.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use super::*;
+
+/// A folder holding `certs/dev/server.{crt,key}`, a matching pair, and
+/// `certs/other/server.key`, a key that matches nothing.
+fn cert_dir() -> TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pair = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let other = rcgen::KeyPair::generate().expect("key");
+    let write = |path: &str, pem: String| {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, pem).expect("write");
+    };
+    write("certs/dev/server.crt", pair.cert.pem());
+    write("certs/dev/server.key", pair.signing_key.serialize_pem());
+    write("certs/other/server.key", other.serialize_pem());
+    dir
+}
+
+/// Checks `text` as `sockgate.toml` in a folder with certificates. The text's first line
+/// break is dropped so that line 1 is the line after `r#"`.
+fn check(text: &str) -> (Result<Config, ConfigErrors>, TempDir) {
+    let dir = cert_dir();
+    let text = text.strip_prefix('\n').unwrap_or(text);
+    (from_str(text, Path::new("sockgate.toml"), dir.path()), dir)
+}
+
+fn valid(text: &str) -> Config {
+    match check(text).0 {
+        Ok(config) => config,
+        Err(errors) => panic!("expected a valid config, got:\n{errors}"),
+    }
+}
+
+/// The printed errors.
+fn errors(text: &str) -> String {
+    match check(text).0 {
+        Ok(_) => panic!("expected errors, the config was valid"),
+        Err(errors) => errors.to_string(),
+    }
+}
+
+#[track_caller]
+fn assert_reports(printed: &str, expected: &str) {
+    assert!(
+        printed.contains(expected),
+        "expected to find:\n{expected}\n\nin:\n{printed}"
+    );
+}
+
+/// A valid listener and backend to add a rule's subject to.
+const BACKEND: &str = r#"
+[[backend]]
+name = "chat"
+servers = ["127.0.0.1:9001"]
+"#;
+
+fn with_backend(text: &str) -> String {
+    format!("{text}{BACKEND}")
+}
+
+#[test]
+fn spec_example_is_valid() {
+    let config = valid(
+        r#"
+[admin]                          # optional; absent = no admin listener
+listen = "127.0.0.1:9901"        # GET /metrics /healthz /readyz /connections
+
+[defaults]                       # optional; every value here has a sane default
+connect_timeout = "3s"           # backend TCP (+TLS) connect
+detect_timeout  = "2s"           # wait for the client's first bytes; on expiry: raw TCP
+handshake_timeout = "10s"        # TLS handshake and HTTP request head
+idle_timeout    = "1h"           # no bytes either way
+drain_timeout   = "30s"
+drain_spread    = "10s"          # WebSocket closes spread over this window (jittered)
+close_timeout   = "5s"           # WebSocket closing handshake
+
+[[listener]]
+name   = "edge"
+listen = "0.0.0.0:8443"          # many listeners allowed; IPv6 "[::]:8443" too
+tls    = { cert = "certs/dev/server.crt", key = "certs/dev/server.key" }   # absent = plaintext
+# more certificates chosen by SNI:
+# [[listener.tls.sni]]
+# names = ["chat.example.com", "*.games.example.com"]
+# cert = "..."; key = "..."
+
+  [[listener.route]]             # first match wins, in file order
+  name        = "chat"
+  protocol    = "websocket"      # "websocket" | "http" | "tcp"; absent = any
+  host        = "chat.example.com"   # optional, Host header (HTTP and WebSocket)
+  sni         = "chat.example.com"   # optional, TLS server name (any protocol)
+  path_prefix = "/ws"            # optional (HTTP and WebSocket)
+  backend     = "chat"
+  # WebSocket-only, all optional:
+  # max_message_size = "1MiB"    # over it: Close 1009
+  # max_messages_per_second = 100  # over it: Close 1008
+  # ping_interval = "30s"; pong_timeout = "10s"   # gateway-originated keepalive
+
+  [[listener.route]]
+  name     = "game"
+  protocol = "tcp"               # anything that is not HTTP, including server-speaks-first protocols
+  backend  = "game"
+
+[[backend]]
+name    = "chat"
+servers = ["127.0.0.1:9001", "127.0.0.1:9002"]
+
+[[backend]]
+name    = "game"
+servers = ["127.0.0.1:7000"]
+"#,
+    );
+    assert_eq!(config.source, None);
+    assert_eq!(
+        config.admin.map(|a| a.listen),
+        Some("127.0.0.1:9901".parse().expect("addr"))
+    );
+    let d = &config.defaults;
+    assert_eq!(d.connect_timeout, Duration::from_secs(3));
+    assert_eq!(d.detect_timeout, Duration::from_secs(2));
+    assert_eq!(d.handshake_timeout, Duration::from_secs(10));
+    assert_eq!(d.idle_timeout, Duration::from_secs(3600));
+    assert_eq!(d.drain_timeout, Duration::from_secs(30));
+    assert_eq!(d.drain_spread, Duration::from_secs(10));
+    assert_eq!(d.close_timeout, Duration::from_secs(5));
+    assert_eq!(d.max_connections, None);
+
+    let [edge] = config.listeners.as_slice() else {
+        panic!("one listener expected");
+    };
+    assert_eq!(edge.name, "edge");
+    assert_eq!(edge.listen, "0.0.0.0:8443".parse().expect("addr"));
+    let tls = edge.tls.as_ref().expect("tls");
+    assert!(tls.default.cert.ends_with("certs/dev/server.crt"));
+    assert!(tls.sni.is_empty());
+    let [chat, game] = edge.routes.as_slice() else {
+        panic!("two routes expected");
+    };
+    assert_eq!(chat.name, "chat");
+    assert_eq!(chat.protocol, Some(Protocol::WebSocket));
+    assert_eq!(chat.host.as_deref(), Some("chat.example.com"));
+    assert_eq!(chat.sni.as_deref(), Some("chat.example.com"));
+    assert_eq!(chat.path_prefix.as_deref(), Some("/ws"));
+    assert_eq!(chat.backend, "chat");
+    assert_eq!(chat.websocket.max_message_size, None);
+    assert_eq!(game.protocol, Some(Protocol::Tcp));
+    assert_eq!(game.backend, "game");
+
+    let servers: Vec<_> = config
+        .backends
+        .iter()
+        .map(|b| (b.name.as_str(), b.servers.len()))
+        .collect();
+    assert_eq!(servers, [("chat", 2), ("game", 1)]);
+    assert_eq!(config.backends[0].servers[1].address, "127.0.0.1:9002");
+    assert_eq!(config.backends[0].servers[1].weight, 1);
+}
+
+#[test]
+fn absent_sections_take_the_defaults() {
+    let config = valid(&with_backend(
+        r#"
+[[listener]]
+name = "plain"
+listen = "127.0.0.1:8080"
+route = [{ name = "all", backend = "chat" }]
+"#,
+    ));
+    assert!(config.admin.is_none());
+    let d = Defaults::default();
+    assert_eq!(config.defaults.idle_timeout, d.idle_timeout);
+    assert_eq!(config.defaults.drain_spread, d.drain_spread);
+    assert!(config.listeners[0].tls.is_none());
+    assert_eq!(config.listeners[0].routes[0].protocol, None);
+}
+
+#[test]
+fn syntax_error_is_one_error_at_its_position() {
+    let printed = errors(
+        r#"
+[[listener]]
+name = = "edge"
+listen = "0.0.0.0:8443"
+"#,
+    );
+    assert_eq!(
+        printed,
+        "sockgate.toml:2:8: invalid TOML: extra `=`, expected nothing\n"
+    );
+}
+
+#[test]
+fn wrong_type_is_reported_at_the_value() {
+    let printed = errors(
+        r#"
+[[listener]]
+name = 5
+"#,
+    );
+    assert_eq!(
+        printed,
+        "sockgate.toml:2:8: `listener.name`: invalid type: integer `5`, expected a string\n"
+    );
+}
+
+#[test]
+fn single_brackets_for_an_array_of_tables_get_a_hint() {
+    let printed = errors("[backend]\nname = \"chat\"\n");
+    assert_eq!(
+        printed,
+        "sockgate.toml:1:1: `backend`: invalid type: map, expected a sequence\n  hint: write [[backend]], with double brackets, once per entry\n"
+    );
+}
+
+#[test]
+fn unknown_keys_are_all_reported_at_every_level() {
+    let printed = errors(
+        r#"
+verbose = true
+
+[defaults]
+idle = "1h"
+
+[[listener]]
+name = "edge"
+listn = "0.0.0.0:8443"
+tls = { cert = "certs/dev/server.crt", key = "certs/dev/server.key", alpn = ["h2"] }
+
+  [[listener.route]]
+  name = "chat"
+  backnd = "chat"
+
+[[backend]]
+name = "chat"
+servers = [{ address = "127.0.0.1:9001", wieght = 2 }]
+"#,
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:1:1: unknown key `verbose` in the top level\n  hint: valid keys: admin, defaults, listener, backend",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:4:1: unknown key `idle` in [defaults]\n  hint: valid keys: connect_timeout, detect_timeout, handshake_timeout, idle_timeout, drain_timeout, drain_spread, close_timeout, max_connections\n",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:8:1: unknown key `listn` in [[listener]]\n  hint: valid keys: name, listen, tls, route; did you mean `listen`?",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:9:70: unknown key `alpn` in [listener.tls]\n  hint: valid keys: cert, key, sni\n",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:13:3: unknown key `backnd` in [[listener.route]]\n  hint: valid keys: name, protocol, host, sni, path_prefix, backend, max_message_size, max_messages_per_second, ping_interval, pong_timeout; did you mean `backend`?",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:17:42: unknown key `wieght` in a `servers` entry\n  hint: valid keys: address, weight; did you mean `weight`?",
+    );
+    // Removing the typos leaves the keys they stood for missing; that is said too.
+    assert_reports(
+        &printed,
+        "sockgate.toml:6:1: [[listener]] has no `listen`, which it needs\n  hint: add listen = \"0.0.0.0:8443\"",
+    );
+}
+
+#[test]
+fn unsupported_keys_say_what_happens_instead() {
+    let printed = errors(
+        r#"
+[[listener]]
+name = "edge"
+listen = "0.0.0.0:8443"
+proxy_protocol = true
+max_connections = 100
+tls = { cert = "certs/dev/server.crt", key = "certs/dev/server.key", client_auth = { ca = "ca.crt", mode = "require" } }
+
+  [[listener.route]]
+  name = "db"
+  protocol = "tls_passthrough"
+  client_cert = true
+  backend = "chat"
+
+[[backend]]
+name = "chat"
+servers = ["127.0.0.1:9001"]
+balance = "least_conn"
+tls = { verify = true }
+"#,
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:4:1: `proxy_protocol` is not supported by this version of sockgate\n  hint: no PROXY header is read: the client address is the TCP peer; remove the key",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:5:1: `max_connections` is not supported by this version of sockgate\n  hint: only the process-wide limit exists: set `max_connections` in [defaults] instead",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:6:70: `client_auth` is not supported by this version of sockgate\n  hint: clients are not asked for certificates; remove the key",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:10:14: `protocol = \"tls_passthrough\"` is not supported by this version of sockgate\n  hint: TLS always ends at a listener with `tls`",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:11:3: `client_cert` is not supported by this version of sockgate\n",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:17:1: `balance` is not supported by this version of sockgate\n  hint: servers are used in round robin; remove the key",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:18:1: `tls` is not supported by this version of sockgate\n  hint: connections to servers are plain TCP: TLS ends at the gateway; remove the key",
+    );
+    assert_eq!(printed.matches("sockgate.toml:").count(), 7, "{printed}");
+}
+
+#[test]
+fn defaults_max_connections_is_supported() {
+    let config = valid(&with_backend(
+        r#"
+[defaults]
+max_connections = 100000
+
+[[listener]]
+name = "plain"
+listen = "127.0.0.1:8080"
+route = [{ name = "all", backend = "chat" }]
+"#,
+    ));
+    assert_eq!(config.defaults.max_connections, Some(100_000));
+
+    let printed = errors("[defaults]\nmax_connections = 0\n");
+    assert_reports(
+        &printed,
+        "sockgate.toml:2:19: `max_connections` must be at least 1, found 0: no connection would be accepted\n  hint: remove the key for no limit",
+    );
+}
+
+#[test]
+fn server_entries_are_addresses_or_weighted_tables() {
+    let config = valid(
+        r#"
+[[backend]]
+name = "chat"
+servers = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }, { address = "chat.internal:9003" }]
+"#,
+    );
+    let servers: Vec<_> = config.backends[0]
+        .servers
+        .iter()
+        .map(|s| (s.address.as_str(), s.weight))
+        .collect();
+    assert_eq!(
+        servers,
+        [
+            ("127.0.0.1:9001", 1),
+            ("127.0.0.1:9002", 3),
+            ("chat.internal:9003", 1)
+        ]
+    );
+}
+
+#[test]
+fn server_weight_must_be_at_least_one() {
+    let printed = errors(
+        r#"
+[[backend]]
+name = "chat"
+servers = [{ address = "127.0.0.1:9002", weight = 0 }, { weight = 2 }]
+"#,
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:3:51: `weight` must be between 1 and 4294967295, found 0\n",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:3:56: a `servers` entry has no `address`, which it needs\n  hint: add address = \"127.0.0.1:9001\"",
+    );
+}
+
+#[test]
+fn route_backend_must_exist() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "plain"
+listen = "127.0.0.1:8080"
+  [[listener.route]]
+  name = "chat"
+  backend = "chatt"
+  [[listener.route]]
+  name = "other"
+  backend = "nothing-like-it"
+
+[[backend]]
+name = "game"
+servers = ["127.0.0.1:7000"]
+"#,
+    ));
+    assert_reports(
+        &printed,
+        "sockgate.toml:6:13: route `chat` names backend `chatt`, which is not defined, so its connections would have nowhere to go\n  hint: defined backends: game, chat; did you mean `chat`?",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:9:13: route `other` names backend `nothing-like-it`, which is not defined, so its connections would have nowhere to go\n  hint: defined backends: game, chat",
+    );
+}
+
+#[test]
+fn listener_names_are_unique() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8080"
+route = [{ name = "all", backend = "chat" }]
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8081"
+route = [{ name = "all", backend = "chat" }]
+"#,
+    ));
+    assert_eq!(
+        printed,
+        "sockgate.toml:6:8: listener name `edge` is used twice; names of listeners must be unique, as metrics and logs tell them apart by name\n  hint: rename this one or the one at 2:8\n"
+    );
+}
+
+#[test]
+fn route_names_are_unique_within_a_listener() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:8080"
+route = [{ name = "all", backend = "chat" }, { name = "all", backend = "chat" }]
+[[listener]]
+name = "b"
+listen = "127.0.0.1:8081"
+route = [{ name = "all", backend = "chat" }]
+"#,
+    ));
+    assert_eq!(
+        printed,
+        "sockgate.toml:4:55: route name `all` is used twice; names of routes of one listener must be unique, as metrics and logs tell them apart by name\n  hint: rename this one or the one at 4:19\n"
+    );
+}
+
+#[test]
+fn backend_names_are_unique() {
+    let printed = errors(&with_backend(
+        r#"
+[[backend]]
+name = "chat"
+servers = ["127.0.0.1:9009"]
+"#,
+    ));
+    assert_eq!(
+        printed,
+        "sockgate.toml:6:8: backend name `chat` is used twice; names of backends must be unique, as metrics and logs tell them apart by name\n  hint: rename this one or the one at 2:8\n"
+    );
+}
+
+#[test]
+fn listen_addresses_are_unique_admin_included() {
+    let printed = errors(&with_backend(
+        r#"
+[admin]
+listen = "127.0.0.1:9901"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:9901"
+route = [{ name = "all", backend = "chat" }]
+[[listener]]
+name = "b"
+listen = "[::1]:8443"
+route = [{ name = "all", backend = "chat" }]
+[[listener]]
+name = "c"
+listen = "[::1]:8443"
+route = [{ name = "all", backend = "chat" }]
+"#,
+    ));
+    assert_reports(
+        &printed,
+        "sockgate.toml:5:10: listener `a` listens on 127.0.0.1:9901, which the admin listener already uses: the second bind would fail\n  hint: give one of them another address (the first is at 2:10)",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:13:10: listener `c` listens on [::1]:8443, which listener `b` already uses: the second bind would fail\n",
+    );
+}
+
+#[test]
+fn listen_port_zero_may_repeat() {
+    let config = valid(&with_backend(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:0"
+route = [{ name = "all", backend = "chat" }]
+"#,
+    ));
+    assert_eq!(config.listeners[0].listen.port(), 0);
+}
+
+#[test]
+fn listen_must_be_an_ip_and_port() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "a"
+listen = "localhost:8443"
+route = [{ name = "all", backend = "chat" }]
+"#,
+    ));
+    assert_eq!(
+        printed,
+        "sockgate.toml:3:10: `listen` = \"localhost:8443\" is not an IP address and port, so listener `a` cannot be bound\n  hint: write IP:PORT, IPv6 in brackets: \"0.0.0.0:8443\", \"127.0.0.1:8443\", \"[::]:8443\"; host names are not resolved\n"
+    );
+}
+
+#[test]
+fn ipv6_listener() {
+    let config = valid(&with_backend(
+        r#"
+[[listener]]
+name = "v6"
+listen = "[::]:8443"
+route = [{ name = "all", backend = "chat" }]
+"#,
+    ));
+    let listen = config.listeners[0].listen;
+    assert!(listen.is_ipv6() && listen.ip().is_unspecified() && listen.port() == 8443);
+}
+
+#[test]
+fn server_address_must_be_host_and_port() {
+    let printed = errors(
+        r#"
+[[backend]]
+name = "chat"
+servers = ["127.0.0.1", "::1:9001", "[::1]:9001", "chat.internal:70000", "chat_1.internal:9001", "bad host:1"]
+"#,
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:3:12: server address \"127.0.0.1\" cannot be connected to: missing `:PORT`\n  hint: write HOST:PORT, as in \"127.0.0.1:9001\", \"[::1]:9001\" or \"chat.internal:9001\"",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:3:25: server address \"::1:9001\" cannot be connected to: IPv6 addresses must be in brackets, as in \"[::1]:9001\"\n",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:3:51: server address \"chat.internal:70000\" cannot be connected to: `70000` is not a port number (1-65535)\n",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:3:98: server address \"bad host:1\" cannot be connected to: `bad host` is not a valid host name or IP address\n",
+    );
+    assert_eq!(printed.matches("sockgate.toml:").count(), 4, "{printed}");
+}
+
+#[test]
+fn backend_needs_a_server() {
+    let printed =
+        errors("[[backend]]\nname = \"chat\"\nservers = []\n[[backend]]\nname = \"game\"\n");
+    assert_reports(
+        &printed,
+        "sockgate.toml:3:11: backend `chat` has no servers, so every connection routed to it would fail\n  hint: list at least one, as in servers = [\"127.0.0.1:9001\"]",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:4:1: [[backend]] has no `servers`, which it needs\n  hint: add servers = [\"127.0.0.1:9001\"]",
+    );
+}
+
+#[test]
+fn listener_needs_a_route() {
+    let printed = errors("[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:8080\"\n");
+    assert_eq!(
+        printed,
+        "sockgate.toml:2:8: listener `edge` has no routes, so every connection to it would be refused\n  hint: add a [[listener.route]] with a `backend` after this listener\n"
+    );
+}
+
+#[test]
+fn missing_required_keys_are_reported_at_their_table() {
+    let printed = errors("[admin]\n[[listener]]\nroute = [{ protocol = \"tcp\" }]\n");
+    assert_reports(
+        &printed,
+        "sockgate.toml:1:1: [admin] has no `listen`, which it needs\n  hint: add listen = \"127.0.0.1:9901\"",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:2:1: [[listener]] has no `name`, which it needs\n  hint: add name = \"edge\"",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:2:1: [[listener]] has no `listen`, which it needs\n",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:3:10: [[listener.route]] has no `name`, which it needs\n  hint: add name = \"chat\"",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:3:10: [[listener.route]] has no `backend`, which it needs\n",
+    );
+    assert_eq!(printed.matches("sockgate.toml:").count(), 5, "{printed}");
+}
+
+#[test]
+fn names_must_not_be_empty() {
+    let printed = errors("[[backend]]\nname = \"\"\nservers = [\"127.0.0.1:9001\"]\n");
+    assert_eq!(
+        printed,
+        "sockgate.toml:2:8: `name` is empty; names label metrics, logs and the admin API\n  hint: give it a name, as in name = \"chat\"\n"
+    );
+}
+
+#[test]
+fn protocol_must_be_known() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:8080"
+route = [{ name = "all", protocol = "udp", backend = "chat" }]
+"#,
+    ));
+    assert_eq!(
+        printed,
+        "sockgate.toml:4:37: `protocol` = \"udp\" is not a protocol this route can match\n  hint: use \"websocket\", \"http\" or \"tcp\", or leave `protocol` out to match any\n"
+    );
+}
+
+#[test]
+fn tcp_route_rejects_host_and_path_prefix() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:8080"
+  [[listener.route]]
+  name = "game"
+  protocol = "tcp"
+  host = "game.example.com"
+  path_prefix = "/game"
+  backend = "chat"
+"#,
+    ));
+    assert_reports(
+        &printed,
+        "sockgate.toml:7:10: `host` on route `game` never matches: TCP connections carry no Host header\n  hint: remove `host` (use `sni` to pick TLS connections by server name), or change `protocol`",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:8:17: `path_prefix` on route `game` never matches: TCP connections carry no request path\n  hint: remove `path_prefix`, or change `protocol`",
+    );
+}
+
+#[test]
+fn path_prefix_must_start_with_a_slash() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:8080"
+route = [{ name = "ws", path_prefix = "ws", backend = "chat" }]
+"#,
+    ));
+    assert_eq!(
+        printed,
+        "sockgate.toml:4:39: `path_prefix` = \"ws\" never matches: request paths start with `/`\n  hint: write path_prefix = \"/ws\"\n"
+    );
+}
+
+#[test]
+fn sni_on_a_plaintext_listener_never_matches() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "plain"
+listen = "127.0.0.1:8080"
+route = [{ name = "chat", sni = "chat.example.com", backend = "chat" }]
+"#,
+    ));
+    assert_eq!(
+        printed,
+        "sockgate.toml:4:33: `sni` on route `chat` never matches: listener `plain` is plaintext, so clients send no server name\n  hint: remove `sni`, or give the listener tls = { cert = \"...\", key = \"...\" }\n"
+    );
+}
+
+#[test]
+fn host_and_sni_must_be_names() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8443"
+tls = { cert = "certs/dev/server.crt", key = "certs/dev/server.key" }
+route = [{ name = "chat", host = "chat.example.com:8443", sni = "*.example.com", backend = "chat" }]
+"#,
+    ));
+    assert_reports(
+        &printed,
+        "sockgate.toml:5:34: `host` = \"chat.example.com:8443\" is not a host name, so it never matches a Host header\n  hint: write the name alone, without scheme, port or path, as in host = \"chat.example.com\"",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:5:65: `*.example.com` is not a valid DNS name, so `sni` on route `chat` never matches\n",
+    );
+}
+
+#[test]
+fn websocket_keys_are_rejected_on_http_and_tcp_routes() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:8080"
+  [[listener.route]]
+  name = "api"
+  protocol = "http"
+  max_message_size = "1MiB"
+  max_messages_per_second = 100
+  backend = "chat"
+  [[listener.route]]
+  name = "game"
+  protocol = "tcp"
+  ping_interval = "30s"
+  pong_timeout = "10s"
+  backend = "chat"
+"#,
+    ));
+    assert_reports(
+        &printed,
+        "sockgate.toml:7:22: `max_message_size` only applies to WebSocket connections, but route `api` has protocol = \"http\"\n  hint: remove `max_message_size`, or set protocol = \"websocket\"",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:8:29: `max_messages_per_second` only applies to WebSocket connections, but route `api` has protocol = \"http\"\n",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:13:19: `ping_interval` only applies to WebSocket connections, but route `game` has protocol = \"tcp\"\n",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:14:18: `pong_timeout` only applies to WebSocket connections, but route `game` has protocol = \"tcp\"\n",
+    );
+    assert_eq!(printed.matches("sockgate.toml:").count(), 4, "{printed}");
+}
+
+#[test]
+fn websocket_limits_are_read() {
+    let config = valid(&with_backend(
+        r#"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:8080"
+  [[listener.route]]
+  name = "chat"
+  protocol = "websocket"
+  max_message_size = "64KiB"
+  max_messages_per_second = 100
+  ping_interval = "30s"
+  backend = "chat"
+  [[listener.route]]
+  name = "any"
+  max_message_size = 1000
+  ping_interval = "1m"
+  pong_timeout = "5s"
+  backend = "chat"
+"#,
+    ));
+    let [chat, any] = config.listeners[0].routes.as_slice() else {
+        panic!("two routes expected");
+    };
+    assert_eq!(chat.websocket.max_message_size, Some(64 * 1024));
+    assert_eq!(chat.websocket.max_messages_per_second, Some(100));
+    assert_eq!(chat.websocket.ping_interval, Some(Duration::from_secs(30)));
+    // `pong_timeout` defaults once pings are on.
+    assert_eq!(chat.websocket.pong_timeout, Some(Duration::from_secs(10)));
+    assert_eq!(any.websocket.max_message_size, Some(1000));
+    assert_eq!(any.websocket.pong_timeout, Some(Duration::from_secs(5)));
+}
+
+#[test]
+fn websocket_limits_must_be_positive() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:8080"
+route = [{ name = "chat", max_message_size = "0KiB", max_messages_per_second = 0, backend = "chat" }, { name = "b", max_message_size = "1 mile", backend = "chat" }]
+"#,
+    ));
+    assert_reports(
+        &printed,
+        "sockgate.toml:4:46: `max_message_size` must be at least 1 byte: every message would be refused\n  hint: remove the key for no limit",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:4:80: `max_messages_per_second` must be between 1 and 4294967295, found 0\n",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:4:136: `max_message_size` is not a size: unknown unit `mile` (use B, KiB, MiB, GiB, or KB, MB, GB)\n  hint: write sizes like \"64KiB\", \"1MiB\" or a number of bytes",
+    );
+}
+
+#[test]
+fn pong_timeout_needs_ping_interval() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:8080"
+route = [{ name = "chat", pong_timeout = "10s", backend = "chat" }]
+"#,
+    ));
+    assert_eq!(
+        printed,
+        "sockgate.toml:4:42: `pong_timeout` has no effect without `ping_interval`: the gateway sends no pings on route `chat`\n  hint: add ping_interval = \"30s\", or remove `pong_timeout`\n"
+    );
+}
+
+#[test]
+fn durations_must_parse_and_be_positive() {
+    let printed = errors(
+        r#"
+[defaults]
+connect_timeout = "0s"
+detect_timeout = "2"
+idle_timeout = "1d"
+handshake_timeout = "-5s"
+"#,
+    );
+    assert_eq!(
+        printed,
+        r#"sockgate.toml:2:19: `connect_timeout` must be longer than zero
+  hint: write durations like "250ms", "30s", "5m" or "1h30m"
+sockgate.toml:3:18: `detect_timeout` = "2" is not a duration: `2` has no unit (ms, s, m or h)
+  hint: write durations like "250ms", "30s", "5m" or "1h30m"
+sockgate.toml:4:16: `idle_timeout` = "1d" is not a duration: unknown unit `d` (use ms, s, m or h)
+  hint: write durations like "250ms", "30s", "5m" or "1h30m"
+sockgate.toml:5:21: `handshake_timeout` = "-5s" is not a duration: durations cannot be negative
+  hint: write durations like "250ms", "30s", "5m" or "1h30m"
+"#
+    );
+}
+
+#[test]
+fn drain_spread_is_at_most_drain_timeout() {
+    let printed = errors("[defaults]\ndrain_spread = \"1m\"\n");
+    assert_eq!(
+        printed,
+        "sockgate.toml:2:16: `drain_spread` (1m) is longer than `drain_timeout` (30s): WebSocket closes would still be going out when the drain ends\n  hint: make `drain_spread` at most `drain_timeout`\n"
+    );
+    // With only `drain_timeout` written, the default spread is measured against it there.
+    let printed = errors("[defaults]\ndrain_timeout = \"5s\"\n");
+    assert_reports(
+        &printed,
+        "sockgate.toml:2:17: `drain_spread` (10s) is longer than `drain_timeout` (5s)",
+    );
+}
+
+#[test]
+fn close_timeout_is_at_most_drain_timeout() {
+    let printed = errors("[defaults]\ndrain_timeout = \"20s\"\nclose_timeout = \"25s\"\n");
+    assert_eq!(
+        printed,
+        "sockgate.toml:3:17: `close_timeout` (25s) is longer than `drain_timeout` (20s): closing handshakes would be cut off when the drain ends\n  hint: make `close_timeout` at most `drain_timeout`\n"
+    );
+}
+
+#[test]
+fn cert_must_be_readable() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8443"
+tls = { cert = "certs/missing.crt", key = "certs/dev/server.key" }
+route = [{ name = "all", backend = "chat" }]
+"#,
+    ));
+    assert!(
+        printed.starts_with("sockgate.toml:4:16: cannot read certificate file /"),
+        "{printed}"
+    );
+    assert_reports(
+        &printed,
+        "certs/missing.crt: I/O error: No such file or directory (os error 2); listener `edge` cannot serve TLS\n  hint: give a PEM certificate chain (relative paths start at the config file's folder), or create a development pair with `sockgate cert dev --out certs/dev`",
+    );
+}
+
+#[test]
+fn key_must_be_readable() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8443"
+tls = { cert = "certs/dev/server.crt", key = "certs/dev/server.crt" }
+route = [{ name = "all", backend = "chat" }]
+"#,
+    ));
+    assert!(
+        printed.starts_with("sockgate.toml:4:46: cannot read private key file /"),
+        "{printed}"
+    );
+    assert_reports(
+        &printed,
+        "  hint: give the PEM private key of the certificate",
+    );
+}
+
+#[test]
+fn mismatched_key_and_cert() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8443"
+tls = { cert = "certs/dev/server.crt", key = "certs/other/server.key" }
+route = [{ name = "all", backend = "chat" }]
+"#,
+    ));
+    assert!(
+        printed.starts_with("sockgate.toml:4:16: private key /"),
+        "{printed}"
+    );
+    assert_reports(
+        &printed,
+        "certs/other/server.key does not match certificate ",
+    );
+    assert_reports(
+        &printed,
+        "certs/dev/server.crt; listener `edge` cannot serve TLS\n  hint: use the key the certificate was issued for, or create a matching development pair with `sockgate cert dev --out certs/dev`",
+    );
+}
+
+#[test]
+fn relative_paths_resolve_from_the_config_folder() {
+    let (config, dir) = check(&with_backend(
+        r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8443"
+route = [{ name = "all", backend = "chat" }]
+  [listener.tls]
+  cert = "certs/dev/server.crt"
+  key = "certs/../certs/dev/server.key"
+"#,
+    ));
+    let config = config.expect("valid");
+    let tls = config.listeners[0].tls.as_ref().expect("tls");
+    assert_eq!(tls.default.cert, dir.path().join("certs/dev/server.crt"));
+    assert_eq!(
+        tls.default.key,
+        dir.path().join("certs/../certs/dev/server.key")
+    );
+}
+
+#[test]
+fn load_reads_the_file_and_records_its_source() {
+    let dir = cert_dir();
+    let path = dir.path().join("sockgate.toml");
+    let text = with_backend(
+        r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8443"
+tls = { cert = "certs/dev/server.crt", key = "certs/dev/server.key" }
+route = [{ name = "all", backend = "chat" }]
+"#,
+    );
+    std::fs::write(&path, text).expect("write config");
+    let config = load(&path).expect("valid");
+    assert_eq!(config.source.as_deref(), Some(path.as_path()));
+    let tls = config.listeners[0].tls.as_ref().expect("tls");
+    assert_eq!(tls.default.cert, dir.path().join("certs/dev/server.crt"));
+}
+
+#[test]
+fn load_of_an_unreadable_file_is_one_error_at_1_1() {
+    let path = PathBuf::from("/nonexistent/sockgate.toml");
+    let errors = load(&path).expect_err("missing file");
+    assert_eq!(
+        errors.to_string(),
+        "/nonexistent/sockgate.toml:1:1: cannot read the config file: No such file or directory (os error 2)\n"
+    );
+}
+
+#[test]
+fn sni_certificates_and_names() {
+    let config = valid(&with_backend(
+        r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8443"
+route = [{ name = "all", sni = "Chat.Example.COM", host = "Chat.Example.com", backend = "chat" }]
+  [listener.tls]
+  cert = "certs/dev/server.crt"
+  key = "certs/dev/server.key"
+  [[listener.tls.sni]]
+  names = ["Chat.Example.com", "*.games.example.com"]
+  cert = "certs/dev/server.crt"
+  key = "certs/dev/server.key"
+"#,
+    ));
+    let listener = &config.listeners[0];
+    let sni = &listener.tls.as_ref().expect("tls").sni;
+    assert_eq!(sni[0].names, ["chat.example.com", "*.games.example.com"]);
+    assert_eq!(listener.routes[0].sni.as_deref(), Some("chat.example.com"));
+    assert_eq!(listener.routes[0].host.as_deref(), Some("chat.example.com"));
+}
+
+#[test]
+fn sni_names_must_be_valid_and_not_empty() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8443"
+route = [{ name = "all", backend = "chat" }]
+  [listener.tls]
+  cert = "certs/dev/server.crt"
+  key = "certs/dev/server.key"
+  [[listener.tls.sni]]
+  names = []
+  cert = "certs/dev/server.crt"
+  key = "certs/dev/server.key"
+  [[listener.tls.sni]]
+  names = ["a.*.example.com", "bad name", "*.ok.example.com"]
+  cert = "certs/dev/server.crt"
+"#,
+    ));
+    assert_reports(
+        &printed,
+        "sockgate.toml:9:11: `names` is empty, so this certificate would never be chosen\n  hint: list the server names it is for, as in names = [\"chat.example.com\", \"*.games.example.com\"]",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:12:3: [[listener.tls.sni]] has no `key`, which it needs\n  hint: add key = \"certs/dev/server.key\"",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:13:12: `a.*.example.com`: `*` may only stand for the whole first label, as in \"*.example.com\", so clients can never ask for this certificate\n  hint: use exact names like \"chat.example.com\" or one-label wildcards like \"*.example.com\"",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:13:31: `bad name` is not a valid DNS name, so clients can never ask for this certificate\n",
+    );
+    assert_eq!(printed.matches("sockgate.toml:").count(), 4, "{printed}");
+}
+
+#[test]
+fn several_errors_are_reported_at_once_in_file_order() {
+    let printed = errors(
+        r#"
+[defaults]
+idle_timeout = "forever"
+
+[[listener]]
+name = "edge"
+listen = "0.0.0.0:99999"
+max_connections_per_ip = 200
+
+  [[listener.route]]
+  name = "chat"
+  backend = "chatt"
+
+[[backend]]
+name = "chat"
+servers = ["127.0.0.1"]
+timeout = "1s"
+"#,
+    );
+    let positions: Vec<&str> = printed
+        .lines()
+        .filter_map(|l| l.strip_prefix("sockgate.toml:"))
+        .map(|l| l.split(": ").next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        positions,
+        ["2:16", "6:10", "7:1", "11:13", "15:12", "16:1"],
+        "{printed}"
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:7:1: `max_connections_per_ip` is not supported by this version of sockgate\n  hint: connections are not limited per client address; remove the key",
+    );
+}
+
+#[test]
+fn columns_count_characters_not_bytes() {
+    let printed =
+        errors("# größe\n[defaults] # ünïcödé\nidle_timeout = \"0s\" # é\nx = 1 # \u{1F600}\n");
+    assert_reports(
+        &printed,
+        "sockgate.toml:3:16: `idle_timeout` must be longer than zero",
+    );
+    let printed = errors("[defaults] \n\"clé\" = 1\n");
+    assert_reports(
+        &printed,
+        "sockgate.toml:2:1: unknown key `clé` in [defaults]",
+    );
+    let printed = errors("[defaults]\nidle_timeout = \"é\" ; x\n");
+    assert_reports(&printed, "sockgate.toml:2:20: invalid TOML:");
+}
+
+#[test]
+fn parse_duration_forms() {
+    let ok = [
+        ("250ms", Duration::from_millis(250)),
+        ("30s", Duration::from_secs(30)),
+        ("5m", Duration::from_secs(300)),
+        ("1h", Duration::from_secs(3600)),
+        ("1h30m", Duration::from_secs(5400)),
+        ("1m500ms", Duration::from_millis(60_500)),
+        ("0s", Duration::ZERO),
+    ];
+    for (text, want) in ok {
+        assert_eq!(parse_duration(text), Ok(want), "{text}");
+    }
+    let bad = [
+        ("", "the duration is empty"),
+        ("-1s", "durations cannot be negative"),
+        ("10", "`10` has no unit (ms, s, m or h)"),
+        ("10d", "unknown unit `d` (use ms, s, m or h)"),
+        ("10 s", "unknown unit ` s` (use ms, s, m or h)"),
+        (
+            "1.5s",
+            "fractions are not supported; use a smaller unit, as in \"1500ms\"",
+        ),
+        ("s", "expected a number at `s`"),
+        ("99999999999999999999s", "the duration is too long"),
+        ("9999999999999999999h", "the duration is too long"),
+    ];
+    for (text, want) in bad {
+        assert_eq!(parse_duration(text), Err(want.to_owned()), "{text}");
+    }
+}
+
+#[test]
+fn parse_size_forms() {
+    let ok = [
+        ("512B", 512),
+        ("1000", 1000),
+        ("64KiB", 64 * 1024),
+        ("1MiB", 1 << 20),
+        ("1GiB", 1 << 30),
+        ("2KB", 2000),
+        ("2kB", 2000),
+        ("3MB", 3_000_000),
+        ("1GB", 1_000_000_000),
+        ("1 MiB", 1 << 20),
+    ];
+    for (text, want) in ok {
+        assert_eq!(parse_size(text), Ok(want), "{text}");
+    }
+    let bad = [
+        ("", "the size is empty"),
+        ("-1KiB", "sizes cannot be negative"),
+        ("MiB", "expected a number, as in \"64KiB\""),
+        (
+            "1mib",
+            "unknown unit `mib` (use B, KiB, MiB, GiB, or KB, MB, GB)",
+        ),
+        ("99999999999GiB", "the size is too large"),
+    ];
+    for (text, want) in bad {
+        assert_eq!(parse_size(text), Err(want.to_owned()), "{text}");
+    }
+}

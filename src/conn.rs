@@ -1,0 +1,369 @@
+//! The per-connection pipeline, top to bottom:
+//!
+//! ```text
+//! accept ─► TLS handshake (SNI → cert, ALPN) ─► detect ─► route ─► connect ─► relay ─► finish
+//! ```
+//!
+//! [`serve`] runs one connection in its own task. Each stage returns the next stream or a
+//! [`ConnError`] that says which stage failed and on whose side; the error is logged once,
+//! in the access-log event when the connection ends, and never reaches the accept loop.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use crate::Shared;
+use crate::config::Protocol;
+use crate::detect::{self, DetectError, Detected, Rewind};
+use crate::live::ConnCtx;
+use crate::relay::tcp::{self as tcp_relay, Flow};
+use crate::relay::{self, RelayEnd, Side};
+use crate::route::RouteQuery;
+use crate::snapshot::ListenerSnap;
+use crate::upstream::ConnectError;
+
+/// The client's stream after the TLS stage.
+pub enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// How a connection ended when no stage failed.
+#[derive(Debug)]
+pub enum Finish {
+    /// A TCP or WebSocket relay ran and ended this way.
+    Relayed(RelayEnd),
+    /// An HTTP connection closed after its requests.
+    Http,
+    /// An operator or a hard stop closed it.
+    Cancelled,
+}
+
+/// Which stage failed and why. The side follows from the variant.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("TLS handshake failed")]
+    Tls(#[source] io::Error),
+    #[error("TLS handshake timed out")]
+    TlsTimeout,
+    #[error("protocol detection failed")]
+    Detect(#[source] DetectError),
+    #[error("no route matches")]
+    NoRoute,
+    #[error("backend unreachable")]
+    Connect(#[source] ConnectError),
+    #[error("HTTP connection failed")]
+    Http(#[source] hyper::Error),
+    #[error("HTTP request head not received in time")]
+    HttpTimeout,
+    #[error("WebSocket upgrade failed")]
+    Upgrade(#[source] hyper::Error),
+    #[error("upgraded {} stream could not be taken over", .0.as_str())]
+    UpgradeLost(Side),
+}
+
+impl ConnError {
+    pub fn stage(&self) -> &'static str {
+        match self {
+            ConnError::Tls(_) | ConnError::TlsTimeout => "tls",
+            ConnError::Detect(_) => "detect",
+            ConnError::NoRoute => "route",
+            ConnError::Connect(_) => "connect",
+            ConnError::Http(_) | ConnError::HttpTimeout => "http",
+            ConnError::Upgrade(_) | ConnError::UpgradeLost(_) => "upgrade",
+        }
+    }
+
+    /// Who is to blame: `client`, `backend`, or `gateway`.
+    pub fn side(&self) -> &'static str {
+        match self {
+            ConnError::Tls(_)
+            | ConnError::TlsTimeout
+            | ConnError::Detect(_)
+            | ConnError::Http(_)
+            | ConnError::HttpTimeout => "client",
+            ConnError::Connect(_) | ConnError::Upgrade(_) => "backend",
+            ConnError::NoRoute => "gateway",
+            ConnError::UpgradeLost(side) => side.as_str(),
+        }
+    }
+}
+
+/// Runs one accepted connection through the whole pipeline.
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, listener: Arc<str>, shared: Arc<Shared>) {
+    // The snapshot is loaded once: a reload during this connection does not change it.
+    let snapshot = shared.snapshot();
+    let Some(lsnap) = snapshot.listener(&listener).cloned() else {
+        return;
+    };
+    let id = shared.live.next_id();
+    let ctx = Arc::new(ConnCtx::new(
+        id,
+        listener.clone(),
+        peer,
+        shared.shutdown.stop_token().child_token(),
+    ));
+    shared.live.insert(ctx.clone());
+    let span = tracing::info_span!(
+        "conn",
+        conn.id = id,
+        network.peer.address = %peer,
+        listener = %listener,
+        tls.sni = Empty,
+        route = Empty,
+        upstream.address = Empty,
+    );
+    let outcome = pipeline(tcp, &ctx, lsnap, &shared)
+        .instrument(span.clone())
+        .await;
+    shared.live.remove(id);
+    ctx.finish_metrics(&shared.metrics);
+    span.in_scope(|| access_log(&ctx, &outcome));
+}
+
+async fn pipeline(
+    tcp: TcpStream,
+    ctx: &Arc<ConnCtx>,
+    listener: Arc<ListenerSnap>,
+    shared: &Arc<Shared>,
+) -> Result<Finish, ConnError> {
+    let _ = tcp.set_nodelay(true);
+    let client = match &listener.tls {
+        Some(acceptor) => tls_handshake(tcp, acceptor, &listener, ctx, shared).await?,
+        None => ClientStream::Plain(tcp),
+    };
+    let tls = matches!(client, ClientStream::Tls(_));
+    let (detected, client) = if listener.detect {
+        detect::detect(client, listener.defaults.detect_timeout)
+            .await
+            .map_err(ConnError::Detect)?
+    } else {
+        (Detected::Tcp, Rewind::new(Bytes::new(), client))
+    };
+    match detected {
+        Detected::Http => {
+            relay::http::serve(client, ctx.clone(), listener, shared.clone(), tls).await
+        }
+        Detected::Tcp => tcp_path(client, ctx, &listener, shared).await,
+    }
+}
+
+async fn tls_handshake(
+    tcp: TcpStream,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    listener: &ListenerSnap,
+    ctx: &ConnCtx,
+    shared: &Shared,
+) -> Result<ClientStream, ConnError> {
+    let started = Instant::now();
+    let result =
+        tokio::time::timeout(listener.defaults.handshake_timeout, acceptor.accept(tcp)).await;
+    let ok = matches!(result, Ok(Ok(_)));
+    shared
+        .metrics
+        .tls_handshakes_total
+        .with_label_values(&[&*listener.name, if ok { "ok" } else { "error" }])
+        .inc();
+    let stream = match result {
+        Err(_) => return Err(ConnError::TlsTimeout),
+        Ok(Err(e)) => return Err(ConnError::Tls(e)),
+        Ok(Ok(stream)) => stream,
+    };
+    shared
+        .metrics
+        .tls_handshake_duration_seconds
+        .with_label_values(&[&listener.name])
+        .observe(started.elapsed().as_secs_f64());
+    let session = stream.get_ref().1;
+    let sni = session.server_name().map(str::to_ascii_lowercase);
+    if let Some(sni) = &sni {
+        tracing::Span::current().record("tls.sni", sni.as_str());
+    }
+    {
+        let mut info = ctx.info();
+        info.sni = sni;
+        info.alpn = session
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+    }
+    Ok(ClientStream::Tls(Box::new(stream)))
+}
+
+async fn tcp_path(
+    mut client: Rewind<ClientStream>,
+    ctx: &ConnCtx,
+    listener: &ListenerSnap,
+    shared: &Shared,
+) -> Result<Finish, ConnError> {
+    ctx.set_protocol(Protocol::Tcp, &shared.metrics);
+    let sni = ctx.info().sni.clone();
+    let query = RouteQuery {
+        protocol: Protocol::Tcp,
+        sni: sni.as_deref(),
+        host: None,
+        path: None,
+    };
+    let Some(route) = listener.routes.find(&query).cloned() else {
+        shared
+            .metrics
+            .unrouted_total
+            .with_label_values(&[&listener.name, Protocol::Tcp.as_str()])
+            .inc();
+        close_gently(&mut client).await;
+        return Err(ConnError::NoRoute);
+    };
+    tracing::Span::current().record("route", &*route.name);
+    {
+        let mut info = ctx.info();
+        info.route = Some(route.name.clone());
+        info.backend = Some(route.backend.name.clone());
+    }
+    let (mut backend, server) = match route.backend.connect().await {
+        Ok(connected) => connected,
+        Err(e) => {
+            close_gently(&mut client).await;
+            return Err(ConnError::Connect(e));
+        }
+    };
+    tracing::Span::current().record("upstream.address", server.address.as_str());
+    ctx.info().server = Some(server.address.clone());
+
+    let counters = shared
+        .metrics
+        .route_counters(&listener.name, &route.name, &route.backend.name);
+    let end = tcp_relay::relay(
+        &mut client,
+        &mut backend,
+        Flow {
+            total: &ctx.bytes_client_to_backend,
+            counter: &counters.client_to_backend,
+        },
+        Flow {
+            total: &ctx.bytes_backend_to_client,
+            counter: &counters.backend_to_client,
+        },
+        listener.defaults.idle_timeout,
+        &ctx.cancel,
+    )
+    .await;
+    if !matches!(end, RelayEnd::Closed { .. }) {
+        close_gently(&mut client).await;
+    }
+    Ok(Finish::Relayed(end))
+}
+
+/// Ends the client's stream with a TLS `close_notify` and a FIN where the peer still
+/// listens, without waiting on a peer that does not read.
+async fn close_gently(client: &mut Rewind<ClientStream>) {
+    let _ = tokio::time::timeout(Duration::from_millis(100), client.shutdown()).await;
+}
+
+fn access_log(ctx: &ConnCtx, outcome: &Result<Finish, ConnError>) {
+    let info = ctx.info().clone();
+    let duration_ms = ctx.started_at.elapsed().as_secs_f64() * 1000.0;
+    let up = ctx
+        .bytes_client_to_backend
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let down = ctx
+        .bytes_backend_to_client
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let (outcome, closed_by, error) = match outcome {
+        Ok(Finish::Relayed(RelayEnd::Closed { first })) => ("closed", first.as_str(), None),
+        Ok(Finish::Relayed(RelayEnd::Idle)) => ("idle_timeout", "gateway", None),
+        Ok(Finish::Relayed(RelayEnd::Cancelled)) | Ok(Finish::Cancelled) => {
+            ("cancelled", "gateway", None)
+        }
+        Ok(Finish::Relayed(RelayEnd::Error { side, error })) => {
+            ("reset", side.as_str(), Some(error.to_string()))
+        }
+        Ok(Finish::Http) => ("closed", "client", None),
+        Err(e) => (e.stage(), e.side(), Some(crate::error_chain(e))),
+    };
+    tracing::info!(
+        target: "sockgate::access",
+        listener = %ctx.listener,
+        conn.id = ctx.id,
+        client.address = %ctx.client,
+        tls.sni = info.sni.as_deref().unwrap_or(""),
+        tls.alpn = info.alpn.as_deref().unwrap_or(""),
+        protocol = info.protocol.map(Protocol::as_str).unwrap_or(""),
+        route = info.route.as_deref().unwrap_or(""),
+        backend = info.backend.as_deref().unwrap_or(""),
+        upstream.address = info.server.as_deref().unwrap_or(""),
+        bytes_client_to_backend = up,
+        bytes_backend_to_client = down,
+        duration_ms,
+        outcome,
+        closed_by,
+        error = error.as_deref().unwrap_or(""),
+        "connection finished"
+    );
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Plain(s) => s.is_write_vectored(),
+            ClientStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Protocol detection on the client's first bytes, after TLS (or at once on plaintext).
+//!
+//! One timed read (or a few, while the bytes so far are a prefix of an HTTP method), then a
+//! [`Rewind`] stream that serves those bytes again before reading on, so the next stage sees
+//! the stream from its first byte. Only the method token is inspected: whether an HTTP
+//! request is a WebSocket upgrade is decided from its parsed headers by the HTTP stage.
+//!
+//! Trade-off: a client that sends nothing within `detect_timeout` is raw TCP, which is what
+//! server-speaks-first protocols (SMTP, MySQL, many game protocols) need; a client that
+//! starts with bytes spelling an HTTP method followed by a space is HTTP, which no binary
+//! protocol in practice begins with.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+/// What the first bytes said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detected {
+    /// An HTTP/1.x request line starts here (WebSocket upgrades included).
+    Http,
+    /// Anything else, or nothing within the timeout.
+    Tcp,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    #[error("client closed before sending anything")]
+    ClientClosed,
+    #[error("reading the client's first bytes")]
+    Io(#[source] io::Error),
+}
+
+/// HTTP/1.x methods (RFC 9110 §9 plus PATCH), each followed by the space that ends the token.
+const METHODS: &[&[u8]] = &[
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"HEAD ",
+    b"OPTIONS ",
+    b"PATCH ",
+    b"CONNECT ",
+    b"TRACE ",
+];
+
+/// Decides from the bytes so far; `None` while they are a strict prefix of a method token.
+pub fn classify(first: &[u8]) -> Option<Detected> {
+    let mut undecided = false;
+    for method in METHODS {
+        if first.starts_with(method) {
+            return Some(Detected::Http);
+        }
+        if method.starts_with(first) {
+            undecided = true;
+        }
+    }
+    if undecided { None } else { Some(Detected::Tcp) }
+}
+
+/// Bytes read per attempt; the rest stays in the socket for the relay.
+const DETECT_READ: usize = 4096;
+
+/// Reads until the first bytes decide, or `timeout` passes (then: TCP with whatever arrived).
+pub async fn detect<S>(mut io: S, timeout: Duration) -> Result<(Detected, Rewind<S>), DetectError>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(DETECT_READ);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let detected = loop {
+        if buf.len() >= DETECT_READ {
+            break Detected::Tcp;
+        }
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Err(_elapsed) => break Detected::Tcp,
+            Ok(Ok(0)) if buf.is_empty() => return Err(DetectError::ClientClosed),
+            // EOF after some bytes: they still go to the backend as TCP (or to hyper, which
+            // answers a truncated request with 400).
+            Ok(Ok(0)) => break classify(&buf).unwrap_or(Detected::Tcp),
+            Ok(Ok(_)) => {
+                if let Some(found) = classify(&buf) {
+                    break found;
+                }
+            }
+            Ok(Err(e)) => return Err(DetectError::Io(e)),
+        }
+    };
+    Ok((detected, Rewind::new(buf.freeze(), io)))
+}
+
+/// A stream that first replays `prefix`, then reads from `inner`. Writes go straight through.
+#[derive(Debug)]
+pub struct Rewind<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    pub fn new(prefix: Bytes, inner: S) -> Self {
+        Rewind { prefix, inner }
+    }
+
+    /// The bytes not yet replayed, and the inner stream.
+    pub fn into_parts(self) -> (Bytes, S) {
+        (self.prefix, self.inner)
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_followed_by_space_are_http() {
+        for m in METHODS {
+            assert_eq!(classify(m), Some(Detected::Http));
+        }
+        assert_eq!(classify(b"GET /ws HTTP/1.1\r\n"), Some(Detected::Http));
+    }
+
+    #[test]
+    fn every_strict_prefix_of_a_method_waits() {
+        for m in METHODS {
+            for end in 1..m.len() {
+                assert_eq!(classify(&m[..end]), None, "{:?}", &m[..end]);
+            }
+        }
+    }
+
+    #[test]
+    fn other_bytes_are_tcp() {
+        assert_eq!(classify(b"\x16\x03\x01"), Some(Detected::Tcp));
+        assert_eq!(classify(b"get / HTTP/1.1"), Some(Detected::Tcp));
+        assert_eq!(classify(b"GETX"), Some(Detected::Tcp));
+        assert_eq!(classify(b"\x10\x20MQTT"), Some(Detected::Tcp));
+        assert_eq!(classify(b"PRI * HTTP/2.0"), Some(Detected::Tcp));
+    }
+
+    #[tokio::test]
+    async fn rewind_replays_prefix_then_inner() {
+        let (mut a, b) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut a, b"GE")
+            .await
+            .unwrap();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::io::AsyncWriteExt::write_all(&mut a, b"T / HTTP/1.1\r\n")
+                .await
+                .unwrap();
+            a
+        });
+        let (found, mut rewind) = detect(b, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(found, Detected::Http);
+        let _a = task.await.unwrap();
+        let mut got = vec![0u8; 16];
+        rewind.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET / HTTP/1.1\r\n");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_is_tcp_after_timeout() {
+        let (_a, b) = tokio::io::duplex(64);
+        let (found, rewind) = detect(b, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(found, Detected::Tcp);
+        assert!(rewind.into_parts().0.is_empty());
+    }
+}

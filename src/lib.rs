@@ -1,0 +1,379 @@
+//! sockgate: a WebSocket/TCP reverse proxy and TLS-terminating gateway.
+//!
+//! One connection's path through the gateway, each stage a module:
+//!
+//! ```text
+//! accept ─► TLS handshake (SNI → cert, ALPN) ─► detect ─► route ─► backend pick ─► connect ─► relay ─► finish
+//! listener   tls                               detect    route     upstream        upstream   relay     conn
+//! ```
+//!
+//! [`conn::serve`] runs that pipeline for one connection. Everything it reads comes from one
+//! immutable [`snapshot::Snapshot`] loaded when the connection starts; a reload swaps in a
+//! new snapshot without touching running connections. One [`shutdown::Shutdown`] carries the
+//! drain signal to every relay.
+//!
+//! [`start`] binds the listeners and the admin endpoint and returns a [`Handle`] to drain,
+//! stop, reload and wait for the gateway.
+
+pub mod admin;
+pub mod certgen;
+pub mod config;
+pub mod conn;
+pub mod demo;
+pub mod detect;
+pub mod listener;
+pub mod live;
+pub mod metrics;
+pub mod relay;
+pub mod route;
+pub mod shutdown;
+pub mod snapshot;
+pub mod tls;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigErrors};
+use crate::live::LiveTable;
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use crate::snapshot::{Snapshot, SnapshotError};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("listener `{listener}` cannot listen on {addr}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin endpoint cannot listen on {addr}")]
+    AdminBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid configuration")]
+    Snapshot(#[from] SnapshotError),
+}
+
+/// Why a reload was refused; the running config stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the gateway was started without a config file, so there is nothing to reload")]
+    NoSource,
+    #[error("the new config is invalid")]
+    Invalid(#[from] ConfigErrors),
+    #[error("the new config cannot be applied")]
+    Start(#[from] StartError),
+}
+
+/// State every connection and the admin endpoint share.
+pub struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    pub metrics: Metrics,
+    pub live: LiveTable,
+    pub shutdown: Shutdown,
+    ready: AtomicBool,
+    conn_limit: Option<Arc<Semaphore>>,
+    /// Bound listeners by name, with the token that stops each accept loop.
+    listeners: Mutex<HashMap<String, listener::Bound>>,
+    /// Serializes reloads (SIGHUP and `POST /reload` may race).
+    reloading: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    /// The current config snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Every listener bound and not draining.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.shutdown.is_draining()
+    }
+
+    pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
+        let mut addrs: Vec<(String, SocketAddr)> = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, bound)| (name.clone(), bound.local_addr))
+            .collect();
+        addrs.sort();
+        addrs
+    }
+
+    /// Validates and applies a new config: binds listeners it adds, stops those it removes,
+    /// then swaps the snapshot in one store. On any error nothing changes.
+    pub async fn reload(self: &Arc<Self>, config: Config) -> Result<(), ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let result = self.apply(config).await;
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.metrics
+            .config_reloads_total
+            .with_label_values(&[label])
+            .inc();
+        result
+    }
+
+    /// Reloads the file the running config came from.
+    pub async fn reload_from_source(self: &Arc<Self>) -> Result<(), ReloadError> {
+        let source = self
+            .snapshot()
+            .config
+            .source
+            .clone()
+            .ok_or(ReloadError::NoSource);
+        let config = match source {
+            Ok(path) => config::load(&path).map_err(ReloadError::Invalid),
+            Err(e) => Err(e),
+        };
+        match config {
+            Ok(config) => self.reload(config).await,
+            Err(e) => {
+                self.metrics
+                    .config_reloads_total
+                    .with_label_values(&["error"])
+                    .inc();
+                Err(e)
+            }
+        }
+    }
+
+    async fn apply(self: &Arc<Self>, config: Config) -> Result<(), ReloadError> {
+        let old = self.snapshot();
+        if old.config.admin.as_ref().map(|a| a.listen) != config.admin.as_ref().map(|a| a.listen) {
+            tracing::warn!(
+                "the admin address changed in the config; it takes effect at the next restart"
+            );
+        }
+        let snapshot = Snapshot::build(config, &self.metrics).map_err(StartError::from)?;
+        let wanted: HashMap<String, SocketAddr> = snapshot
+            .config
+            .listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.listen))
+            .collect();
+        let keep: Vec<String> = {
+            let bound = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+            bound
+                .iter()
+                .filter(|(name, b)| wanted.get(*name) == Some(&b.configured))
+                .map(|(name, _)| name.clone())
+                .collect()
+        };
+        // Listeners whose address changed are rebound: stop the old ones first so that a
+        // listener moving between names on the same address can bind.
+        let mut new_bound = Vec::new();
+        let mut stopped = Vec::new();
+        {
+            let mut bound = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+            let gone: Vec<String> = bound
+                .keys()
+                .filter(|name| !keep.contains(name))
+                .cloned()
+                .collect();
+            for name in gone {
+                if let Some(b) = bound.remove(&name) {
+                    stopped.push((name, b));
+                }
+            }
+        }
+        for l in &snapshot.config.listeners {
+            if keep.contains(&l.name) {
+                continue;
+            }
+            match listener::bind(&l.name, l.listen).await {
+                Ok(pending) => new_bound.push(pending),
+                Err(e) => {
+                    // Put the stopped listeners back: the old config keeps running whole.
+                    let mut bound = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+                    for (name, b) in stopped {
+                        bound.insert(name, b);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        for (name, b) in stopped {
+            tracing::info!(listener = %name, address = %b.local_addr, "listener removed by reload");
+            b.stop.cancel();
+        }
+        self.snapshot.store(Arc::new(snapshot));
+        for pending in new_bound {
+            let bound = pending.spawn(self.clone());
+            tracing::info!(listener = %bound.0, address = %bound.1.local_addr, "listener added by reload");
+            self.listeners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(bound.0, bound.1);
+        }
+        tracing::info!("config reloaded");
+        Ok(())
+    }
+}
+
+/// Controls a running gateway.
+#[derive(Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+    admin_addr: Option<SocketAddr>,
+    admin_stop: CancellationToken,
+}
+
+/// Binds every listener and the admin endpoint, then starts accepting.
+pub async fn start(config: Config) -> Result<Handle, StartError> {
+    let metrics = Metrics::new();
+    let conn_limit = config
+        .defaults
+        .max_connections
+        .map(|n| Arc::new(Semaphore::new(n)));
+    let admin_listen = config.admin.as_ref().map(|a| a.listen);
+    let snapshot = Snapshot::build(config, &metrics)?;
+
+    let mut pending = Vec::new();
+    for l in &snapshot.config.listeners {
+        pending.push(listener::bind(&l.name, l.listen).await?);
+    }
+    let admin_listener = match admin_listen {
+        None => None,
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::AdminBind { addr, source })?,
+        ),
+    };
+
+    let shared = Arc::new(Shared {
+        snapshot: ArcSwap::from_pointee(snapshot),
+        metrics,
+        live: LiveTable::default(),
+        shutdown: Shutdown::new(),
+        ready: AtomicBool::new(false),
+        conn_limit,
+        listeners: Mutex::new(HashMap::new()),
+        reloading: tokio::sync::Mutex::new(()),
+    });
+    for p in pending {
+        let (name, bound) = p.spawn(shared.clone());
+        tracing::info!(listener = %name, address = %bound.local_addr, "listening");
+        shared
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, bound);
+    }
+    let admin_stop = CancellationToken::new();
+    let admin_addr = match admin_listener {
+        None => None,
+        Some(l) => {
+            let addr = l.local_addr().ok();
+            if let Some(addr) = addr {
+                tracing::info!(address = %addr, "admin listening");
+            }
+            tokio::spawn(admin::serve(l, shared.clone(), admin_stop.clone()));
+            addr
+        }
+    };
+    shared.ready.store(true, Ordering::Relaxed);
+    Ok(Handle {
+        shared,
+        admin_addr,
+        admin_stop,
+    })
+}
+
+impl Handle {
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The bound address of a listener (useful with port 0).
+    pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
+        self.shared
+            .listener_addrs()
+            .into_iter()
+            .find(|(name, _)| name == listener)
+            .map(|(_, addr)| addr)
+    }
+
+    pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.shared.listener_addrs()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Starts a drain: stop accepting, `/readyz` 503, let connections finish; after
+    /// `drain_timeout` whatever is left is stopped.
+    pub fn drain(&self) {
+        if self.shared.shutdown.is_draining() {
+            return;
+        }
+        self.shared.shutdown.drain();
+        let timeout = self.shared.snapshot().config.defaults.drain_timeout;
+        let shutdown = self.shared.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(timeout) => {
+                    if shutdown.tasks() > 0 {
+                        tracing::warn!(remaining = shutdown.tasks(), "drain timeout reached; closing what is left");
+                    }
+                    shutdown.stop();
+                }
+                _ = shutdown.stopped() => {}
+            }
+        });
+    }
+
+    /// Ends every connection now.
+    pub fn stop(&self) {
+        self.shared.shutdown.stop();
+    }
+
+    pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
+        self.shared.reload(config).await
+    }
+
+    pub async fn reload_from_source(&self) -> Result<(), ReloadError> {
+        self.shared.reload_from_source().await
+    }
+
+    /// Waits until every listener and connection task has ended (after `drain` or `stop`),
+    /// then closes the admin endpoint.
+    pub async fn wait(&self) {
+        self.shared.shutdown.wait().await;
+        self.admin_stop.cancel();
+    }
+}
+
+/// `error: cause: cause` on one line, for logs and stderr.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}

@@ -1,0 +1,205 @@
+//! The live connection table behind `GET /connections` and `DELETE /connections`, and the
+//! per-connection context every stage fills in as the connection moves down the pipeline.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Protocol;
+
+/// What is learned about a connection stage by stage; read by the admin API and the
+/// access log. Written a few times per connection, never per byte.
+#[derive(Debug, Default, Clone)]
+pub struct ConnInfo {
+    pub sni: Option<String>,
+    pub alpn: Option<String>,
+    pub protocol: Option<Protocol>,
+    pub route: Option<Arc<str>>,
+    pub backend: Option<Arc<str>>,
+    pub server: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct ConnCtx {
+    pub id: u64,
+    pub listener: Arc<str>,
+    pub client: SocketAddr,
+    pub started: SystemTime,
+    pub started_at: Instant,
+    info: Mutex<ConnInfo>,
+    pub bytes_client_to_backend: AtomicU64,
+    pub bytes_backend_to_client: AtomicU64,
+    pub messages_client_to_backend: AtomicU64,
+    pub messages_backend_to_client: AtomicU64,
+    /// Fires when an operator closes this connection, or on a hard stop.
+    pub cancel: CancellationToken,
+}
+
+impl ConnCtx {
+    pub fn new(id: u64, listener: Arc<str>, client: SocketAddr, cancel: CancellationToken) -> Self {
+        ConnCtx {
+            id,
+            listener,
+            client,
+            started: SystemTime::now(),
+            started_at: Instant::now(),
+            info: Mutex::new(ConnInfo::default()),
+            bytes_client_to_backend: AtomicU64::new(0),
+            bytes_backend_to_client: AtomicU64::new(0),
+            messages_client_to_backend: AtomicU64::new(0),
+            messages_backend_to_client: AtomicU64::new(0),
+            cancel,
+        }
+    }
+
+    /// The info, even if a panicking holder poisoned the lock (the data is plain values).
+    pub fn info(&self) -> MutexGuard<'_, ConnInfo> {
+        self.info.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn snapshot(&self) -> ConnSummary {
+        let info = self.info().clone();
+        let websocket = info.protocol == Some(Protocol::WebSocket);
+        ConnSummary {
+            id: self.id,
+            listener: self.listener.to_string(),
+            client: self.client.to_string(),
+            sni: info.sni,
+            protocol: info.protocol.map(Protocol::as_str),
+            route: info.route.map(|r| r.to_string()),
+            backend: info.backend.map(|b| b.to_string()),
+            server: info.server,
+            started: humantime::format_rfc3339_millis(self.started).to_string(),
+            bytes_client_to_backend: self.bytes_client_to_backend.load(Ordering::Relaxed),
+            bytes_backend_to_client: self.bytes_backend_to_client.load(Ordering::Relaxed),
+            messages_client_to_backend: websocket
+                .then(|| self.messages_client_to_backend.load(Ordering::Relaxed)),
+            messages_backend_to_client: websocket
+                .then(|| self.messages_backend_to_client.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// One row of `GET /connections`.
+#[derive(Debug, Serialize)]
+pub struct ConnSummary {
+    pub id: u64,
+    pub listener: String,
+    pub client: String,
+    pub sni: Option<String>,
+    pub protocol: Option<&'static str>,
+    pub route: Option<String>,
+    pub backend: Option<String>,
+    pub server: Option<String>,
+    pub started: String,
+    pub bytes_client_to_backend: u64,
+    pub bytes_backend_to_client: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages_client_to_backend: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages_backend_to_client: Option<u64>,
+}
+
+const SHARDS: usize = 16;
+
+/// Sharded so that accepting on two cores rarely contends on one lock.
+#[derive(Debug)]
+pub struct LiveTable {
+    next_id: AtomicU64,
+    shards: [Mutex<HashMap<u64, Arc<ConnCtx>>>; SHARDS],
+}
+
+impl Default for LiveTable {
+    fn default() -> Self {
+        LiveTable {
+            next_id: AtomicU64::new(1),
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+        }
+    }
+}
+
+impl LiveTable {
+    fn shard(&self, id: u64) -> MutexGuard<'_, HashMap<u64, Arc<ConnCtx>>> {
+        self.shards[(id as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn insert(&self, ctx: Arc<ConnCtx>) {
+        self.shard(ctx.id).insert(ctx.id, ctx);
+    }
+
+    pub fn remove(&self, id: u64) {
+        self.shard(id).remove(&id);
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<ConnCtx>> {
+        self.shard(id).get(&id).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<ConnCtx>> {
+        let mut all: Vec<Arc<ConnCtx>> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        all.sort_by_key(|c| c.id);
+        all
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl ConnCtx {
+    /// Counts the connection under `protocol` the first time it is known; later calls (the
+    /// next requests of a keep-alive connection) change nothing.
+    pub fn set_protocol(&self, protocol: Protocol, metrics: &crate::metrics::Metrics) {
+        {
+            let mut info = self.info();
+            if info.protocol.is_some() {
+                return;
+            }
+            info.protocol = Some(protocol);
+        }
+        let labels = [&*self.listener, protocol.as_str()];
+        metrics.connections_total.with_label_values(&labels).inc();
+        metrics.connections_active.with_label_values(&labels).inc();
+    }
+
+    /// Undoes `set_protocol`'s gauge and records the lifetime; once, when the connection ends.
+    pub fn finish_metrics(&self, metrics: &crate::metrics::Metrics) {
+        let Some(protocol) = self.info().protocol else {
+            return;
+        };
+        let labels = [&*self.listener, protocol.as_str()];
+        metrics.connections_active.with_label_values(&labels).dec();
+        metrics
+            .connection_duration_seconds
+            .with_label_values(&labels)
+            .observe(self.started_at.elapsed().as_secs_f64());
+    }
+}

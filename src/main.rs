@@ -1,0 +1,330 @@
+//! The `sockgate` command: argument parsing, logging, signals and exit codes around the
+//! library's [`sockgate::start`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::signal::unix::{SignalKind, signal};
+
+use sockgate::config::{self, Config};
+use sockgate::{Handle, certgen, demo};
+
+/// WebSocket/TCP reverse proxy and TLS-terminating gateway.
+#[derive(Parser, Debug)]
+#[command(
+    name = "sockgate",
+    version,
+    about,
+    args_conflicts_with_subcommands = false
+)]
+struct Cli {
+    /// Config file (TOML). Without a subcommand: run the gateway with it.
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    /// Once every listener is bound, write their addresses here as JSON
+    /// (`{"listeners": {"NAME": "ADDR"}, "admin": "ADDR"}`), for scripts and tests.
+    #[arg(long, global = true, value_name = "FILE")]
+    ready_file: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway (the same as giving only --config).
+    Run,
+    /// Validate the config, certificates and keys without binding anything.
+    Check,
+    /// TLS listener with built-in TCP-echo and WebSocket-echo backends; prints what to try.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+    /// Quick mode: one listener to one backend, no config file.
+    Proxy {
+        #[arg(long, value_name = "ADDR")]
+        listen: SocketAddr,
+        /// Backend address, host:port.
+        #[arg(long, value_name = "ADDR")]
+        to: String,
+        #[arg(
+            long,
+            value_name = "FILE",
+            requires = "tls_key",
+            conflicts_with = "tls_self_signed"
+        )]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Terminate TLS with a fresh self-signed certificate for localhost.
+        #[arg(long)]
+        tls_self_signed: bool,
+        /// Admin endpoint (off unless given).
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+    },
+    /// Certificates for development.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertCommand {
+    /// Write a dev CA and a localhost/127.0.0.1/::1 server certificate (PEM).
+    Dev {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sockgate: {}", one_line(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Some(Command::Check) => {
+            let path = cli.config.context("check needs --config FILE")?;
+            match config::load(&path) {
+                Ok(config) => {
+                    let routes: usize = config.listeners.iter().map(|l| l.routes.len()).sum();
+                    println!(
+                        "{}: ok ({} listeners, {} routes, {} backends)",
+                        path.display(),
+                        config.listeners.len(),
+                        routes,
+                        config.backends.len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errors) => {
+                    eprint!("{errors}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Some(Command::Cert {
+            command: CertCommand::Dev { out },
+        }) => {
+            let written = certgen::write_dev_pki(&out)?;
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+            println!(
+                "Trust {} in your client; use server.crt and server.key in [[listener]] tls.",
+                out.join("ca.crt").display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Demo { listen, admin }) => {
+            runtime()?.block_on(run_demo(listen, admin, cli.ready_file))
+        }
+        Some(Command::Proxy {
+            listen,
+            to,
+            tls_cert,
+            tls_key,
+            tls_self_signed,
+            admin,
+        }) => {
+            let dir = scratch_dir("proxy")?;
+            let tls = match (tls_cert, tls_key) {
+                (Some(cert), Some(key)) => Some((absolute(&cert)?, absolute(&key)?)),
+                _ if tls_self_signed => {
+                    let pair = certgen::self_signed(certgen::DEV_NAMES)?;
+                    certgen::write_file(&dir.join("self-signed.crt"), &pair.cert)?;
+                    certgen::write_file(&dir.join("self-signed.key"), &pair.key)?;
+                    Some((dir.join("self-signed.crt"), dir.join("self-signed.key")))
+                }
+                _ => None,
+            };
+            let text = proxy_config(listen, &to, tls.as_ref(), admin);
+            let config = config::from_str(&text, Path::new("<proxy>"), &dir)
+                .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end().replace('\n', "; ")))?;
+            let config = Config {
+                source: None,
+                ..config
+            };
+            runtime()?.block_on(run_gateway(config, cli.ready_file))
+        }
+        Some(Command::Run) | None => {
+            let Some(path) = cli.config else {
+                eprintln!("sockgate: no config given; use --config FILE, or try `sockgate demo`");
+                return Ok(ExitCode::from(2));
+            };
+            let config = match config::load(&path) {
+                Ok(config) => config,
+                Err(errors) => {
+                    eprint!("{errors}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            runtime()?.block_on(run_gateway(config, cli.ready_file))
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn run_gateway(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    // Signal handlers first: a SIGTERM that arrives while binding must drain, not kill.
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+
+    let handle = sockgate::start(config).await.context("cannot start")?;
+    if let Some(path) = ready_file {
+        write_ready_file(&path, &handle)?;
+    }
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match handle.reload_from_source().await {
+                Ok(()) => {}
+                Err(sockgate::ReloadError::Invalid(errors)) => {
+                    for e in &errors.0 {
+                        tracing::error!("reload refused: {}", e.to_string().replace('\n', " "));
+                    }
+                }
+                Err(e) => tracing::error!(error = %sockgate::error_chain(&e), "reload refused"),
+            },
+        }
+    }
+    tracing::info!("draining: no new connections; a second signal stops at once");
+    handle.drain();
+    tokio::select! {
+        _ = handle.wait() => {
+            tracing::info!("drained");
+        }
+        _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} } } => {
+            tracing::warn!(remaining = handle.shared().live.len(), "second signal: stopping now");
+            handle.stop();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), handle.wait()).await;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_demo(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    ready_file: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let ws = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let ws_addr = ws.local_addr()?;
+    let tcp_addr = tcp.local_addr()?;
+    tokio::spawn(demo::ws_echo(ws));
+    tokio::spawn(demo::tcp_echo(tcp));
+    let dir = scratch_dir("demo")?;
+    let files = demo::write_files(&dir, listen, admin, ws_addr, tcp_addr)?;
+    let config = config::load(&files.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{}", demo::instructions(listen, admin, &files));
+    run_gateway(config, ready_file).await
+}
+
+fn scratch_dir(what: &str) -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("sockgate-{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("bad path {}", path.display()))
+}
+
+fn proxy_config(
+    listen: SocketAddr,
+    to: &str,
+    tls: Option<&(PathBuf, PathBuf)>,
+    admin: Option<SocketAddr>,
+) -> String {
+    let mut text = String::new();
+    if let Some(admin) = admin {
+        text.push_str(&format!("[admin]\nlisten = \"{admin}\"\n\n"));
+    }
+    text.push_str(&format!(
+        "[[listener]]\nname = \"proxy\"\nlisten = \"{listen}\"\n"
+    ));
+    if let Some((cert, key)) = tls {
+        text.push_str(&format!(
+            "tls = {{ cert = {:?}, key = {:?} }}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        ));
+    }
+    text.push_str(&format!(
+        "\n  [[listener.route]]\n  name = \"proxy\"\n  protocol = \"tcp\"\n  backend = \"proxy\"\n\n[[backend]]\nname = \"proxy\"\nservers = [{to:?}]\n"
+    ));
+    text
+}
+
+fn write_ready_file(path: &Path, handle: &Handle) -> anyhow::Result<()> {
+    let listeners: serde_json::Map<String, serde_json::Value> = handle
+        .listener_addrs()
+        .into_iter()
+        .map(|(name, addr)| (name, addr.to_string().into()))
+        .collect();
+    let ready = serde_json::json!({
+        "listeners": listeners,
+        "admin": handle.admin_addr().map(|a| a.to_string()),
+        "pid": std::process::id(),
+    });
+    // Write then rename, so a reader never sees half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, ready.to_string())
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("cannot write ready file {}", path.display()))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,210 @@
+//! One Prometheus registry for the process. Label values are bounded (listener, route,
+//! backend, protocol, direction, code, result, reason): per-connection detail belongs in
+//! `/connections` and the access log, never in a label.
+//!
+//! Hot-path counters are resolved to their labelled child once per connection
+//! ([`RouteCounters`]), so relaying a chunk costs an atomic add, not a label lookup.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections_total: IntCounterVec,
+    pub connections_active: IntGaugeVec,
+    pub bytes_total: IntCounterVec,
+    pub connection_duration_seconds: HistogramVec,
+    pub tls_handshakes_total: IntCounterVec,
+    pub tls_handshake_duration_seconds: HistogramVec,
+    pub backend_connect_duration_seconds: HistogramVec,
+    pub backend_connect_errors_total: IntCounterVec,
+    pub websocket_messages_total: IntCounterVec,
+    pub websocket_closes_total: IntCounterVec,
+    pub unrouted_total: IntCounterVec,
+    pub config_reloads_total: IntCounterVec,
+    pub rejected_total: IntCounterVec,
+    pub http_responses_total: IntCounterVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let vec = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("metric registered once");
+    vec
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let vec = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("metric registered once");
+    vec
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let vec = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("static metric definition");
+    registry
+        .register(Box::new(vec.clone()))
+        .expect("metric registered once");
+    vec
+}
+
+/// Sub-millisecond to seconds: handshakes and backend connects.
+fn fast_buckets() -> Vec<f64> {
+    vec![
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0, 10.0,
+    ]
+}
+
+/// Milliseconds to a day: connection lifetimes, which for WebSockets run long.
+fn lifetime_buckets() -> Vec<f64> {
+    vec![
+        0.001, 0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+    ]
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        Metrics {
+            connections_total: counter(
+                &r,
+                "sockgate_connections_total",
+                "Client connections accepted, by the protocol detected.",
+                &["listener", "protocol"],
+            ),
+            connections_active: gauge(
+                &r,
+                "sockgate_connections_active",
+                "Client connections open now.",
+                &["listener", "protocol"],
+            ),
+            bytes_total: counter(
+                &r,
+                "sockgate_bytes_total",
+                "Bytes relayed, counted as they flow.",
+                &["listener", "route", "backend", "direction"],
+            ),
+            connection_duration_seconds: histogram(
+                &r,
+                "sockgate_connection_duration_seconds",
+                "Client connection lifetime.",
+                &["listener", "protocol"],
+                lifetime_buckets(),
+            ),
+            tls_handshakes_total: counter(
+                &r,
+                "sockgate_tls_handshakes_total",
+                "TLS handshakes with clients, by result.",
+                &["listener", "result"],
+            ),
+            tls_handshake_duration_seconds: histogram(
+                &r,
+                "sockgate_tls_handshake_duration_seconds",
+                "Time from accept to a finished TLS handshake.",
+                &["listener"],
+                fast_buckets(),
+            ),
+            backend_connect_duration_seconds: histogram(
+                &r,
+                "sockgate_backend_connect_duration_seconds",
+                "Time to connect to a backend server.",
+                &["backend"],
+                fast_buckets(),
+            ),
+            backend_connect_errors_total: counter(
+                &r,
+                "sockgate_backend_connect_errors_total",
+                "Failed connection attempts to backend servers (refused, unreachable, timed out).",
+                &["backend"],
+            ),
+            websocket_messages_total: counter(
+                &r,
+                "sockgate_websocket_messages_total",
+                "WebSocket messages relayed.",
+                &["route", "direction"],
+            ),
+            websocket_closes_total: counter(
+                &r,
+                "sockgate_websocket_closes_total",
+                "WebSocket Close frames, by code and by who sent them.",
+                &["route", "code", "initiator"],
+            ),
+            unrouted_total: counter(
+                &r,
+                "sockgate_unrouted_total",
+                "Connections or requests that matched no route.",
+                &["listener", "protocol"],
+            ),
+            config_reloads_total: counter(
+                &r,
+                "sockgate_config_reloads_total",
+                "Config reloads, by result.",
+                &["result"],
+            ),
+            rejected_total: counter(
+                &r,
+                "sockgate_rejected_total",
+                "Connections refused by a limit.",
+                &["listener", "reason"],
+            ),
+            http_responses_total: counter(
+                &r,
+                "sockgate_http_responses_total",
+                "HTTP responses sent to clients, by status code (101 for WebSocket upgrades).",
+                &["listener", "route", "code"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Byte counters for one listener/route/backend, resolved once.
+    pub fn route_counters(&self, listener: &str, route: &str, backend: &str) -> RouteCounters {
+        RouteCounters {
+            client_to_backend: self.bytes_total.with_label_values(&[
+                listener,
+                route,
+                backend,
+                "client_to_backend",
+            ]),
+            backend_to_client: self.bytes_total.with_label_values(&[
+                listener,
+                route,
+                backend,
+                "backend_to_client",
+            ]),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `sockgate_bytes_total` children for one route, per direction.
+#[derive(Clone)]
+pub struct RouteCounters {
+    pub client_to_backend: IntCounter,
+    pub backend_to_client: IntCounter,
+}

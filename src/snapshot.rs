@@ -1,0 +1,112 @@
+//! The config snapshot: everything built from one validated config — TLS acceptors, route
+//! tables, backend pools. A connection loads the current snapshot once and keeps it for its
+//! whole life; a reload builds a complete new one and swaps it in with one store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Config, Defaults};
+use crate::metrics::Metrics;
+use crate::route::{Route, RouteTable};
+use crate::upstream::Pool;
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    listeners: HashMap<String, Arc<ListenerSnap>>,
+    pub backends: HashMap<String, Arc<Pool>>,
+}
+
+pub struct ListenerSnap {
+    pub name: Arc<str>,
+    pub tls: Option<TlsAcceptor>,
+    pub routes: RouteTable,
+    /// False when every route is `tcp`: no detection, no added delay.
+    pub detect: bool,
+    pub defaults: Defaults,
+}
+
+impl std::fmt::Debug for ListenerSnap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerSnap")
+            .field("name", &self.name)
+            .field("tls", &self.tls.is_some())
+            .field("routes", &self.routes)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("listener `{listener}`: cannot build the TLS configuration")]
+    Tls {
+        listener: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("route `{route}` names backend `{backend}`, which is not defined")]
+    UnknownBackend { route: String, backend: String },
+}
+
+impl Snapshot {
+    pub fn build(config: Config, metrics: &Metrics) -> Result<Self, SnapshotError> {
+        let defaults = &config.defaults;
+        let backends: HashMap<String, Arc<Pool>> = config
+            .backends
+            .iter()
+            .map(|b| {
+                (
+                    b.name.clone(),
+                    Arc::new(Pool::new(b, defaults.connect_timeout, metrics)),
+                )
+            })
+            .collect();
+        let mut listeners = HashMap::new();
+        for l in &config.listeners {
+            let mut routes = Vec::with_capacity(l.routes.len());
+            for r in &l.routes {
+                let backend =
+                    backends
+                        .get(&r.backend)
+                        .ok_or_else(|| SnapshotError::UnknownBackend {
+                            route: r.name.clone(),
+                            backend: r.backend.clone(),
+                        })?;
+                routes.push(Arc::new(Route::new(r, backend.clone())));
+            }
+            let routes = RouteTable::new(routes);
+            let tls = match &l.tls {
+                None => None,
+                Some(tls) => Some(TlsAcceptor::from(
+                    crate::tls::server_config(tls, routes.any_http()).map_err(|source| {
+                        SnapshotError::Tls {
+                            listener: l.name.clone(),
+                            source,
+                        }
+                    })?,
+                )),
+            };
+            listeners.insert(
+                l.name.clone(),
+                Arc::new(ListenerSnap {
+                    name: l.name.as_str().into(),
+                    tls,
+                    detect: !routes.all_tcp(),
+                    routes,
+                    defaults: defaults.clone(),
+                }),
+            );
+        }
+        Ok(Snapshot {
+            config: Arc::new(config),
+            listeners,
+            backends,
+        })
+    }
+
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerSnap>> {
+        self.listeners.get(name)
+    }
+}

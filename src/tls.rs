@@ -1,0 +1,214 @@
+//! TLS termination: certificate loading, the per-listener rustls `ServerConfig` with an SNI
+//! resolver, and the timed handshake. Sits between accept and detection in the pipeline.
+//!
+//! Only TLS 1.2 and 1.3 with forward-secret AEAD suites are offered (what Apple's App
+//! Transport Security requires of servers): every suite rustls implements is ECDHE + AEAD,
+//! and the list is spelled out below so a provider change cannot widen it silently.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::model::TlsConfig;
+
+/// Why a certificate/key pair could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CertLoadError {
+    #[error("cannot read certificate file {}", path.display())]
+    CertRead {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("no PEM certificate found in {}", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("cannot read private key file {}", path.display())]
+    KeyRead {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("private key in {} is not a supported type (RSA, ECDSA P-256/P-384, Ed25519)", path.display())]
+    KeyUnsupported {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("private key {} does not match certificate {}", key.display(), cert.display())]
+    Mismatch { cert: PathBuf, key: PathBuf },
+}
+
+/// The crypto provider every listener uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    provider.cipher_suites = vec![
+        rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256,
+        rustls::crypto::ring::cipher_suite::TLS13_AES_256_GCM_SHA384,
+        rustls::crypto::ring::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        rustls::crypto::ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        rustls::crypto::ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        rustls::crypto::ring::cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+        rustls::crypto::ring::cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        rustls::crypto::ring::cipher_suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        rustls::crypto::ring::cipher_suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+    ];
+    Arc::new(provider)
+}
+
+/// Reads a PEM certificate chain and a PEM private key and checks that they belong together.
+pub fn load_cert_pair(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, CertLoadError> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| CertLoadError::CertRead {
+            path: cert.to_owned(),
+            source,
+        })?;
+    if chain.is_empty() {
+        return Err(CertLoadError::NoCertificate {
+            path: cert.to_owned(),
+        });
+    }
+    let der = PrivateKeyDer::from_pem_file(key).map_err(|source| CertLoadError::KeyRead {
+        path: key.to_owned(),
+        source,
+    })?;
+    certified_key(chain, der, cert, key)
+}
+
+/// Same as [`load_cert_pair`] for PEM text already in memory (demo and tests).
+pub fn cert_pair_from_pem(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<Arc<CertifiedKey>, CertLoadError> {
+    let mem = PathBuf::from("<memory>");
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| CertLoadError::CertRead {
+            path: mem.clone(),
+            source,
+        })?;
+    if chain.is_empty() {
+        return Err(CertLoadError::NoCertificate { path: mem });
+    }
+    let der = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| {
+        CertLoadError::KeyRead {
+            path: mem.clone(),
+            source,
+        }
+    })?;
+    certified_key(chain, der, &mem, &mem)
+}
+
+fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    der: PrivateKeyDer<'static>,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<CertifiedKey>, CertLoadError> {
+    let provider = provider();
+    let signing = provider
+        .key_provider
+        .load_private_key(der)
+        .map_err(|source| CertLoadError::KeyUnsupported {
+            path: key.to_owned(),
+            source,
+        })?;
+    let certified = CertifiedKey::new(chain, signing);
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(Arc::new(certified))
+        }
+        Err(_) => Err(CertLoadError::Mismatch {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+        }),
+    }
+}
+
+/// Picks the certificate from the ClientHello's server name: an exact name first, then a
+/// one-label wildcard (`*.example.com` covers `a.example.com`, not `example.com` nor
+/// `a.b.example.com`, as RFC 6125 §6.4.3 has it), then the listener's default.
+pub struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl SniResolver {
+    pub fn new(tls: &TlsConfig) -> Self {
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for entry in &tls.sni {
+            for name in &entry.names {
+                let name = name.to_ascii_lowercase();
+                let target = match name.strip_prefix("*.") {
+                    Some(suffix) => wildcard.entry(suffix.to_owned()),
+                    None => exact.entry(name),
+                };
+                // First entry in file order wins, like routes.
+                target.or_insert_with(|| entry.pair.certified.clone());
+            }
+        }
+        SniResolver {
+            exact,
+            wildcard,
+            default: tls.default.certified.clone(),
+        }
+    }
+
+    pub fn pick(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = server_name else {
+            return self.default.clone();
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(key) = self.exact.get(&name) {
+            return key.clone();
+        }
+        if let Some((_, parent)) = name.split_once('.')
+            && let Some(key) = self.wildcard.get(parent)
+        {
+            return key.clone();
+        }
+        self.default.clone()
+    }
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("exact", &self.exact.keys().collect::<Vec<_>>())
+            .field("wildcard", &self.wildcard.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
+}
+
+/// Builds a listener's rustls config. `http` adds ALPN `http/1.1` (listeners with HTTP or
+/// WebSocket routes); a TCP-only listener offers no ALPN, so clients of other protocols
+/// are not refused for offering theirs.
+pub fn server_config(
+    tls: &TlsConfig,
+    http: bool,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver::new(tls)));
+    if http {
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,11 @@
+//! End-to-end tests: real sockets on 127.0.0.1, real TLS with generated certificates, real
+//! WebSocket clients and backends, and the built binary as a child process. One test binary
+//! made of modules, so it links once.
+#![allow(clippy::unwrap_used)]
+
+mod cli;
+mod http;
+mod support;
+mod tcp;
+mod tls;
+mod websocket;

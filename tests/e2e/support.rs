@@ -1,0 +1,344 @@
+//! Shared test fixtures: certificates, a gateway started in-process from TOML text, real
+//! backends on loopback, TLS and WebSocket clients, a metrics scraper, and the built binary
+//! run as a child process.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use sockgate::certgen::{self, DevPki};
+
+/// A temp folder with a dev CA and a server certificate for localhost, as files.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub pki: DevPki,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        Self::for_names(certgen::DEV_NAMES)
+    }
+
+    pub fn for_names(names: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = certgen::dev_pki(names).unwrap();
+        certgen::write_file(&dir.path().join("server.crt"), &pki.server.cert).unwrap();
+        certgen::write_file(&dir.path().join("server.key"), &pki.server.key).unwrap();
+        certgen::write_file(&dir.path().join("ca.crt"), &pki.ca.cert).unwrap();
+        Pki { dir, pki }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A client config that trusts this CA (and `extra` CAs).
+    pub fn client_config(&self, extra: &[&str]) -> Arc<rustls::ClientConfig> {
+        client_config(&[&[self.pki.ca.cert.as_str()], extra].concat(), &[])
+    }
+}
+
+pub fn client_config(cas: &[&str], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(sockgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+pub async fn tls_connect(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    sni: &str,
+) -> TlsStream<TcpStream> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    TlsConnector::from(config)
+        .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// A gateway running in this process.
+pub struct Gateway {
+    pub handle: sockgate::Handle,
+}
+
+impl Gateway {
+    /// Writes `toml` as `sockgate.toml` into `dir` (where relative cert paths resolve) and
+    /// starts a gateway with it.
+    pub async fn start(dir: &Path, toml: &str) -> Self {
+        let config_path = dir.join("sockgate.toml");
+        std::fs::write(&config_path, toml).unwrap();
+        let config = match sockgate::config::load(&config_path) {
+            Ok(config) => config,
+            Err(e) => panic!("test config is invalid:\n{e}"),
+        };
+        let handle = sockgate::start(config).await.unwrap();
+        Gateway { handle }
+    }
+
+    pub fn addr(&self, listener: &str) -> SocketAddr {
+        self.handle.local_addr(listener).unwrap()
+    }
+
+    pub fn admin(&self) -> SocketAddr {
+        self.handle.admin_addr().unwrap()
+    }
+
+    pub async fn metrics(&self) -> Metrics {
+        Metrics::parse(&http_get(self.admin(), "/metrics").await.1)
+    }
+}
+
+/// A binary-safe minimal HTTP/1.1 GET over plain TCP; returns (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path).await
+}
+
+pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).await.unwrap();
+    parse_response(&raw)
+}
+
+/// (status, body) of a complete `Connection: close` HTTP/1.1 response.
+pub fn parse_response(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(head, body)| {
+            if head
+                .to_ascii_lowercase()
+                .contains("transfer-encoding: chunked")
+            {
+                dechunk(body)
+            } else {
+                body.to_owned()
+            }
+        })
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+/// Parsed Prometheus text: `family{labels}` → value, labels in the order printed.
+pub struct Metrics(HashMap<String, f64>);
+
+impl Metrics {
+    pub fn parse(text: &str) -> Self {
+        let mut map = HashMap::new();
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            if let Some((key, value)) = line.rsplit_once(' ') {
+                map.insert(key.to_owned(), value.parse().unwrap_or(f64::NAN));
+            }
+        }
+        Metrics(map)
+    }
+
+    /// The value of `name` whose labels include every `labels` pair (summed over the rest).
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.0
+            .iter()
+            .filter(|(key, _)| {
+                let (family, rest) = key.split_once('{').unwrap_or((key.as_str(), ""));
+                family == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            })
+            .map(|(_, v)| v)
+            .sum()
+    }
+}
+
+/// Polls `cond` every 20 ms for up to 5 s; panics with `what` if it never holds.
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..250 {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+pub async fn listen() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
+/// The demo's TCP echo server on a fresh port.
+pub async fn tcp_echo() -> SocketAddr {
+    let (listener, addr) = listen().await;
+    tokio::spawn(sockgate::demo::tcp_echo(listener));
+    addr
+}
+
+/// The demo's WebSocket echo / header-echo HTTP server on a fresh port.
+pub async fn ws_echo() -> SocketAddr {
+    let (listener, addr) = listen().await;
+    tokio::spawn(sockgate::demo::ws_echo(listener));
+    addr
+}
+
+/// A port that refuses connections (bound, then closed).
+pub async fn dead_port() -> SocketAddr {
+    let (listener, addr) = listen().await;
+    drop(listener);
+    addr
+}
+
+/// The built binary as a child process; killed on drop, stderr printed if the test failed.
+pub struct Binary {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    stderr_path: PathBuf,
+}
+
+impl Binary {
+    pub fn command() -> Command {
+        Command::new(env!("CARGO_BIN_EXE_sockgate"))
+    }
+
+    /// Starts `sockgate [args] --ready-file F` with stderr to a file in `dir`.
+    pub fn spawn(args: &[&str], dir: tempfile::TempDir) -> Self {
+        let stderr_path = dir.path().join("stderr.log");
+        let ready = dir.path().join("ready.json");
+        let child = Self::command()
+            .args(args)
+            .arg("--ready-file")
+            .arg(&ready)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap();
+        Binary {
+            child: Some(child),
+            dir,
+            stderr_path,
+        }
+    }
+
+    /// Waits for the ready file and returns it parsed.
+    pub async fn ready(&mut self) -> serde_json::Value {
+        let path = self.dir.path().join("ready.json");
+        for _ in 0..500 {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                return serde_json::from_str(&text).unwrap();
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("sockgate exited early ({status}):\n{}", self.stderr());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("sockgate never became ready:\n{}", self.stderr());
+    }
+
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub async fn exit_status(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let child = self.child.as_mut().unwrap();
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!("sockgate did not exit in {limit:?}:\n{}", self.stderr());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.stderr_path) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- sockgate stderr ---\n{}", self.stderr());
+        }
+    }
+}
+
+/// Random bytes from a simple xorshift generator (deterministic per seed).
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

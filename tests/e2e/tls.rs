@@ -1,0 +1,179 @@
+//! TLS termination: SNI certificate choice, ALPN, and bad clients that must cost nothing.
+
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+fn sni_config(echo: std::net::SocketAddr, extra_defaults: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[defaults]
+{extra_defaults}
+
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:0"
+
+  # The table form: an inline `tls = {{...}}` cannot be extended by [[listener.tls.sni]].
+  [listener.tls]
+  cert = "server.crt"
+  key = "server.key"
+
+  [[listener.tls.sni]]
+  names = ["chat.example.com", "*.games.example.com"]
+  cert = "chat.crt"
+  key = "chat.key"
+
+  [[listener.route]]
+  name = "echo"
+  protocol = "tcp"
+  backend = "echo"
+
+[[backend]]
+name = "echo"
+servers = ["{echo}"]
+"#
+    )
+}
+
+fn leaf(pem: &str) -> CertificateDer<'static> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate_by_server_name() {
+    let pki = Pki::new();
+    let chat = sockgate::certgen::dev_pki(&["chat.example.com", "*.games.example.com"]).unwrap();
+    sockgate::certgen::write_file(&pki.path().join("chat.crt"), &chat.server.cert).unwrap();
+    sockgate::certgen::write_file(&pki.path().join("chat.key"), &chat.server.key).unwrap();
+    let echo = tcp_echo().await;
+    let gw = Gateway::start(pki.path(), &sni_config(echo, "")).await;
+    let client = client_config(&[&pki.pki.ca.cert, &chat.ca.cert], &[]);
+
+    for (sni, expected) in [
+        ("localhost", &pki.pki.server.cert),
+        ("chat.example.com", &chat.server.cert),
+        ("eu.games.example.com", &chat.server.cert),
+    ] {
+        // The handshake itself verifies the chain and the name against the SNI sent.
+        let mut tls = tls_connect(gw.addr("edge"), client.clone(), sni).await;
+        let presented = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+        assert_eq!(presented, leaf(expected), "certificate for {sni}");
+        tls.write_all(sni.as_bytes()).await.unwrap();
+        let mut got = vec![0u8; sni.len()];
+        tls.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, sni.as_bytes());
+    }
+}
+
+#[tokio::test]
+async fn tcp_only_listener_offers_no_alpn_and_only_tls12_and_13() {
+    let pki = Pki::new();
+    let echo = tcp_echo().await;
+    let config = sni_config(echo, "").replace(
+        "  [[listener.tls.sni]]\n  names = [\"chat.example.com\", \"*.games.example.com\"]\n  cert = \"chat.crt\"\n  key = \"chat.key\"\n",
+        "",
+    );
+    let gw = Gateway::start(pki.path(), &config).await;
+    let tls = tls_connect(
+        gw.addr("edge"),
+        client_config(&[&pki.pki.ca.cert], &[b"mqtt"]),
+        "localhost",
+    )
+    .await;
+    let session = tls.get_ref().1;
+    assert_eq!(session.alpn_protocol(), None);
+    assert!(matches!(
+        session.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    ));
+
+    // TLS 1.2 only: still accepted, with an ECDHE AEAD suite.
+    let mut tls12 = rustls::ClientConfig::builder_with_provider(sockgate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates({
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(leaf(&pki.pki.ca.cert)).unwrap();
+            roots
+        })
+        .with_no_client_auth();
+    tls12.alpn_protocols.clear();
+    let tls = tls_connect(gw.addr("edge"), std::sync::Arc::new(tls12), "localhost").await;
+    let suite = tls.get_ref().1.negotiated_cipher_suite().unwrap();
+    let name = format!("{:?}", suite.suite());
+    assert!(
+        name.contains("ECDHE") && (name.contains("GCM") || name.contains("CHACHA20")),
+        "{name}"
+    );
+}
+
+#[tokio::test]
+async fn garbage_and_a_silent_client_cost_nothing_to_a_good_client() {
+    let pki = Pki::new();
+    let echo = tcp_echo().await;
+    let config = sni_config(echo, "handshake_timeout = \"500ms\"").replace(
+        "  [[listener.tls.sni]]\n  names = [\"chat.example.com\", \"*.games.example.com\"]\n  cert = \"chat.crt\"\n  key = \"chat.key\"\n",
+        "",
+    );
+    let gw = Gateway::start(pki.path(), &config).await;
+    let addr = gw.addr("edge");
+
+    // A client that connects and never speaks.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    // A client that sends bytes that are not TLS.
+    let mut garbage = TcpStream::connect(addr).await.unwrap();
+    garbage.write_all(&random_bytes(4096, 3)).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), garbage.read_to_end(&mut answer))
+        .await
+        .expect("garbage connection closed");
+    // A TLS record header with an absurd length, then nothing.
+    let mut bad_record = TcpStream::connect(addr).await.unwrap();
+    bad_record
+        .write_all(&[0x16, 0x03, 0x01, 0xff, 0xff])
+        .await
+        .unwrap();
+
+    // Meanwhile a good client is served normally.
+    let mut good = tls_connect(addr, pki.client_config(&[]), "localhost").await;
+    good.write_all(b"still here").await.unwrap();
+    let mut got = [0u8; 10];
+    good.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"still here");
+
+    // The silent client is closed by the handshake timeout.
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut rest))
+        .await
+        .expect("silent client closed by handshake_timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+
+    let m = gw.metrics().await;
+    eventually("handshake errors counted", || async {
+        gw.metrics().await.get(
+            "sockgate_tls_handshakes_total",
+            &[("listener", "edge"), ("result", "error")],
+        ) >= 3.0
+    })
+    .await;
+    assert_eq!(
+        m.get(
+            "sockgate_tls_handshakes_total",
+            &[("listener", "edge"), ("result", "ok")]
+        ),
+        1.0
+    );
+}
