@@ -41,8 +41,10 @@ pub enum ClientStream {
 /// How a connection ended when no stage failed.
 #[derive(Debug)]
 pub enum Finish {
-    /// A TCP or WebSocket relay ran and ended this way.
+    /// A TCP relay ran and ended this way.
     Relayed(RelayEnd),
+    /// A WebSocket relay ran and ended this way.
+    WebSocket(relay::websocket::WsEnd),
     /// An HTTP connection closed after its requests.
     Http,
     /// An operator or a hard stop closed it.
@@ -277,6 +279,10 @@ fn access_log(ctx: &ConnCtx, outcome: &Result<Finish, ConnError>) {
     let down = ctx
         .bytes_backend_to_client
         .load(std::sync::atomic::Ordering::Relaxed);
+    let websocket_close = match outcome {
+        Ok(Finish::WebSocket(end)) => end.close.map(|(code, _)| code),
+        _ => None,
+    };
     let (outcome, closed_by, error) = match outcome {
         Ok(Finish::Relayed(RelayEnd::Closed { first })) => ("closed", first.as_str(), None),
         Ok(Finish::Relayed(RelayEnd::Idle)) => ("idle_timeout", "gateway", None),
@@ -287,6 +293,11 @@ fn access_log(ctx: &ConnCtx, outcome: &Result<Finish, ConnError>) {
             ("reset", side.as_str(), Some(error.to_string()))
         }
         Ok(Finish::Http) => ("closed", "client", None),
+        Ok(Finish::WebSocket(end)) => (
+            end.reason.as_str(),
+            end.close.map_or("", |(_, by)| by),
+            None,
+        ),
         Err(e) => (e.stage(), e.side(), Some(crate::error_chain(e))),
     };
     tracing::info!(
@@ -306,6 +317,7 @@ fn access_log(ctx: &ConnCtx, outcome: &Result<Finish, ConnError>) {
         outcome,
         closed_by,
         error = error.as_deref().unwrap_or(""),
+        websocket.close_code = websocket_close,
         "connection finished"
     );
 }

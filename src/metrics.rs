@@ -22,6 +22,8 @@ pub struct Metrics {
     pub backend_connect_errors_total: IntCounterVec,
     pub websocket_messages_total: IntCounterVec,
     pub websocket_closes_total: IntCounterVec,
+    pub websocket_message_size_bytes: HistogramVec,
+    pub websocket_ping_rtt_seconds: HistogramVec,
     pub unrouted_total: IntCounterVec,
     pub config_reloads_total: IntCounterVec,
     pub rejected_total: IntCounterVec,
@@ -138,8 +140,25 @@ impl Metrics {
             websocket_closes_total: counter(
                 &r,
                 "sockgate_websocket_closes_total",
-                "WebSocket Close frames, by code and by who sent them.",
+                "WebSocket closing handshakes, by the code of the Close that started each and who sent it.",
                 &["route", "code", "initiator"],
+            ),
+            websocket_message_size_bytes: histogram(
+                &r,
+                "sockgate_websocket_message_size_bytes",
+                "WebSocket message payload size as sent on the wire (compressed size with permessage-deflate).",
+                &["route", "direction"],
+                vec![
+                    16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
+                    4194304.0, 16777216.0,
+                ],
+            ),
+            websocket_ping_rtt_seconds: histogram(
+                &r,
+                "sockgate_websocket_ping_rtt_seconds",
+                "Round trip of the gateway's keepalive pings to WebSocket clients.",
+                &["route"],
+                fast_buckets(),
             ),
             unrouted_total: counter(
                 &r,

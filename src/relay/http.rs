@@ -149,7 +149,7 @@ async fn relay_upgraded(
         Err(_) => return Err(ConnError::UpgradeLost(Side::Backend)),
     };
     let end = websocket::relay(&mut client, &mut backend, &pending.session, ctx, shared).await;
-    Ok(Finish::Relayed(end))
+    Ok(Finish::WebSocket(end))
 }
 
 fn join(first: Bytes, second: Bytes) -> Bytes {
@@ -432,6 +432,9 @@ impl HttpConn {
                 route,
                 extensions,
                 idle_timeout: self.listener.defaults.idle_timeout,
+                close_timeout: self.listener.defaults.close_timeout,
+                drain_spread: self.listener.defaults.drain_spread,
+                drain_timeout: self.listener.defaults.drain_timeout,
             },
         });
         let (parts, _) = response.into_parts();

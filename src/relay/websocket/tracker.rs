@@ -297,9 +297,10 @@ pub struct Tracker {
     frame: Frame,
     message: Option<Message>,
     close_seen: bool,
-    /// Masked Close payload, `close_len` bytes of it so far.
-    close: [u8; MAX_CONTROL_PAYLOAD],
-    close_len: u8,
+    /// The current control frame's payload, `control_len` bytes of it so far; masked while
+    /// it arrives, unmasked once the frame ends.
+    control: [u8; MAX_CONTROL_PAYLOAD],
+    control_len: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -349,8 +350,8 @@ impl Tracker {
             frame: Frame::default(),
             message: None,
             close_seen: false,
-            close: [0; MAX_CONTROL_PAYLOAD],
-            close_len: 0,
+            control: [0; MAX_CONTROL_PAYLOAD],
+            control_len: 0,
         }
     }
 
@@ -401,6 +402,21 @@ impl Tracker {
         let mut probe = self.clone();
         let step = probe.advance(chunk, true);
         probe.at_boundary().then_some(step.consumed)
+    }
+
+    /// Whether the bytes since the last boundary can be forwarded without leaving the receiver
+    /// inside a frame the gateway might have to cut: false while a header is incomplete or a
+    /// control frame has not fully arrived (both at most 131 bytes), and once failed. A relay
+    /// that holds such bytes back can always stop a direction at a frame boundary, to put a
+    /// Close of its own there.
+    pub fn forwardable(&self) -> bool {
+        matches!(self.state, State::Data { .. }) || self.at_boundary()
+    }
+
+    /// The unmasked payload of the control frame that just ended: valid right after a
+    /// [`Event::Ping`], [`Event::Pong`] or [`Event::Close`].
+    pub fn control_payload(&self) -> &[u8] {
+        &self.control[..usize::from(self.control_len)]
     }
 
     /// Whether a fragmented data message has begun and its last frame has not yet ended.
@@ -473,11 +489,9 @@ impl Tracker {
                 }
                 State::Control { remaining } => {
                     let take = usize::from(remaining).min(rest.len());
-                    if self.frame.opcode == OP_CLOSE {
-                        let at = usize::from(self.close_len);
-                        self.close[at..at + take].copy_from_slice(&rest[..take]);
-                        self.close_len += take as u8;
-                    }
+                    let at = usize::from(self.control_len);
+                    self.control[at..at + take].copy_from_slice(&rest[..take]);
+                    self.control_len += take as u8;
                     pos += take;
                     // `take` ≤ `remaining` ≤ 125.
                     let remaining = remaining - take as u8;
@@ -554,7 +568,7 @@ impl Tracker {
         };
         self.header_len = 0;
         if is_control(self.frame.opcode) {
-            self.close_len = 0;
+            self.control_len = 0;
             // check_fixed_header kept control lengths ≤ 125.
             let remaining = self.frame.len as u8;
             self.state = State::Control { remaining };
@@ -691,6 +705,11 @@ impl Tracker {
     fn end_frame(&mut self) -> Option<Event> {
         self.state = State::Header;
         let len = self.frame.len as u8;
+        if is_control(self.frame.opcode)
+            && let Some(key) = self.frame.mask
+        {
+            apply_mask(&mut self.control[..usize::from(self.control_len)], key);
+        }
         match self.frame.opcode {
             OP_PING => Some(Event::Ping { len }),
             OP_PONG => Some(Event::Pong { len }),
@@ -717,12 +736,9 @@ impl Tracker {
         }
     }
 
-    /// Unmasks the Close payload and reads its code and reason (RFC 6455 §5.5.1).
+    /// Reads the (unmasked) Close payload's code and reason (RFC 6455 §5.5.1).
     fn read_close(&mut self) -> Result<Close, FrameError> {
-        let payload = &mut self.close[..usize::from(self.close_len)];
-        if let Some(key) = self.frame.mask {
-            apply_mask(payload, key);
-        }
+        let payload = &self.control[..usize::from(self.control_len)];
         match payload {
             [] => Ok(Close::new(None, &[])),
             [hi, lo, reason @ ..] => {
