@@ -166,6 +166,8 @@ where
         }),
         rng: SystemRandom::new(),
         finishing: false,
+        route: &route.name,
+        closes: &m.websocket_closes_total,
     };
 
     let stop = shared.shutdown.stop_token();
@@ -282,11 +284,6 @@ where
     })
     .await;
 
-    if let Some((code, initiator)) = conn.started {
-        m.websocket_closes_total
-            .with_label_values(&[&*route.name, &code.to_string(), initiator])
-            .inc();
-    }
     WsEnd {
         close: conn.started,
         reason,
@@ -645,6 +642,8 @@ struct Conn<'a> {
     keepalive: Option<Keepalive>,
     rng: SystemRandom,
     finishing: bool,
+    route: &'a str,
+    closes: &'a prometheus::IntCounterVec,
 }
 
 impl Conn<'_> {
@@ -679,9 +678,14 @@ impl Conn<'_> {
         }
     }
 
+    /// Notes the Close that starts the closing handshake and counts it at once, so the
+    /// metric moves when the close begins rather than when it ends.
     fn record_start(&mut self, code: u16, initiator: &'static str) {
         if self.started.is_none() {
             self.started = Some((code, initiator));
+            self.closes
+                .with_label_values(&[self.route, &code.to_string(), initiator])
+                .inc();
         }
     }
 

@@ -9,3 +9,4 @@ mod support;
 mod tcp;
 mod tls;
 mod websocket;
+mod ws_close;

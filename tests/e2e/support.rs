@@ -85,6 +85,13 @@ impl Gateway {
     /// Writes `toml` as `sockgate.toml` into `dir` (where relative cert paths resolve) and
     /// starts a gateway with it.
     pub async fn start(dir: &Path, toml: &str) -> Self {
+        // Gateway logs in the test's output when RUST_LOG is set.
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
         let config_path = dir.join("sockgate.toml");
         std::fs::write(&config_path, toml).unwrap();
         let config = match sockgate::config::load(&config_path) {
@@ -341,4 +348,177 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// What a scripted WebSocket backend saw.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BackendSaw {
+    Message(tokio_tungstenite::tungstenite::Message),
+    /// A Close frame arrived with this code.
+    Close(Option<u16>),
+    /// The connection ended without a Close.
+    Lost,
+}
+
+/// A WebSocket backend that echoes data messages and reports everything it receives.
+/// Scripted by the text of a client message: `drop` drops the TCP connection without a
+/// Close; `close:CODE` sends a Close with CODE.
+pub async fn scripted_ws_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<BackendSaw>)
+{
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+    let (listener, addr) = listen().await;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Close(frame))) => {
+                            let _ = tx.send(BackendSaw::Close(frame.map(|f| f.code.into())));
+                            // tungstenite queued the reply; flushing sends it.
+                            let _ = ws.flush().await;
+                            break;
+                        }
+                        Some(Ok(Message::Text(text))) if text.as_str() == "drop" => {
+                            let _ = tx.send(BackendSaw::Message(Message::text("drop")));
+                            return; // dropped without a Close
+                        }
+                        Some(Ok(Message::Text(text))) if text.starts_with("close:") => {
+                            let code: u16 = text["close:".len()..].parse().unwrap();
+                            let _ = ws
+                                .close(Some(CloseFrame {
+                                    code: code.into(),
+                                    reason: "backend says bye".into(),
+                                }))
+                                .await;
+                        }
+                        Some(Ok(msg)) => {
+                            let _ = tx.send(BackendSaw::Message(msg.clone()));
+                            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                                break;
+                            }
+                        }
+                        Some(Err(_)) | None => {
+                            let _ = tx.send(BackendSaw::Lost);
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// The next report of the backend that is not a data message, within 10 s.
+pub async fn backend_close(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<BackendSaw>,
+) -> BackendSaw {
+    loop {
+        let saw = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the backend saw the connection end within 10s")
+            .expect("backend still running");
+        if !matches!(saw, BackendSaw::Message(_)) {
+            return saw;
+        }
+    }
+}
+
+/// A WebSocket client that reads frames off the wire as they are, for close codes that
+/// client libraries reinterpret.
+pub struct RawWs<S> {
+    stream: S,
+    buf: Vec<u8>,
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> RawWs<S> {
+    pub async fn handshake(mut stream: S, path: &str) -> Self {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let head_end = loop {
+            let mut chunk = [0u8; 1024];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        // RFC 6455 §1.3's example key and its accept value.
+        assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+        buf.drain(..head_end);
+        RawWs { stream, buf }
+    }
+
+    /// Sends one masked, final frame.
+    pub async fn send(&mut self, opcode: u8, payload: &[u8]) {
+        assert!(payload.len() < 126);
+        let key = [0x11, 0x22, 0x33, 0x44];
+        let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&key);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        self.stream.write_all(&frame).await.unwrap();
+        self.stream.flush().await.unwrap();
+    }
+
+    async fn fill(&mut self, n: usize) {
+        while self.buf.len() < n {
+            let mut chunk = [0u8; 4096];
+            let read = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+                .await
+                .expect("a frame within 10s")
+                .unwrap();
+            assert!(read > 0, "stream ended inside a frame");
+            self.buf.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    /// Reads one unmasked frame from the server: (opcode, payload).
+    pub async fn read_frame(&mut self) -> (u8, Vec<u8>) {
+        self.fill(2).await;
+        let opcode = self.buf[0] & 0x0F;
+        let (len, header) = match self.buf[1] & 0x7F {
+            126 => {
+                self.fill(4).await;
+                (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+            }
+            127 => {
+                self.fill(10).await;
+                (
+                    u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
+                    10,
+                )
+            }
+            n => (n as usize, 2),
+        };
+        assert_eq!(self.buf[1] & 0x80, 0, "server frames are not masked");
+        self.fill(header + len).await;
+        let payload = self.buf[header..header + len].to_vec();
+        self.buf.drain(..header + len);
+        (opcode, payload)
+    }
+
+    /// Whether the server ends the stream (EOF or reset) within 5 s.
+    pub async fn at_eof(&mut self) -> bool {
+        let mut chunk = [0u8; 64];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
 }
