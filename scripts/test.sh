@@ -10,4 +10,11 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# The WebSocket interop test drives Python's `websockets` (it negotiates permessage-deflate).
+if ! python3 -c 'import websockets' >/dev/null 2>&1; then
+  echo "installing the Python websockets package for the interop test"
+  python3 -m pip install --quiet --disable-pip-version-check 'websockets>=13' \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'websockets>=13'
+fi
+
 cargo test --locked --all-targets "$@"

@@ -5,6 +5,7 @@
 
 mod cli;
 mod http;
+mod python;
 mod support;
 mod tcp;
 mod tls;

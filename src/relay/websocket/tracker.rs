@@ -1052,6 +1052,41 @@ mod tests {
     }
 
     #[test]
+    fn control_payload_is_unmasked_after_ping_pong_and_close() {
+        let mut tracker = client();
+        for (b0, payload) in [
+            (0x89, &b"are you there"[..]),
+            (0x8A, b"token-42"),
+            (0x88, b"\x03\xe8bye"),
+        ] {
+            let bytes = from_client(b0, payload);
+            let got = events(&mut tracker, &bytes);
+            assert_eq!(got.len(), 1);
+            assert_eq!(tracker.control_payload(), payload);
+        }
+    }
+
+    #[test]
+    fn forwardable_holds_back_headers_and_control_frames_but_not_data_payload() {
+        let mut tracker = client();
+        assert!(tracker.forwardable());
+        let data = from_client(0x82, &[7u8; 300]);
+        // Inside the 16-bit length header: hold back.
+        let _ = tracker.step(&data[..3]);
+        assert!(!tracker.forwardable());
+        // Header complete, payload streaming: forward.
+        let _ = tracker.step(&data[3..100]);
+        assert!(tracker.forwardable());
+        let _ = tracker.step(&data[100..]);
+        assert!(tracker.forwardable() && tracker.at_boundary());
+        let ping = from_client(0x89, b"abc");
+        let _ = tracker.step(&ping[..ping.len() - 1]);
+        assert!(!tracker.forwardable(), "a control frame goes out whole");
+        let _ = tracker.step(&ping[ping.len() - 1..]);
+        assert!(tracker.forwardable());
+    }
+
+    #[test]
     fn rfc_single_frame_unmasked_text_from_server() {
         // RFC 6455 §5.7, "A single-frame unmasked text message".
         let bytes = [0x81, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f];
