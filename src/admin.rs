@@ -87,7 +87,7 @@ async fn route(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<By
             let mut closed = 0;
             for conn in shared.live.all() {
                 if matches(&conn) {
-                    conn.cancel.cancel();
+                    conn.request_close(1001);
                     closed += 1;
                 }
             }
@@ -97,7 +97,7 @@ async fn route(req: Request<Incoming>, shared: &Arc<Shared>) -> Response<Full<By
             let id = p["/connections/".len()..].parse::<u64>().ok();
             match id.and_then(|id| shared.live.get(id)) {
                 Some(conn) => {
-                    conn.cancel.cancel();
+                    conn.request_close(1001);
                     json(StatusCode::OK, &serde_json::json!({ "closed": 1 }))
                 }
                 None => json(StatusCode::NOT_FOUND, &serde_json::json!({ "closed": 0 })),

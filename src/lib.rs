@@ -210,7 +210,9 @@ impl Shared {
             tracing::info!(listener = %name, address = %b.local_addr, "listener removed by reload");
             b.stop.cancel();
         }
-        self.snapshot.store(Arc::new(snapshot));
+        let snapshot = Arc::new(snapshot);
+        self.snapshot.store(snapshot.clone());
+        self.close_removed(&snapshot);
         for pending in new_bound {
             let bound = pending.spawn(self.clone());
             tracing::info!(listener = %bound.0, address = %bound.1.local_addr, "listener added by reload");
@@ -221,6 +223,38 @@ impl Shared {
         }
         tracing::info!("config reloaded");
         Ok(())
+    }
+}
+
+impl Shared {
+    /// Closes the connections whose route or backend the new snapshot no longer has
+    /// (WebSockets get Close 1012, spread over `drain_spread`); the rest run on untouched.
+    fn close_removed(&self, snapshot: &Snapshot) {
+        let mut closed = 0;
+        for conn in self.live.all() {
+            let (route, backend) = {
+                let info = conn.info();
+                (info.route.clone(), info.backend.clone())
+            };
+            let (Some(route), Some(backend)) = (route, backend) else {
+                continue;
+            };
+            let kept = snapshot.listener(&conn.listener).is_some_and(|l| {
+                l.routes
+                    .iter()
+                    .any(|r| r.name == route && *r.backend.name == *backend)
+            });
+            if !kept {
+                conn.request_close(relay::websocket::code::SERVICE_RESTART);
+                closed += 1;
+            }
+        }
+        if closed > 0 {
+            tracing::info!(
+                connections = closed,
+                "closing connections whose route or backend the reload removed"
+            );
+        }
     }
 }
 

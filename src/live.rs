@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
@@ -36,8 +36,11 @@ pub struct ConnCtx {
     pub bytes_backend_to_client: AtomicU64,
     pub messages_client_to_backend: AtomicU64,
     pub messages_backend_to_client: AtomicU64,
-    /// Fires when an operator closes this connection, or on a hard stop.
+    /// Fires when the gateway closes this connection on purpose (operator, reload), or on a
+    /// hard stop.
     pub cancel: CancellationToken,
+    /// The WebSocket close code for `cancel`: 1001 (operator) or 1012 (reload).
+    close_code: AtomicU16,
 }
 
 impl ConnCtx {
@@ -54,7 +57,19 @@ impl ConnCtx {
             messages_client_to_backend: AtomicU64::new(0),
             messages_backend_to_client: AtomicU64::new(0),
             cancel,
+            close_code: AtomicU16::new(1001),
         }
+    }
+
+    /// Asks the connection to close: WebSockets get a Close frame with `code`, other
+    /// connections end.
+    pub fn request_close(&self, code: u16) {
+        self.close_code.store(code, Ordering::Relaxed);
+        self.cancel.cancel();
+    }
+
+    pub fn close_code(&self) -> u16 {
+        self.close_code.load(Ordering::Relaxed)
     }
 
     /// The info, even if a panicking holder poisoned the lock (the data is plain values).

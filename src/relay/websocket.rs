@@ -9,7 +9,7 @@
 //! - a Close from either side goes through and its reply comes back; then TCP ends;
 //! - drain, operator close and idle timeout: Close 1001 to both sides at each direction's next
 //!   frame boundary (drain spreads these over `drain_spread`), replies awaited up to
-//!   `close_timeout`;
+//!   `close_timeout`; a reload that removed the route or backend: Close 1012, also spread;
 //! - backend lost without a Close: Close 1014 to the client; client lost: Close 1001 to the
 //!   backend;
 //! - a protocol violation, a message over `max_message_size`, or client messages over
@@ -47,6 +47,7 @@ use tracker::{Event, Extensions, MAX_CONTROL_FRAME, Role, Tracker};
 pub mod code {
     pub const GOING_AWAY: u16 = 1001;
     pub const POLICY: u16 = 1008;
+    pub const SERVICE_RESTART: u16 = 1012;
     pub const BAD_GATEWAY: u16 = 1014;
     /// Put in the metric when a peer's Close carried no code (RFC 6455 §7.1.5).
     pub const NO_STATUS: u16 = 1005;
@@ -185,6 +186,7 @@ where
     let mut last_progress = Instant::now();
     let mut drain_seen = false;
     let mut operator_seen = false;
+    let mut reload_close = false;
 
     let reason = poll_fn(|cx| {
         if stopped.as_mut().poll(cx).is_ready() {
@@ -192,6 +194,7 @@ where
         }
         if !drain_seen && drained.as_mut().poll(cx).is_ready() {
             drain_seen = true;
+            reload_close = false;
             // Spread the Close frames of all connections over the window, so clients do not
             // all reconnect in the same second.
             // Leave close_timeout for the last of them before the hard stop.
@@ -201,15 +204,29 @@ where
             let delay = conn.jitter(window);
             drain_timer = Some(Box::pin(tokio::time::sleep(delay)));
         }
+        if !operator_seen && operator.as_mut().poll(cx).is_ready() {
+            operator_seen = true;
+            match ctx.close_code() {
+                code::SERVICE_RESTART => {
+                    let delay = conn.jitter(session.drain_spread);
+                    drain_timer = Some(Box::pin(tokio::time::sleep(delay)));
+                    reload_close = true;
+                }
+                close => conn.initiate(close, "closed by the gateway operator"),
+            }
+        }
         if let Some(timer) = drain_timer.as_mut()
             && timer.as_mut().poll(cx).is_ready()
         {
             drain_timer = None;
-            conn.initiate(code::GOING_AWAY, "gateway is shutting down");
-        }
-        if !operator_seen && operator.as_mut().poll(cx).is_ready() {
-            operator_seen = true;
-            conn.initiate(code::GOING_AWAY, "closed by the gateway operator");
+            if reload_close {
+                conn.initiate(
+                    code::SERVICE_RESTART,
+                    "route or backend removed by a reload",
+                );
+            } else {
+                conn.initiate(code::GOING_AWAY, "gateway is shutting down");
+            }
         }
         if let Some(timer) = ping_timer.as_mut()
             && timer.as_mut().poll(cx).is_ready()

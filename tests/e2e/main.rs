@@ -6,6 +6,7 @@
 mod cli;
 mod http;
 mod python;
+mod reload;
 mod support;
 mod tcp;
 mod tls;

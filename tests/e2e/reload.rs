@@ -1,0 +1,197 @@
+//! Reload (POST /reload, SIGHUP) and the spread of drain closes.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::*;
+
+fn ws_config(route: &str, backend: SocketAddr, spread: &str) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[defaults]
+drain_spread = "{spread}"
+drain_timeout = "10s"
+close_timeout = "1s"
+
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:0"
+
+  [[listener.route]]
+  name = "{route}"
+  protocol = "websocket"
+  backend = "chat"
+
+[[backend]]
+name = "chat"
+servers = ["{backend}"]
+"#
+    )
+}
+
+async fn ws_client(
+    addr: SocketAddr,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>> {
+    tokio_tungstenite::connect_async(format!("ws://{addr}/chat"))
+        .await
+        .unwrap()
+        .0
+}
+
+#[tokio::test]
+async fn reload_closes_connections_of_a_removed_route_with_1012_and_refuses_a_bad_config() {
+    let pki = Pki::new();
+    let backend = ws_echo().await;
+    let gw = Gateway::start(pki.path(), &ws_config("chat", backend, "200ms")).await;
+    let config_path = pki.path().join("sockgate.toml");
+    let mut ws = ws_client(gw.addr("edge")).await;
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
+
+    // A broken config is refused whole, with file:line:col, and the old one keeps serving.
+    std::fs::write(&config_path, "[[listener]]\nname = 1\n").unwrap();
+    let (status, body) = http_request(gw.admin(), "POST", "/reload").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("sockgate.toml:2:8"), "{body}");
+    ws.send(Message::text("still")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("still"));
+
+    // The route is renamed: the connection on the old one gets Close 1012 (service restart).
+    std::fs::write(&config_path, ws_config("chat-v2", backend, "200ms")).unwrap();
+    let (status, body) = http_request(gw.admin(), "POST", "/reload").await;
+    assert_eq!(status, 200, "{body}");
+    let close = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                other => panic!("no Close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(close, Some(1012));
+
+    // New connections run on the new config.
+    let mut ws = ws_client(gw.addr("edge")).await;
+    ws.send(Message::text("new")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("new"));
+    let m = gw.metrics().await;
+    assert_eq!(
+        m.get("sockgate_config_reloads_total", &[("result", "ok")]),
+        1.0
+    );
+    assert_eq!(
+        m.get("sockgate_config_reloads_total", &[("result", "error")]),
+        1.0
+    );
+    assert_eq!(
+        m.get(
+            "sockgate_websocket_closes_total",
+            &[
+                ("route", "chat"),
+                ("code", "1012"),
+                ("initiator", "gateway")
+            ]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn drain_spreads_the_closes_over_drain_spread() {
+    let pki = Pki::new();
+    let backend = ws_echo().await;
+    let gw = Gateway::start(pki.path(), &ws_config("chat", backend, "1s")).await;
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let mut ws = ws_client(gw.addr("edge")).await;
+        ws.send(Message::text("x")).await.unwrap();
+        ws.next().await.unwrap().unwrap();
+        clients.push(ws);
+    }
+    let started = Instant::now();
+    gw.handle.drain();
+    let waits = clients.into_iter().map(|mut ws| async move {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => {
+                    assert_eq!(frame.map(|f| u16::from(f.code)), Some(1001));
+                    return started.elapsed();
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("no Close frame: {other:?}"),
+            }
+        }
+    });
+    let arrivals = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures_util::future::join_all(waits),
+    )
+    .await
+    .unwrap();
+    let first = arrivals.iter().min().unwrap();
+    let last = arrivals.iter().max().unwrap();
+    // 20 uniform draws over 1s: all inside a 300ms slice has odds below 1e-9.
+    assert!(
+        *last - *first > Duration::from_millis(300),
+        "closes not spread: {arrivals:?}"
+    );
+    assert!(
+        *last < Duration::from_millis(2500),
+        "closes late: {arrivals:?}"
+    );
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config_file_and_adds_a_listener() {
+    let echo = tcp_echo().await;
+    let (probe, second) = listen().await;
+    drop(probe);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sockgate.toml");
+    let listener = |name: &str, addr: &str| {
+        format!(
+            "[[listener]]\nname = \"{name}\"\nlisten = \"{addr}\"\n\n  [[listener.route]]\n  name = \"echo\"\n  protocol = \"tcp\"\n  backend = \"echo\"\n\n"
+        )
+    };
+    let backend = format!("[[backend]]\nname = \"echo\"\nservers = [\"{echo}\"]\n");
+    std::fs::write(
+        &config,
+        format!("{}{backend}", listener("one", "127.0.0.1:0")),
+    )
+    .unwrap();
+    let config_arg = config.display().to_string();
+    let mut gw = Binary::spawn(&["--config", &config_arg], tempfile::tempdir().unwrap());
+    gw.ready().await;
+
+    std::fs::write(
+        &config,
+        format!(
+            "{}{}{backend}",
+            listener("one", "127.0.0.1:0"),
+            listener("two", &second.to_string())
+        ),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    eventually("the new listener accepts", || async move {
+        TcpStream::connect(second).await.is_ok()
+    })
+    .await;
+    let mut tcp = TcpStream::connect(second).await.unwrap();
+    tcp.write_all(b"reloaded").await.unwrap();
+    let mut got = [0u8; 8];
+    tcp.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"reloaded");
+    assert!(gw.stderr().contains("config reloaded"), "{}", gw.stderr());
+}
