@@ -279,6 +279,14 @@ fn access_log(ctx: &ConnCtx, outcome: &Result<Finish, ConnError>) {
     let down = ctx
         .bytes_backend_to_client
         .load(std::sync::atomic::Ordering::Relaxed);
+    let messages = (info.protocol == Some(Protocol::WebSocket)).then(|| {
+        (
+            ctx.messages_client_to_backend
+                .load(std::sync::atomic::Ordering::Relaxed),
+            ctx.messages_backend_to_client
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    });
     let websocket_close = match outcome {
         Ok(Finish::WebSocket(end)) => end.close.map(|(code, _)| code),
         _ => None,
@@ -311,8 +319,11 @@ fn access_log(ctx: &ConnCtx, outcome: &Result<Finish, ConnError>) {
         route = info.route.as_deref().unwrap_or(""),
         backend = info.backend.as_deref().unwrap_or(""),
         upstream.address = info.server.as_deref().unwrap_or(""),
+        started = %humantime::format_rfc3339_millis(ctx.started),
         bytes_client_to_backend = up,
         bytes_backend_to_client = down,
+        messages_client_to_backend = messages.map(|m| m.0),
+        messages_backend_to_client = messages.map(|m| m.1),
         duration_ms,
         outcome,
         closed_by,

@@ -283,8 +283,7 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
     let admin_listener = match admin_listen {
         None => None,
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
+            listener::listen_socket(addr)
                 .map_err(|source| StartError::AdminBind { addr, source })?,
         ),
     };

@@ -30,18 +30,35 @@ pub struct Bound {
 }
 
 pub async fn bind(name: &str, addr: SocketAddr) -> Result<Pending, StartError> {
-    let socket = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            listener: name.to_owned(),
-            addr,
-            source,
-        })?;
+    let socket = listen_socket(addr).map_err(|source| StartError::Bind {
+        listener: name.to_owned(),
+        addr,
+        source,
+    })?;
     Ok(Pending {
         name: name.to_owned(),
         configured: addr,
         socket,
     })
+}
+
+/// Backlog of connections not yet accepted: enough to absorb a reconnect wave.
+const BACKLOG: i32 = 4096;
+
+/// A listening socket. IPv6 sockets are IPv6-only, so `0.0.0.0:P` and `[::]:P` can be two
+/// listeners side by side (as nginx does by default) instead of the second failing to bind.
+pub fn listen_socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // A restart can bind while old connections sit in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
 }
 
 impl Pending {

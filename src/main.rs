@@ -179,7 +179,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 source: None,
                 ..config
             };
-            runtime()?.block_on(run_gateway(config, cli.ready_file))
+            let result = runtime()?.block_on(run_gateway(config, cli.ready_file));
+            let _ = std::fs::remove_dir_all(&dir);
+            result
         }
         Some(Command::Run) | None => {
             let Some(path) = cli.config else {
@@ -260,7 +262,9 @@ async fn run_demo(
     let files = demo::write_files(&dir, listen, admin, ws_addr, tcp_addr)?;
     let config = config::load(&files.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{}", demo::instructions(listen, admin, &files));
-    run_gateway(config, ready_file).await
+    let result = run_gateway(config, ready_file).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 fn scratch_dir(what: &str) -> anyhow::Result<PathBuf> {

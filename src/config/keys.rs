@@ -117,7 +117,7 @@ static BACKEND: Section = Section {
         ("hash_on", "servers are used in round robin; remove the key"),
         (
             "health",
-            "servers are not health-checked: a connection sent to a server that is down fails (502 for HTTP and WebSocket); remove the key",
+            "servers are not health-checked: a server that refuses or times out is skipped for that connection (the next one is tried), at the cost of one connect attempt; remove the key",
         ),
         (
             "passive",

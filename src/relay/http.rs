@@ -297,15 +297,18 @@ impl HttpConn {
         ));
     }
 
-    /// Adds the bytes counted since the last flush to the current route's counters.
+    /// Adds the bytes counted since the last flush to the current route's counters. Before
+    /// the first route is known nothing is flushed, so the first request's head counts
+    /// toward its own route; later heads count toward the route of the request before.
     fn flush_bytes(&self) {
         let mut flushed = self.flushed.lock().unwrap_or_else(|p| p.into_inner());
         let up = self.ctx.bytes_client_to_backend.load(Ordering::Relaxed);
         let down = self.ctx.bytes_backend_to_client.load(Ordering::Relaxed);
-        if let Some(counters) = &flushed.counters {
-            counters.client_to_backend.inc_by(up - flushed.up);
-            counters.backend_to_client.inc_by(down - flushed.down);
-        }
+        let Some(counters) = &flushed.counters else {
+            return;
+        };
+        counters.client_to_backend.inc_by(up - flushed.up);
+        counters.backend_to_client.inc_by(down - flushed.down);
         flushed.up = up;
         flushed.down = down;
     }

@@ -331,3 +331,29 @@ async fn ipv6_listener_relays() {
     tcp.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"six");
 }
+
+#[tokio::test]
+async fn ipv4_and_ipv6_wildcard_listeners_share_a_port() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 here; skipping");
+        return;
+    }
+    let pki = Pki::new();
+    let echo = tcp_echo().await;
+    let (probe, free) = listen().await;
+    drop(probe);
+    let port = free.port();
+    let route =
+        "\n  [[listener.route]]\n  name = \"echo\"\n  protocol = \"tcp\"\n  backend = \"echo\"\n";
+    let config = format!(
+        "[[listener]]\nname = \"v4\"\nlisten = \"0.0.0.0:{port}\"\n{route}\n[[listener]]\nname = \"v6\"\nlisten = \"[::]:{port}\"\n{route}\n[[backend]]\nname = \"echo\"\nservers = [\"{echo}\"]\n"
+    );
+    let _gw = Gateway::start(pki.path(), &config).await;
+    for addr in [format!("127.0.0.1:{port}"), format!("[::1]:{port}")] {
+        let mut tcp = TcpStream::connect(&addr).await.unwrap();
+        tcp.write_all(b"dual").await.unwrap();
+        let mut got = [0u8; 4];
+        tcp.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"dual", "{addr}");
+    }
+}
