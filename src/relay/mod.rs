@@ -1,5 +1,6 @@
 //! Relays: what runs between a routed client and its backend until either side ends.
 
+pub mod buffer;
 pub mod http;
 pub mod tcp;
 pub mod websocket;

@@ -20,6 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::relay::buffer::Slot;
+
 /// Which peer of the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -64,13 +66,9 @@ impl Flow<'_> {
     }
 }
 
-/// Relay buffer per direction: large enough for a TLS record's worth of plaintext (16 KiB)
-/// plus headroom so bulk transfers make few syscalls.
-const BUF_SIZE: usize = 32 * 1024;
-
-/// One direction: reads from `R`, writes to `W`.
+/// One direction: reads from `R`, writes to `W`. Holds a buffer only while bytes move.
 struct Pump {
-    buf: Box<[u8]>,
+    buf: Slot,
     pos: usize,
     cap: usize,
     eof: bool,
@@ -82,7 +80,7 @@ struct Pump {
 impl Pump {
     fn new(reader: Side) -> Self {
         Pump {
-            buf: vec![0; BUF_SIZE].into_boxed_slice(),
+            buf: Slot::default(),
             pos: 0,
             cap: 0,
             eof: false,
@@ -115,7 +113,7 @@ impl Pump {
     {
         loop {
             if self.pos == self.cap && !self.eof {
-                let mut rb = ReadBuf::new(&mut self.buf);
+                let mut rb = ReadBuf::new(self.buf.get());
                 match reader.as_mut().poll_read(cx, &mut rb) {
                     Poll::Ready(Ok(())) => {
                         let n = rb.filled().len();
@@ -129,6 +127,8 @@ impl Pump {
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err((self.reader, e))),
                     Poll::Pending => {
+                        // Idle: the buffer goes back to the free list until bytes come.
+                        self.buf.release();
                         // Nothing more to read now: push out what a buffering writer (TLS)
                         // holds before sleeping.
                         if self.need_flush {
@@ -145,7 +145,7 @@ impl Pump {
                 let n = ready!(
                     writer
                         .as_mut()
-                        .poll_write(cx, &self.buf[self.pos..self.cap])
+                        .poll_write(cx, &self.buf.get()[self.pos..self.cap])
                 )
                 .map_err(|e| (self.writer(), e))?;
                 if n == 0 {
@@ -161,6 +161,7 @@ impl Pump {
             }
 
             if self.eof {
+                self.buf.release();
                 ready!(writer.as_mut().poll_flush(cx)).map_err(|e| (self.writer(), e))?;
                 match ready!(writer.as_mut().poll_shutdown(cx)) {
                     // The peer already went away: its direction ends on its own.

@@ -40,6 +40,7 @@ use tokio::time::{Instant, Sleep};
 use crate::Shared;
 use crate::live::ConnCtx;
 use crate::relay::Side;
+use crate::relay::buffer::{self, Slot};
 use crate::route::Route;
 use tracker::{Event, Extensions, MAX_CONTROL_FRAME, Role, Tracker};
 
@@ -95,8 +96,6 @@ impl EndReason {
         }
     }
 }
-
-const BUF_SIZE: usize = 32 * 1024;
 
 /// Relays until both closing handshakes are done, `close_timeout` runs out after a close
 /// began, or a hard stop.
@@ -367,7 +366,8 @@ struct Injected {
 /// One direction: frames sent by `reader`, relayed to the other peer.
 struct Dir {
     tracker: Tracker,
-    buf: Box<[u8]>,
+    /// Held only while bytes are in flight (see [`buffer`](crate::relay::buffer)).
+    buf: Slot,
     /// Next byte to write.
     start: usize,
     /// Bytes before this may go out: whole frames, or data payload as it streams.
@@ -409,7 +409,7 @@ impl Dir {
     fn new(tracker: Tracker) -> Self {
         Dir {
             tracker,
-            buf: vec![0; BUF_SIZE].into_boxed_slice(),
+            buf: Slot::default(),
             start: 0,
             safe: 0,
             safe_is_boundary: true,
@@ -442,7 +442,7 @@ impl Dir {
     /// for itself).
     fn swallow(&mut self, start: usize) {
         let n = self.scan - start;
-        self.buf.copy_within(self.scan..self.end, start);
+        self.buf.get().copy_within(self.scan..self.end, start);
         self.end -= n;
         self.scan = start;
         self.safe = start;
@@ -464,7 +464,7 @@ impl Dir {
                 return None;
             }
             let before = self.safe;
-            let step = self.tracker.step(&self.buf[self.scan..self.end]);
+            let step = self.tracker.step(&self.buf.get()[self.scan..self.end]);
             self.scan += step.consumed;
             if self.tracker.forwardable() {
                 self.safe = self.scan;
@@ -522,7 +522,7 @@ impl Dir {
                 }
                 match writer
                     .as_mut()
-                    .poll_write(cx, &self.buf[self.start..self.safe])
+                    .poll_write(cx, &self.buf.get()[self.start..self.safe])
                 {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                         self.writer_gone = true;
@@ -575,19 +575,19 @@ impl Dir {
             }
             if self.start > 0 {
                 // Keep the held-back bytes of an incomplete header or control frame.
-                self.buf.copy_within(self.start..self.end, 0);
+                self.buf.get().copy_within(self.start..self.end, 0);
                 self.end -= self.start;
                 self.scan -= self.start;
                 self.safe -= self.start;
                 self.start = 0;
             }
-            if self.end == self.buf.len() {
+            if self.end == buffer::SIZE {
                 // Cannot happen: at most one held-back control frame stays unwritten. Yield
                 // rather than read zero bytes, which would look like EOF.
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            let mut rb = ReadBuf::new(&mut self.buf[self.end..]);
+            let mut rb = ReadBuf::new(&mut self.buf.get()[self.end..]);
             match reader.as_mut().poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) => {
                     let n = rb.filled().len();
@@ -603,6 +603,10 @@ impl Dir {
                     return Poll::Ready(Note::ReaderLost);
                 }
                 Poll::Pending => {
+                    if self.end == 0 {
+                        // Idle with nothing held back: give the buffer back.
+                        self.buf.release();
+                    }
                     if self.need_flush && !self.writer_gone {
                         match writer.as_mut().poll_flush(cx) {
                             Poll::Ready(Ok(())) => self.need_flush = false,
