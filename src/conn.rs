@@ -243,21 +243,38 @@ async fn tcp_path(
     let counters = shared
         .metrics
         .route_counters(&listener.name, &route.name, &route.backend.name);
-    let end = tcp_relay::relay(
-        &mut client,
-        &mut backend,
-        Flow {
-            total: &ctx.bytes_client_to_backend,
-            counter: &counters.client_to_backend,
-        },
-        Flow {
-            total: &ctx.bytes_backend_to_client,
-            counter: &counters.backend_to_client,
-        },
-        listener.defaults.idle_timeout,
-        &ctx.cancel,
-    )
-    .await;
+    let up = Flow {
+        total: &ctx.bytes_client_to_backend,
+        counter: &counters.client_to_backend,
+    };
+    let down = Flow {
+        total: &ctx.bytes_backend_to_client,
+        counter: &counters.backend_to_client,
+    };
+    let idle = listener.defaults.idle_timeout;
+
+    // Plain on both sides: splice(2), the bytes never enter user space.
+    #[cfg(target_os = "linux")]
+    if let Rewind {
+        prefix,
+        inner: ClientStream::Plain(tcp),
+    } = &client
+    {
+        if !prefix.is_empty() {
+            // What detection read goes first.
+            if let Err(error) = backend.write_all(prefix).await {
+                return Ok(Finish::Relayed(RelayEnd::Error {
+                    side: Side::Backend,
+                    error,
+                }));
+            }
+            up.add(prefix.len());
+        }
+        let end = relay::splice::relay(tcp, &backend, up, down, idle, &ctx.cancel).await;
+        return Ok(Finish::Relayed(end));
+    }
+
+    let end = tcp_relay::relay(&mut client, &mut backend, up, down, idle, &ctx.cancel).await;
     if !matches!(end, RelayEnd::Closed { .. }) {
         close_gently(&mut client).await;
     }

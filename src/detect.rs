@@ -96,8 +96,8 @@ where
 /// A stream that first replays `prefix`, then reads from `inner`. Writes go straight through.
 #[derive(Debug)]
 pub struct Rewind<S> {
-    prefix: Bytes,
-    inner: S,
+    pub prefix: Bytes,
+    pub inner: S,
 }
 
 impl<S> Rewind<S> {

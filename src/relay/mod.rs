@@ -2,6 +2,8 @@
 
 pub mod buffer;
 pub mod http;
+#[cfg(target_os = "linux")]
+pub mod splice;
 pub mod tcp;
 pub mod websocket;
 

@@ -60,7 +60,7 @@ pub struct Flow<'a> {
 
 impl Flow<'_> {
     #[inline]
-    fn add(&self, n: usize) {
+    pub(crate) fn add(&self, n: usize) {
         self.total.fetch_add(n as u64, Ordering::Relaxed);
         self.counter.inc_by(n as u64);
     }

@@ -1,0 +1,246 @@
+//! Zero-copy relay for plain TCP on both sides (Linux): `splice(2)` moves bytes from one
+//! socket into a pipe and from the pipe into the other socket without copying them through
+//! user space. Same contract as [`tcp::relay`](super::tcp::relay): half-close, idle timer,
+//! cancellation, and byte counts as they flow.
+//!
+//! Pipes are lent like relay buffers: a direction takes one from a per-thread free list when
+//! its socket turns readable and gives it back once it is empty and the socket would block,
+//! so an idle connection holds no pipe and costs no extra file descriptors.
+
+use std::cell::RefCell;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::tcp::{Flow, RelayEnd, Side};
+
+/// Bytes moved per `splice` call at most; a pipe holds 64 KiB by default.
+const CHUNK: usize = 64 * 1024;
+
+/// Free pipes kept per worker thread.
+const KEEP: usize = 32;
+
+struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+thread_local! {
+    static FREE: RefCell<Vec<Pipe>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Pipe {
+    fn take() -> io::Result<Pipe> {
+        if let Some(pipe) = FREE.with(|free| free.borrow_mut().pop()) {
+            return Ok(pipe);
+        }
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+        Ok(unsafe {
+            Pipe {
+                read: OwnedFd::from_raw_fd(fds[0]),
+                write: OwnedFd::from_raw_fd(fds[1]),
+            }
+        })
+    }
+
+    /// Back to the free list; only an empty pipe may be given back.
+    fn give(self) {
+        FREE.with(|free| {
+            let mut free = free.borrow_mut();
+            if free.len() < KEEP {
+                free.push(self);
+            }
+        });
+    }
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: both descriptors are open for the duration of the call; null offsets mean
+    // "current position", as required for sockets and pipes.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// One direction: `reader`'s socket into a pipe, the pipe into the other socket.
+struct Direction {
+    reader: Side,
+    pipe: Option<Pipe>,
+    in_pipe: usize,
+    eof: bool,
+    done: bool,
+}
+
+impl Direction {
+    fn writer(&self) -> Side {
+        match self.reader {
+            Side::Client => Side::Backend,
+            Side::Backend => Side::Client,
+        }
+    }
+
+    fn poll_move(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &TcpStream,
+        dst: &TcpStream,
+        flow: Flow<'_>,
+        progressed: &mut bool,
+    ) -> Poll<Result<(), (Side, io::Error)>> {
+        loop {
+            while self.in_pipe > 0 {
+                ready!(dst.poll_write_ready(cx)).map_err(|e| (self.writer(), e))?;
+                let Some(pipe) = &self.pipe else { break };
+                let from = pipe.read.as_raw_fd();
+                match dst.try_io(Interest::WRITABLE, || {
+                    splice(from, dst.as_raw_fd(), self.in_pipe)
+                }) {
+                    Ok(n) => {
+                        self.in_pipe -= n;
+                        flow.add(n);
+                        *progressed = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err((self.writer(), e))),
+                }
+            }
+            if self.eof {
+                if let Some(pipe) = self.pipe.take() {
+                    pipe.give();
+                }
+                // The reader's FIN, passed on: the writer's peer reads EOF, this direction
+                // ends, the other keeps going.
+                let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            if src.poll_read_ready(cx).is_pending() {
+                // Idle: the empty pipe goes back to the free list until bytes come.
+                if let Some(pipe) = self.pipe.take() {
+                    pipe.give();
+                }
+                return Poll::Pending;
+            }
+            if self.pipe.is_none() {
+                self.pipe = Some(Pipe::take().map_err(|e| (self.reader, e))?);
+            }
+            let Some(pipe) = &self.pipe else { continue };
+            let to = pipe.write.as_raw_fd();
+            match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), to, CHUNK)) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    self.in_pipe = n;
+                    *progressed = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err((self.reader, e))),
+            }
+        }
+    }
+}
+
+impl Drop for Direction {
+    fn drop(&mut self) {
+        // A pipe with bytes still in it is closed rather than reused.
+        if self.in_pipe == 0
+            && let Some(pipe) = self.pipe.take()
+        {
+            pipe.give();
+        }
+    }
+}
+
+/// Relays between two plain TCP sockets until both directions end, one fails, nothing moves
+/// for `idle_timeout`, or `cancel` fires.
+pub async fn relay(
+    client: &TcpStream,
+    backend: &TcpStream,
+    up: Flow<'_>,
+    down: Flow<'_>,
+    idle_timeout: Duration,
+    cancel: &CancellationToken,
+) -> RelayEnd {
+    let mut c2b = Direction {
+        reader: Side::Client,
+        pipe: None,
+        in_pipe: 0,
+        eof: false,
+        done: false,
+    };
+    let mut b2c = Direction {
+        reader: Side::Backend,
+        pipe: None,
+        in_pipe: 0,
+        eof: false,
+        done: false,
+    };
+    let mut first_eof = None;
+    let mut cancelled = pin!(cancel.cancelled());
+    let mut idle = pin!(tokio::time::sleep(idle_timeout));
+    let mut last_progress = Instant::now();
+
+    poll_fn(|cx| {
+        if cancelled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(RelayEnd::Cancelled);
+        }
+        let mut progressed = false;
+        for (dir, src, dst, flow) in [
+            (&mut c2b, client, backend, up),
+            (&mut b2c, backend, client, down),
+        ] {
+            if dir.done {
+                continue;
+            }
+            let result = dir.poll_move(cx, src, dst, flow, &mut progressed);
+            if dir.eof && first_eof.is_none() {
+                first_eof = Some(dir.reader);
+            }
+            if let Poll::Ready(Err((side, error))) = result {
+                return Poll::Ready(RelayEnd::Error { side, error });
+            }
+        }
+        if c2b.done && b2c.done {
+            return Poll::Ready(RelayEnd::Closed {
+                first: first_eof.unwrap_or(Side::Client),
+            });
+        }
+        if progressed {
+            last_progress = Instant::now();
+        }
+        while idle.as_mut().poll(cx).is_ready() {
+            let deadline = last_progress + idle_timeout;
+            if deadline <= Instant::now() {
+                return Poll::Ready(RelayEnd::Idle);
+            }
+            idle.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    })
+    .await
+}
