@@ -29,6 +29,10 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
+    /// Worker threads for the async runtime (default: one per CPU).
+    #[arg(long, global = true, value_name = "N")]
+    workers: Option<usize>,
+
     /// Once every listener is bound, write their addresses here as JSON
     /// (`{"listeners": {"NAME": "ADDR"}, "admin": "ADDR"}`), for scripts and tests.
     #[arg(long, global = true, value_name = "FILE")]
@@ -151,7 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Demo { listen, admin }) => {
-            runtime()?.block_on(run_demo(listen, admin, cli.ready_file))
+            runtime(cli.workers)?.block_on(run_demo(listen, admin, cli.ready_file))
         }
         Some(Command::Proxy {
             listen,
@@ -179,7 +183,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 source: None,
                 ..config
             };
-            let result = runtime()?.block_on(run_gateway(config, cli.ready_file));
+            let result = runtime(cli.workers)?.block_on(run_gateway(config, cli.ready_file));
             let _ = std::fs::remove_dir_all(&dir);
             result
         }
@@ -195,13 +199,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            runtime()?.block_on(run_gateway(config, cli.ready_file))
+            runtime(cli.workers)?.block_on(run_gateway(config, cli.ready_file))
         }
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        builder.worker_threads(n.max(1));
+    }
+    builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")
