@@ -141,7 +141,8 @@ async fn pipeline(
 ) -> Result<Finish, ConnError> {
     let _ = tcp.set_nodelay(true);
     let client = match &listener.tls {
-        Some(acceptor) => tls_handshake(tcp, acceptor, &listener, ctx, shared).await?,
+        // Boxed so the handshake's state is freed when it ends instead of sizing the task.
+        Some(acceptor) => Box::pin(tls_handshake(tcp, acceptor, &listener, ctx, shared)).await?,
         None => ClientStream::Plain(tcp),
     };
     let tls = matches!(client, ClientStream::Tls(_));
@@ -258,11 +259,12 @@ async fn tcp_path(
     if let Rewind {
         prefix,
         inner: ClientStream::Plain(tcp),
-    } = &client
+    } = &mut client
     {
+        let prefix = std::mem::take(prefix);
         if !prefix.is_empty() {
             // What detection read goes first.
-            if let Err(error) = backend.write_all(prefix).await {
+            if let Err(error) = backend.write_all(&prefix).await {
                 return Ok(Finish::Relayed(RelayEnd::Error {
                     side: Side::Backend,
                     error,

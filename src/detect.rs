@@ -101,7 +101,14 @@ pub struct Rewind<S> {
 }
 
 impl<S> Rewind<S> {
+    /// `prefix` is copied out of a larger buffer it may share (hyper's read buffer after an
+    /// upgrade, the detection buffer), so the stream keeps only the bytes it will replay.
     pub fn new(prefix: Bytes, inner: S) -> Self {
+        let prefix = if prefix.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(&prefix)
+        };
         Rewind { prefix, inner }
     }
 
@@ -125,6 +132,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // An emptied `Bytes` still holds its whole allocation (a detection or hyper
+                // read buffer): let it go, a long-lived connection should not keep it.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)

@@ -16,7 +16,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -85,10 +85,12 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(listener.defaults.handshake_timeout)
         .max_buf_size(MAX_HEAD);
-    let mut conn = pin!(
+    // Boxed: the HTTP phase's state lives on the heap only while it runs, so a WebSocket that
+    // outlives it does not carry hyper's connection in its task for hours.
+    let mut conn = Box::pin(
         builder
             .serve_connection(TokioIo::new(io), service)
-            .with_upgrades()
+            .with_upgrades(),
     );
 
     let mut draining = false;
@@ -106,6 +108,7 @@ pub async fn serve(
             }
         }
     };
+    drop(conn);
     state.flush_bytes();
     // A connection that ended before any request (bad request, early close) is still HTTP.
     ctx.set_protocol(Protocol::Http, &shared.metrics);
@@ -122,6 +125,7 @@ pub async fn serve(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .take();
+    drop(state);
     match pending {
         None => Ok(Finish::Http),
         Some(upgrade) => relay_upgraded(upgrade, &ctx, &shared).await,
