@@ -1,0 +1,205 @@
+//! Heap allocations the gateway makes per connection and per relayed WebSocket message,
+//! counted by a global allocator that counts only on the gateway's own runtime threads
+//! (clients and backends run on another runtime). Counts, not times: they do not depend on
+//! the machine's load, so they are asserted.
+#![allow(clippy::unwrap_used)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+struct Counting;
+
+static GATEWAY_ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    static ON_GATEWAY_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if ON_GATEWAY_THREAD.try_with(Cell::get).unwrap_or(false) {
+            GATEWAY_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if ON_GATEWAY_THREAD.try_with(Cell::get).unwrap_or(false) {
+            GATEWAY_ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn count() -> u64 {
+    GATEWAY_ALLOCATIONS.load(Ordering::Relaxed)
+}
+
+/// Starts a gateway on its own runtime whose threads are counted; returns it with a runtime
+/// for clients and backends, whose threads are not.
+fn runtimes() -> (tokio::runtime::Runtime, tokio::runtime::Runtime) {
+    let gateway = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .on_thread_start(|| ON_GATEWAY_THREAD.with(|c| c.set(true)))
+        .enable_all()
+        .build()
+        .unwrap();
+    let peers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    (gateway, peers)
+}
+
+fn start(gateway: &tokio::runtime::Runtime, toml: String) -> (sockgate::Handle, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sockgate.toml");
+    std::fs::write(&path, toml).unwrap();
+    let config = sockgate::config::load(&path).unwrap();
+    let handle = gateway.block_on(sockgate::start(config)).unwrap();
+    (handle, dir)
+}
+
+/// Waits until the gateway has no live connection, so their teardown is counted.
+fn settle(peers: &tokio::runtime::Runtime, handle: &sockgate::Handle) {
+    peers.block_on(async {
+        for _ in 0..500 {
+            if handle.shared().live.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    });
+}
+
+#[test]
+fn allocations_per_tcp_connection_and_per_websocket_message() {
+    let (gateway, peers) = runtimes();
+    let (echo, ws) = peers.block_on(async {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ws = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addrs = (tcp.local_addr().unwrap(), ws.local_addr().unwrap());
+        tokio::spawn(sockgate::demo::tcp_echo(tcp));
+        tokio::spawn(sockgate::demo::ws_echo(ws));
+        addrs
+    });
+    let (handle, _dir) = start(
+        &gateway,
+        format!(
+            r#"
+[[listener]]
+name = "tcp"
+listen = "127.0.0.1:0"
+  [[listener.route]]
+  name = "echo"
+  protocol = "tcp"
+  backend = "echo"
+
+[[listener]]
+name = "ws"
+listen = "127.0.0.1:0"
+  [[listener.route]]
+  name = "chat"
+  protocol = "websocket"
+  backend = "chat"
+
+[[backend]]
+name = "echo"
+servers = ["{echo}"]
+
+[[backend]]
+name = "chat"
+servers = ["{ws}"]
+"#
+        ),
+    );
+    let tcp_addr = handle.local_addr("tcp").unwrap();
+    let ws_addr = handle.local_addr("ws").unwrap();
+
+    let tcp_round = |n: usize| {
+        peers.block_on(async {
+            for _ in 0..n {
+                let mut tcp = tokio::net::TcpStream::connect(tcp_addr).await.unwrap();
+                tcp.write_all(b"ping").await.unwrap();
+                let mut got = [0u8; 4];
+                tcp.read_exact(&mut got).await.unwrap();
+                tcp.shutdown().await.unwrap();
+                let mut rest = Vec::new();
+                tcp.read_to_end(&mut rest).await.unwrap();
+            }
+        })
+    };
+    tcp_round(20); // warm-up: metric children, free lists, runtime structures
+    settle(&peers, &handle);
+    let before = count();
+    tcp_round(200);
+    settle(&peers, &handle);
+    let per_tcp = (count() - before) as f64 / 200.0;
+
+    let per_message = peers.block_on(async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{ws_addr}/chat"))
+            .await
+            .unwrap();
+        for i in 0..100u32 {
+            ws.send(Message::binary(vec![i as u8; 128])).await.unwrap();
+            ws.next().await.unwrap().unwrap();
+        }
+        let before = count();
+        for i in 0..2000u32 {
+            ws.send(Message::binary(vec![i as u8; 128])).await.unwrap();
+            ws.next().await.unwrap().unwrap();
+        }
+        (count() - before) as f64 / 2000.0
+    });
+
+    let ws_connection = |n: usize| {
+        peers.block_on(async {
+            for _ in 0..n {
+                let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{ws_addr}/chat"))
+                    .await
+                    .unwrap();
+                ws.close(None).await.unwrap();
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        })
+    };
+    ws_connection(10);
+    settle(&peers, &handle);
+    let before = count();
+    ws_connection(100);
+    settle(&peers, &handle);
+    let per_ws = (count() - before) as f64 / 100.0;
+
+    println!(
+        "gateway allocations: {per_tcp:.1} per TCP connection, {per_ws:.1} per WebSocket \
+         connection (upgrade, relay, closing handshake), {per_message:.3} per WebSocket echo"
+    );
+    assert!(
+        per_ws < 200.0,
+        "{per_ws} allocations per WebSocket connection"
+    );
+    assert!(per_tcp < 30.0, "{per_tcp} allocations per TCP connection");
+    assert!(
+        per_message < 0.05,
+        "{per_message} allocations per WebSocket echo"
+    );
+    handle.stop();
+}
