@@ -34,7 +34,8 @@ struct Cli {
     workers: Option<usize>,
 
     /// Once every listener is bound, write their addresses here as JSON
-    /// (`{"listeners": {"NAME": "ADDR"}, "admin": "ADDR"}`), for scripts and tests.
+    /// (`{"listeners": {"NAME": "ADDR"}, "admin": "ADDR"}`), for scripts and tests;
+    /// rewritten after each SIGHUP reload.
     #[arg(long, global = true, value_name = "FILE")]
     ready_file: Option<PathBuf>,
 
@@ -222,15 +223,22 @@ async fn run_gateway(config: Config, ready_file: Option<PathBuf>) -> anyhow::Res
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
 
     let handle = sockgate::start(config).await.context("cannot start")?;
-    if let Some(path) = ready_file {
-        write_ready_file(&path, &handle)?;
+    if let Some(path) = &ready_file {
+        write_ready_file(path, &handle)?;
     }
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => match handle.reload_from_source().await {
-                Ok(()) => {}
+                Ok(()) => {
+                    // Listeners may have come or gone: the ready file follows.
+                    if let Some(path) = &ready_file
+                        && let Err(e) = write_ready_file(path, &handle)
+                    {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot rewrite the ready file");
+                    }
+                }
                 Err(sockgate::ReloadError::Invalid(errors)) => {
                     for e in &errors.0 {
                         tracing::error!("reload refused: {}", e.to_string().replace('\n', " "));

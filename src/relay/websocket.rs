@@ -36,6 +36,7 @@ use prometheus::{Histogram, IntCounter};
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 use crate::live::ConnCtx;
@@ -185,13 +186,26 @@ where
     let mut last_progress = Instant::now();
     let mut drain_seen = false;
     let mut operator_seen = false;
+    let mut wakeups: u32 = 0;
     let mut reload_close = false;
 
     let reason = poll_fn(|cx| {
-        if stopped.as_mut().poll(cx).is_ready() {
+        // Registering with a token's waiter list takes a lock, and this runs on every wake-up:
+        // register now and then, and in between read the tokens' flags, which is enough while
+        // the task's waker stays the same (it does within one task).
+        let register = wakeups.is_multiple_of(64);
+        wakeups = wakeups.wrapping_add(1);
+        let fired = |token: &CancellationToken, future: Pin<&mut _>, cx: &mut Context<'_>| {
+            if register {
+                Future::poll(future, cx).is_ready()
+            } else {
+                token.is_cancelled()
+            }
+        };
+        if fired(stop, stopped.as_mut(), cx) {
             return Poll::Ready(EndReason::Stopped);
         }
-        if !drain_seen && drained.as_mut().poll(cx).is_ready() {
+        if !drain_seen && fired(drain, drained.as_mut(), cx) {
             drain_seen = true;
             reload_close = false;
             // Spread the Close frames of all connections over the window, so clients do not
@@ -203,7 +217,7 @@ where
             let delay = conn.jitter(window);
             drain_timer = Some(Box::pin(tokio::time::sleep(delay)));
         }
-        if !operator_seen && operator.as_mut().poll(cx).is_ready() {
+        if !operator_seen && fired(&ctx.cancel, operator.as_mut(), cx) {
             operator_seen = true;
             match ctx.close_code() {
                 code::SERVICE_RESTART => {
