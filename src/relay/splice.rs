@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::tcp::{Flow, RelayEnd, Side};
+use super::tcp::{Flow, RelayEnd, Side, idle_expired};
 
 /// Bytes moved per `splice` call at most; a pipe holds 64 KiB by default.
 const CHUNK: usize = 64 * 1024;
@@ -233,12 +233,8 @@ pub async fn relay(
         if progressed {
             last_progress = Instant::now();
         }
-        while idle.as_mut().poll(cx).is_ready() {
-            let deadline = last_progress + idle_timeout;
-            if deadline <= Instant::now() {
-                return Poll::Ready(RelayEnd::Idle);
-            }
-            idle.as_mut().reset(deadline);
+        if idle_expired(idle.as_mut(), cx, last_progress + idle_timeout) {
+            return Poll::Ready(RelayEnd::Idle);
         }
         Poll::Pending
     })

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::relay::buffer::Slot;
@@ -177,6 +177,23 @@ impl Pump {
     }
 }
 
+/// Polls an idle timer that is re-armed lazily: only when it fires is it moved to
+/// `deadline` (last progress + timeout), so a busy relay never touches the timer wheel.
+/// True once `deadline` has passed.
+pub(crate) fn idle_expired(
+    mut idle: Pin<&mut Sleep>,
+    cx: &mut Context<'_>,
+    deadline: Instant,
+) -> bool {
+    while idle.as_mut().poll(cx).is_ready() {
+        if deadline <= Instant::now() {
+            return true;
+        }
+        idle.as_mut().reset(deadline);
+    }
+    false
+}
+
 /// Relays until both directions end, one side fails, nothing moves for `idle_timeout`,
 /// or `cancel` fires.
 pub async fn relay<C, B>(
@@ -238,14 +255,8 @@ where
         if progressed {
             last_progress = Instant::now();
         }
-        // The timer is re-armed lazily: only when it fires do we look at when bytes last
-        // moved, so a busy relay never touches the timer wheel.
-        while idle.as_mut().poll(cx).is_ready() {
-            let deadline = last_progress + idle_timeout;
-            if deadline <= Instant::now() {
-                return Poll::Ready(RelayEnd::Idle);
-            }
-            idle.as_mut().reset(deadline);
+        if idle_expired(idle.as_mut(), cx, last_progress + idle_timeout) {
+            return Poll::Ready(RelayEnd::Idle);
         }
         Poll::Pending
     })

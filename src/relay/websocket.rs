@@ -42,6 +42,7 @@ use crate::Shared;
 use crate::live::ConnCtx;
 use crate::relay::Side;
 use crate::relay::buffer::{self, Slot};
+use crate::relay::tcp::idle_expired;
 use crate::route::Route;
 use tracker::{Event, Extensions, MAX_CONTROL_FRAME, Role, Tracker};
 
@@ -298,17 +299,12 @@ where
         {
             return Poll::Ready(EndReason::CloseTimeout);
         }
-        while idle.as_mut().poll(cx).is_ready() {
-            let deadline = last_progress + session.idle_timeout;
-            if deadline <= Instant::now() {
-                // Idle: close properly rather than cut; close_timeout bounds it.
-                conn.initiate(code::GOING_AWAY, "idle timeout");
-                idle.as_mut()
-                    .reset(Instant::now() + session.idle_timeout + session.close_timeout);
-                cx.waker().wake_by_ref();
-                break;
-            }
-            idle.as_mut().reset(deadline);
+        if idle_expired(idle.as_mut(), cx, last_progress + session.idle_timeout) {
+            // Idle: close properly rather than cut; close_timeout bounds it.
+            conn.initiate(code::GOING_AWAY, "idle timeout");
+            idle.as_mut()
+                .reset(Instant::now() + session.idle_timeout + session.close_timeout);
+            cx.waker().wake_by_ref();
         }
         Poll::Pending
     })
