@@ -392,7 +392,8 @@ struct Dir {
     /// Frames from the reader are dropped instead of forwarded: the writer already got the
     /// gateway's Close, or the reader broke the protocol.
     dropping: bool,
-    inject: Option<Injected>,
+    /// Boxed: rare, and an idle connection should not carry 160 bytes for it.
+    inject: Option<Box<Injected>>,
     need_flush: bool,
     /// The writer is gone; nothing more is written.
     writer_gone: bool,
@@ -440,12 +441,12 @@ impl Dir {
         if self.writer_gone || self.inject.as_ref().is_some_and(|q| q.close || !close) {
             return;
         }
-        self.inject = Some(Injected {
+        self.inject = Some(Box::new(Injected {
             frame,
             len,
             written: 0,
             close,
-        });
+        }));
     }
 
     /// Removes a held-back frame `[start, scan)` from the stream (a Pong the gateway answers
