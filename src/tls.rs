@@ -213,6 +213,6 @@ pub fn server_config(
     // (keys rotated by the ticketer) for TLS 1.3 and 1.2, plus a session-ID cache for TLS 1.2
     // clients that do not take tickets.
     config.ticketer = rustls::crypto::ring::Ticketer::new()?;
-    config.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
     Ok(Arc::new(config))
 }
