@@ -18,12 +18,14 @@ use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
+use sockgate_bench::proc::{Proc, cpu_seconds, ticks_per_second};
+use sockgate_bench::stats::median;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
@@ -143,58 +145,23 @@ async fn echo(tcp: TcpStream) {
     }
 }
 
-/// A child process killed and reaped on drop, so no run leaves a gateway behind.
-struct Proc {
-    child: Child,
-    name: &'static str,
-    log: Option<PathBuf>,
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!("{} exited ({status}){}", self.name, self.log_tail());
-        }
-        Ok(())
-    }
-
-    fn log_tail(&self) -> String {
-        let Some(path) = &self.log else {
-            return String::new();
-        };
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(20).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        format!("; last lines of {}:\n{}", path.display(), tail.join("\n"))
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_backend() -> anyhow::Result<(Proc, SocketAddr)> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
-    let mut child = Command::new(exe)
-        .arg("echo-backend")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("cannot start the echo backend")?;
-    let stdout = child.stdout.take().context("echo backend has no stdout")?;
-    let mut proc = Proc {
-        child,
-        name: "echo backend",
-        log: None,
-    };
+    let mut proc = Proc::spawn(
+        Command::new(exe)
+            .arg("echo-backend")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit()),
+        "echo backend",
+        None,
+        None,
+    )?;
+    let stdout = proc
+        .child_mut()
+        .stdout
+        .take()
+        .context("echo backend has no stdout")?;
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
     let addr = line
@@ -255,22 +222,20 @@ fn start_gateway(binary: &Path, dir: &Path, backend: SocketAddr) -> anyhow::Resu
     let log = dir.join("sockgate.log");
     std::fs::write(&config, gateway_config(backend))?;
     let _ = std::fs::remove_file(&ready);
-    let child = Command::new(binary)
-        .arg("--config")
-        .arg(&config)
-        .arg("--ready-file")
-        .arg(&ready)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log)?)
-        .spawn()
-        .with_context(|| format!("cannot start {}", binary.display()))?;
-    let mut proc = Proc {
-        child,
-        name: "sockgate",
-        log: Some(log),
-    };
+    let mut proc = Proc::spawn(
+        Command::new(binary)
+            .arg("--config")
+            .arg(&config)
+            .arg("--ready-file")
+            .arg(&ready)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?),
+        "sockgate",
+        Some(log),
+        None,
+    )?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
         if let Ok(text) = std::fs::read_to_string(&ready) {
@@ -295,33 +260,6 @@ fn start_gateway(binary: &Path, dir: &Path, backend: SocketAddr) -> anyhow::Resu
         tcp: addr("tcp")?,
         proc,
     })
-}
-
-/// User plus system CPU seconds of a process, from /proc/PID/stat (all its threads).
-fn cpu_seconds(pid: &str, ticks_per_second: f64) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return f64::NAN;
-    };
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return f64::NAN;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-    match (ticks(11), ticks(12)) {
-        (Some(user), Some(system)) => (user + system) / ticks_per_second,
-        _ => f64::NAN,
-    }
-}
-
-fn ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok())
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(100.0)
 }
 
 #[derive(Clone, Copy)]
@@ -554,18 +492,6 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     })?;
     print!("{}", report(args, &runs));
     Ok(())
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
 }
 
 fn ms(d: Duration) -> String {
