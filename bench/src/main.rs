@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
-use sockgate_bench::proc::{Proc, cpu_seconds, ticks_per_second};
+use sockgate_bench::proc::{Proc, Sockgate, cpu_seconds, ticks_per_second};
 use sockgate_bench::stats::median;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -217,48 +217,11 @@ fn start_gateway(binary: &Path, dir: &Path, backend: SocketAddr) -> anyhow::Resu
             binary.display()
         );
     }
-    let config = dir.join("sockgate.toml");
-    let ready = dir.join("ready.json");
-    let log = dir.join("sockgate.log");
-    std::fs::write(&config, gateway_config(backend))?;
-    let _ = std::fs::remove_file(&ready);
-    let mut proc = Proc::spawn(
-        Command::new(binary)
-            .arg("--config")
-            .arg(&config)
-            .arg("--ready-file")
-            .arg(&ready)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?),
-        "sockgate",
-        Some(log),
-        None,
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let text = loop {
-        if let Ok(text) = std::fs::read_to_string(&ready) {
-            break text;
-        }
-        proc.check_alive()?;
-        if Instant::now() > deadline {
-            bail!("sockgate wrote no ready file in 10 s{}", proc.log_tail());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let ready: serde_json::Value = serde_json::from_str(&text).context("bad ready file")?;
-    let addr = |name: &str| -> anyhow::Result<SocketAddr> {
-        ready["listeners"][name]
-            .as_str()
-            .with_context(|| format!("ready file has no listener {name}: {text}"))?
-            .parse()
-            .context("bad listener address in the ready file")
-    };
+    let gateway = Sockgate::start(binary, dir, &gateway_config(backend), &[])?;
     Ok(Gateway {
-        ws: addr("ws")?,
-        tcp: addr("tcp")?,
-        proc,
+        ws: gateway.addr("ws")?,
+        tcp: gateway.addr("tcp")?,
+        proc: gateway.proc,
     })
 }
 

@@ -219,3 +219,72 @@ pub fn raise_open_files() -> u64 {
     }
     limit.rlim_cur
 }
+
+/// The `sockgate` binary started with `config` written to `dir`, once it has bound its
+/// listeners: the process and each listener's address, from its `--ready-file`.
+pub struct Sockgate {
+    pub proc: Proc,
+    listeners: HashMap<String, std::net::SocketAddr>,
+}
+
+impl Sockgate {
+    pub fn start(
+        binary: &std::path::Path,
+        dir: &std::path::Path,
+        config: &str,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Sockgate> {
+        let config_path = dir.join("sockgate.toml");
+        let ready = dir.join("ready.json");
+        let log = dir.join("sockgate.log");
+        std::fs::write(&config_path, config)?;
+        let _ = std::fs::remove_file(&ready);
+        let mut proc = Proc::spawn(
+            Command::new(binary)
+                .arg("--config")
+                .arg(&config_path)
+                .arg("--ready-file")
+                .arg(&ready)
+                .args(extra_args)
+                .env("RUST_LOG", "warn")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(&log)?),
+            "sockgate",
+            Some(log),
+            None,
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let text = loop {
+            if let Ok(text) = std::fs::read_to_string(&ready) {
+                break text;
+            }
+            proc.check_alive()?;
+            if Instant::now() > deadline {
+                bail!("sockgate wrote no ready file in 10 s{}", proc.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let ready: serde_json::Value = serde_json::from_str(&text).context("bad ready file")?;
+        let mut listeners = HashMap::new();
+        if let Some(map) = ready["listeners"].as_object() {
+            for (name, addr) in map {
+                let addr = addr
+                    .as_str()
+                    .context("bad listener entry in the ready file")?
+                    .parse()
+                    .context("bad listener address in the ready file")?;
+                listeners.insert(name.clone(), addr);
+            }
+        }
+        Ok(Sockgate { proc, listeners })
+    }
+
+    /// The bound address of listener `name`.
+    pub fn addr(&self, name: &str) -> anyhow::Result<std::net::SocketAddr> {
+        self.listeners
+            .get(name)
+            .copied()
+            .with_context(|| format!("the ready file has no listener {name}"))
+    }
+}

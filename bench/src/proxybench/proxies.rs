@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::ValueEnum;
-use sockgate_bench::proc::Proc;
+use sockgate_bench::proc::{Proc, Sockgate};
 
 use crate::backend::BackendAddrs;
 
@@ -459,53 +459,15 @@ servers = ["{bws}"]
 fn start_sockgate(setup: &Setup, dir: &Path) -> anyhow::Result<Running> {
     let binary = &setup.sockgate;
     let text = sockgate_config(&setup.backend, &setup.certs);
-    let config = dir.join("sockgate.toml");
-    let ready = dir.join("ready.json");
-    let log = dir.join("sockgate.log");
-    std::fs::write(&config, &text)?;
-    let _ = std::fs::remove_file(&ready);
-    let mut proc = Proc::spawn(
-        Command::new(binary)
-            .arg("--config")
-            .arg(&config)
-            .arg("--ready-file")
-            .arg(&ready)
-            .args(["--workers", "2"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?),
-        "sockgate",
-        Some(log),
-        None,
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let text_ready = loop {
-        if let Ok(text) = std::fs::read_to_string(&ready) {
-            break text;
-        }
-        proc.check_alive()?;
-        if Instant::now() > deadline {
-            bail!("sockgate wrote no ready file in 10 s{}", proc.log_tail());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let ready: serde_json::Value = serde_json::from_str(&text_ready).context("bad ready file")?;
-    let addr = |name: &str| -> anyhow::Result<SocketAddr> {
-        ready["listeners"][name]
-            .as_str()
-            .with_context(|| format!("ready file has no listener {name}: {text_ready}"))?
-            .parse()
-            .context("bad listener address in the ready file")
-    };
+    let gateway = Sockgate::start(binary, dir, &text, &["--workers", "2"])?;
     Ok(Running {
         target: Target::Sockgate,
         frontends: Frontends {
-            tcp: addr("tcp")?,
-            tls: addr("tls")?,
-            wss: addr("wss")?,
+            tcp: gateway.addr("tcp")?,
+            tls: gateway.addr("tls")?,
+            wss: gateway.addr("wss")?,
         },
-        proc: Some(proc),
+        proc: Some(gateway.proc),
         config: Some(("sockgate.toml".into(), text)),
     })
 }
