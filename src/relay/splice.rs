@@ -22,8 +22,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::tcp::{Flow, RelayEnd, Side, idle_expired};
 
-/// Bytes moved per `splice` call at most; a pipe holds 64 KiB by default.
-const CHUNK: usize = 64 * 1024;
+/// Bytes a lent pipe can hold, asked of the kernel (the default is 64 KiB).
+const PIPE_SIZE: libc::c_int = 512 * 1024;
+
+/// Bytes moved per `splice` call at most: a full pipe.
+const CHUNK: usize = PIPE_SIZE as usize;
 
 /// Free pipes kept per worker thread.
 const KEEP: usize = 32;
@@ -49,12 +52,18 @@ impl Pipe {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-        Ok(unsafe {
+        let pipe = unsafe {
             Pipe {
                 read: OwnedFd::from_raw_fd(fds[0]),
                 write: OwnedFd::from_raw_fd(fds[1]),
             }
-        })
+        };
+        // A larger pipe moves a bulk transfer in fewer splice calls. Pages are only taken as
+        // bytes arrive, so an empty pooled pipe costs no more; the kernel may refuse the size
+        // (fs.pipe-max-size), and the default 64 KiB then stays.
+        // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own.
+        let _ = unsafe { libc::fcntl(pipe.write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+        Ok(pipe)
     }
 
     /// Back to the free list; only an empty pipe may be given back.
