@@ -15,10 +15,9 @@
 //! instead of landing on one.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -26,10 +25,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use futures_util::{SinkExt, StreamExt};
 use sockgate_bench::proc::{Proc, Sockgate, cpu_seconds, ticks_per_second};
 use sockgate_bench::stats::median;
+use sockgate_bench::ws::round_trip;
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::{Bytes, Message};
+use tokio_tungstenite::tungstenite::Bytes;
 
 /// WebSocket echo through sockgate's frame tracker vs its opaque TCP relay.
 #[derive(Parser, Debug)]
@@ -147,28 +147,12 @@ async fn echo(tcp: TcpStream) {
 
 fn start_backend() -> anyhow::Result<(Proc, SocketAddr)> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
-    let mut proc = Proc::spawn(
-        Command::new(exe)
-            .arg("echo-backend")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit()),
-        "echo backend",
-        None,
-        None,
-    )?;
-    let stdout = proc
-        .child_mut()
-        .stdout
-        .take()
-        .context("echo backend has no stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
+    let (proc, line) =
+        Proc::spawn_announcing(Command::new(exe).arg("echo-backend"), "echo backend")?;
     let addr = line
         .trim()
         .parse()
         .with_context(|| format!("echo backend printed {line:?}, not an address"))?;
-    proc.check_alive()?;
     Ok((proc, addr))
 }
 
@@ -289,20 +273,8 @@ async fn drive(
         if sent >= end {
             break;
         }
-        ws.send(Message::Binary(payload.clone())).await?;
-        let echo = loop {
-            match ws.next().await {
-                Some(Ok(Message::Binary(echo))) => break echo,
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Ok(other)) => bail!("unexpected {other:?}"),
-                Some(Err(e)) => return Err(e.into()),
-                None => bail!("connection ended mid-run"),
-            }
-        };
+        round_trip(&mut ws, &payload).await?;
         let received = Instant::now();
-        if echo != payload {
-            bail!("echo differs from what was sent");
-        }
         if sent >= measure && received <= end {
             rtts.push(u64::try_from((received - sent).as_nanos()).unwrap_or(u64::MAX));
         }

@@ -21,6 +21,34 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Starts a helper (a backend) that announces itself with one line on its stdout, and
+    /// returns it with that line.
+    pub fn spawn_announcing(
+        command: &mut Command,
+        name: &'static str,
+    ) -> anyhow::Result<(Proc, String)> {
+        use std::io::{BufRead, BufReader};
+        use std::process::Stdio;
+        let mut proc = Proc::spawn(
+            command
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit()),
+            name,
+            None,
+            None,
+        )?;
+        let stdout = proc
+            .child_mut()
+            .stdout
+            .take()
+            .with_context(|| format!("{name} has no stdout"))?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        proc.check_alive()?;
+        Ok((proc, line))
+    }
+
     /// Starts `command`; `log` is the file its stderr goes to, quoted when it dies.
     pub fn spawn(
         command: &mut Command,

@@ -8,10 +8,9 @@
 //! - `ws`: WebSocket echo of every data message.
 //! - `wss`: the same behind TLS.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -168,28 +167,15 @@ pub fn pattern(len: usize) -> Vec<u8> {
 /// Starts `proxybench backend` as a child and reads its addresses.
 pub fn start(cert: &Path, key: &Path) -> anyhow::Result<(Proc, BackendAddrs)> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
-    let mut proc = Proc::spawn(
+    let (proc, line) = Proc::spawn_announcing(
         Command::new(exe)
             .arg("backend")
             .arg("--cert")
             .arg(cert)
             .arg("--key")
-            .arg(key)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit()),
+            .arg(key),
         "backend",
-        None,
-        None,
     )?;
-    let stdout = proc
-        .child_mut()
-        .stdout
-        .take()
-        .context("backend has no stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    proc.check_alive()?;
     let json: serde_json::Value = serde_json::from_str(&line)
         .with_context(|| format!("backend printed {line:?}, not its addresses"))?;
     let addr = |name: &str| -> anyhow::Result<SocketAddr> {

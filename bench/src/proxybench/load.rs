@@ -21,6 +21,8 @@ use tokio_rustls::TlsConnector;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
+use sockgate_bench::ws::round_trip;
+
 use crate::backend::{BULK_CHUNK, ECHO, SINK, SOURCE, pattern};
 use crate::tls;
 
@@ -372,20 +374,8 @@ async fn ws_echo(
         if sent >= w.end {
             break;
         }
-        ws.send(Message::Binary(payload.clone())).await?;
-        let echo = loop {
-            match ws.next().await {
-                Some(Ok(Message::Binary(echo))) => break echo,
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                Some(Ok(other)) => bail!("unexpected {other:?}"),
-                Some(Err(e)) => return Err(e.into()),
-                None => bail!("connection ended mid-run"),
-            }
-        };
+        round_trip(&mut ws, &payload).await?;
         let received = Instant::now();
-        if echo != payload {
-            bail!("echo differs from what was sent");
-        }
         counter.fetch_add(1, Ordering::Relaxed);
         if w.counts(sent, received) {
             rtts.push(nanos(received - sent));
