@@ -30,6 +30,7 @@ pub mod shutdown;
 pub mod snapshot;
 pub mod tls;
 pub mod upstream;
+pub mod workers;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -45,6 +46,7 @@ use crate::live::LiveTable;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{Snapshot, SnapshotError};
+use crate::workers::Workers;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +91,7 @@ pub struct Shared {
     listeners: Mutex<HashMap<String, listener::Bound>>,
     /// Serializes reloads (SIGHUP and `POST /reload` may race).
     reloading: tokio::sync::Mutex<()>,
+    workers: Workers,
 }
 
 impl Shared {
@@ -194,7 +197,7 @@ impl Shared {
             if keep.contains(&l.name) {
                 continue;
             }
-            match listener::bind(&l.name, l.listen).await {
+            match listener::bind(&l.name, l.listen, self.workers.sockets_per_listener()) {
                 Ok(pending) => new_bound.push(pending),
                 Err(e) => {
                     // Put the stopped listeners back: the old config keeps running whole.
@@ -214,7 +217,7 @@ impl Shared {
         self.snapshot.store(snapshot.clone());
         self.close_removed(&snapshot);
         for pending in new_bound {
-            let bound = pending.spawn(self.clone());
+            let bound = pending.spawn(self.clone(), &self.workers);
             tracing::info!(listener = %bound.0, address = %bound.1.local_addr, "listener added by reload");
             self.listeners
                 .lock()
@@ -266,8 +269,16 @@ pub struct Handle {
     admin_stop: CancellationToken,
 }
 
-/// Binds every listener and the admin endpoint, then starts accepting.
+/// Binds every listener and the admin endpoint, then starts accepting on the current
+/// runtime.
 pub async fn start(config: Config) -> Result<Handle, StartError> {
+    start_on(config, Workers::current()).await
+}
+
+/// Binds every listener (one socket per worker) and the admin endpoint, then starts
+/// accepting on the workers. The admin endpoint and the drain timer run on the current
+/// runtime.
+pub async fn start_on(config: Config, workers: Workers) -> Result<Handle, StartError> {
     let metrics = Metrics::new();
     let conn_limit = config
         .defaults
@@ -278,7 +289,11 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
 
     let mut pending = Vec::new();
     for l in &snapshot.config.listeners {
-        pending.push(listener::bind(&l.name, l.listen).await?);
+        pending.push(listener::bind(
+            &l.name,
+            l.listen,
+            workers.sockets_per_listener(),
+        )?);
     }
     let admin_listener = match admin_listen {
         None => None,
@@ -297,9 +312,10 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
         conn_limit,
         listeners: Mutex::new(HashMap::new()),
         reloading: tokio::sync::Mutex::new(()),
+        workers,
     });
     for p in pending {
-        let (name, bound) = p.spawn(shared.clone());
+        let (name, bound) = p.spawn(shared.clone(), &shared.workers);
         tracing::info!(listener = %name, address = %bound.local_addr, "listening");
         shared
             .listeners
@@ -389,10 +405,11 @@ impl Handle {
     }
 
     /// Waits until every listener and connection task has ended (after `drain` or `stop`),
-    /// then closes the admin endpoint.
+    /// then closes the admin endpoint and ends the worker threads.
     pub async fn wait(&self) {
         self.shared.shutdown.wait().await;
         self.admin_stop.cancel();
+        self.shared.workers.exit();
     }
 }
 

@@ -1,6 +1,9 @@
 //! Bind and accept: the first stage of the pipeline. Each accepted connection gets its own
 //! tracked task running [`conn::serve`](crate::conn::serve); nothing a connection does can
 //! reach the accept loop.
+//!
+//! A listener is one accepting socket per worker ([`crate::workers`]), all bound to the same
+//! address with `SO_REUSEPORT`, each accepted on by its own worker's event loop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,13 +12,17 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::workers::Workers;
 use crate::{Shared, StartError};
 
-/// A bound socket not yet accepting.
+/// Bound sockets not yet accepting.
 pub struct Pending {
     name: String,
     configured: SocketAddr,
-    socket: TcpListener,
+    local_addr: SocketAddr,
+    /// One per worker. Kept as std sockets until each reaches its worker: a tokio socket
+    /// belongs to the runtime it was registered with.
+    sockets: Vec<std::net::TcpListener>,
 }
 
 /// A listener accepting connections.
@@ -29,16 +36,25 @@ pub struct Bound {
     pub stop: CancellationToken,
 }
 
-pub async fn bind(name: &str, addr: SocketAddr) -> Result<Pending, StartError> {
-    let socket = listen_socket(addr).map_err(|source| StartError::Bind {
+/// Binds `count` sockets to `addr` (with port 0, the port the first one got).
+pub fn bind(name: &str, addr: SocketAddr, count: usize) -> Result<Pending, StartError> {
+    let error = |source| StartError::Bind {
         listener: name.to_owned(),
         addr,
         source,
-    })?;
+    };
+    let reuse_port = count > 1;
+    let first = bind_socket(addr, reuse_port).map_err(error)?;
+    let local_addr = first.local_addr().map_err(error)?;
+    let mut sockets = vec![first];
+    for _ in 1..count {
+        sockets.push(bind_socket(local_addr, reuse_port).map_err(error)?);
+    }
     Ok(Pending {
         name: name.to_owned(),
         configured: addr,
-        socket,
+        local_addr,
+        sockets,
     })
 }
 
@@ -48,6 +64,13 @@ const BACKLOG: i32 = 4096;
 /// A listening socket. IPv6 sockets are IPv6-only, so `0.0.0.0:P` and `[::]:P` can be two
 /// listeners side by side (as nginx does by default) instead of the second failing to bind.
 pub fn listen_socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::from_std(bind_socket(addr, false)?)
+}
+
+/// `reuse_port`: several sockets of ours share the address, the kernel spreading new
+/// connections over them. Like HAProxy's listeners (which set it by default), this also
+/// lets another process of the same user bind the address beside us.
+fn bind_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     if addr.is_ipv6() {
@@ -55,26 +78,29 @@ pub fn listen_socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
     }
     // A restart can bind while old connections sit in TIME_WAIT.
     socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 impl Pending {
-    /// Starts the accept loop as a tracked task.
-    pub fn spawn(self, shared: Arc<Shared>) -> (String, Bound) {
-        let local_addr = self.socket.local_addr().unwrap_or(self.configured);
+    /// Starts one accept loop per socket, each a tracked task on its worker.
+    pub fn spawn(self, shared: Arc<Shared>, workers: &Workers) -> (String, Bound) {
         let stop = CancellationToken::new();
         let name: Arc<str> = self.name.as_str().into();
-        shared
-            .shutdown
-            .spawn(accept_loop(self.socket, name, shared.clone(), stop.clone()));
+        for (i, socket) in self.sockets.into_iter().enumerate() {
+            let accept = accept_loop(socket, name.clone(), shared.clone(), stop.clone());
+            shared.shutdown.spawn_on(accept, workers.runtime(i));
+        }
         (
             self.name,
             Bound {
                 configured: self.configured,
-                local_addr,
+                local_addr: self.local_addr,
                 stop,
             },
         )
@@ -82,11 +108,18 @@ impl Pending {
 }
 
 async fn accept_loop(
-    socket: TcpListener,
+    socket: std::net::TcpListener,
     name: Arc<str>,
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) {
+    let socket = match TcpListener::from_std(socket) {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::error!(listener = %name, error = %e, "cannot register the listening socket; this worker does not accept on it");
+            return;
+        }
+    };
     loop {
         let accepted = tokio::select! {
             accepted = socket.accept() => accepted,

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 
 use sockgate::config::{self, Config};
+use sockgate::workers::Workers;
 use sockgate::{Handle, certgen, demo};
 
 /// WebSocket/TCP reverse proxy and TLS-terminating gateway.
@@ -29,7 +30,8 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 
-    /// Worker threads for the async runtime (default: one per CPU).
+    /// Worker threads, each with its own event loop and its own accepting socket on every
+    /// listener (default: one per CPU).
     #[arg(long, global = true, value_name = "N")]
     workers: Option<usize>,
 
@@ -156,7 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Demo { listen, admin }) => {
-            runtime(cli.workers)?.block_on(run_demo(listen, admin, cli.ready_file))
+            control_runtime()?.block_on(run_demo(listen, admin, cli.workers, cli.ready_file))
         }
         Some(Command::Proxy {
             listen,
@@ -184,7 +186,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 source: None,
                 ..config
             };
-            let result = runtime(cli.workers)?.block_on(run_gateway(config, cli.ready_file));
+            let result =
+                control_runtime()?.block_on(run_gateway(config, cli.workers, cli.ready_file));
             let _ = std::fs::remove_dir_all(&dir);
             result
         }
@@ -200,29 +203,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(2));
                 }
             };
-            runtime(cli.workers)?.block_on(run_gateway(config, cli.ready_file))
+            control_runtime()?.block_on(run_gateway(config, cli.workers, cli.ready_file))
         }
     }
 }
 
-fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        builder.worker_threads(n.max(1));
-    }
-    builder
+/// Signals, reloads and the admin endpoint run here; connections run on the workers.
+fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
 }
 
-async fn run_gateway(config: Config, ready_file: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+async fn run_gateway(
+    config: Config,
+    workers: Option<usize>,
+    ready_file: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     // Signal handlers first: a SIGTERM that arrives while binding must drain, not kill.
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
 
-    let handle = sockgate::start(config).await.context("cannot start")?;
+    let workers = workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let workers = Workers::spawn(workers).context("cannot start the worker threads")?;
+    let handle = sockgate::start_on(config, workers)
+        .await
+        .context("cannot start")?;
     if let Some(path) = &ready_file {
         write_ready_file(path, &handle)?;
     }
@@ -266,6 +276,7 @@ async fn run_gateway(config: Config, ready_file: Option<PathBuf>) -> anyhow::Res
 async fn run_demo(
     listen: SocketAddr,
     admin: SocketAddr,
+    workers: Option<usize>,
     ready_file: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let ws = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -278,7 +289,7 @@ async fn run_demo(
     let files = demo::write_files(&dir, listen, admin, ws_addr, tcp_addr)?;
     let config = config::load(&files.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{}", demo::instructions(listen, admin, &files));
-    let result = run_gateway(config, ready_file).await;
+    let result = run_gateway(config, workers, ready_file).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

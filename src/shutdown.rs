@@ -64,6 +64,18 @@ impl Shutdown {
         self.tracker.spawn(task)
     }
 
+    /// Spawns a tracked task on `runtime`, or on the current one.
+    pub fn spawn_on<F>(&self, task: F, runtime: Option<&tokio::runtime::Handle>)
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match runtime {
+            Some(runtime) => drop(self.tracker.spawn_on(task, runtime)),
+            None => drop(self.tracker.spawn(task)),
+        }
+    }
+
     /// Tracked tasks still running.
     pub fn tasks(&self) -> usize {
         self.tracker.len()

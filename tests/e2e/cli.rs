@@ -380,3 +380,65 @@ fn insecure_client() -> std::sync::Arc<rustls::ClientConfig> {
             .with_no_client_auth(),
     )
 }
+
+/// LISTEN sockets on `port` in this network namespace (IPv4).
+fn listening_sockets(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!(":{port:04X} ");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 3 && format!("{} ", fields[1]).ends_with(&local) && fields[3] == "0A"
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn each_worker_accepts_on_its_own_socket() {
+    let echo = tcp_echo().await;
+    let (probe, listen_addr) = listen().await;
+    drop(probe);
+    let listen_arg = listen_addr.to_string();
+    let to = echo.to_string();
+    let mut gw = Binary::spawn(
+        &[
+            "proxy",
+            "--listen",
+            &listen_arg,
+            "--to",
+            &to,
+            "--workers",
+            "3",
+        ],
+        tempfile::tempdir().unwrap(),
+    );
+    gw.ready().await;
+    // Three sockets bound to one address (SO_REUSEPORT), three named worker threads.
+    assert_eq!(listening_sockets(listen_addr.port()), 3);
+    let pid = gw.child.as_ref().unwrap().id();
+    let mut workers: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| name.starts_with("worker-"))
+        .collect();
+    workers.sort();
+    assert_eq!(workers, ["worker-0", "worker-1", "worker-2"]);
+    // Connections spread over the sockets by the kernel: every one is served.
+    let clients = (0..24u8).map(|i| async move {
+        let mut tcp = TcpStream::connect(listen_addr).await.unwrap();
+        let msg = [i; 100];
+        tcp.write_all(&msg).await.unwrap();
+        let mut got = [0u8; 100];
+        tcp.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, msg);
+    });
+    futures_util::future::join_all(clients).await;
+    gw.signal("TERM");
+    assert_eq!(
+        gw.exit_status(Duration::from_secs(10)).await.code(),
+        Some(0)
+    );
+}
