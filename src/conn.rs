@@ -272,7 +272,7 @@ async fn tcp_path(
             }
             up.add(prefix.len());
         }
-        let end = relay::splice::relay(tcp, &backend, up, down, idle, &ctx.cancel).await;
+        let end = relay::splice::relay(tcp, &mut backend, up, down, idle, &ctx.cancel).await;
         return Ok(Finish::Relayed(end));
     }
 

@@ -1,6 +1,6 @@
-//! Zero-copy relay for plain TCP on both sides (Linux): `splice(2)` moves bytes from one
+//! Zero-copy relay for plain TCP on both sides (Linux): `splice(2)` moves bulk bytes from one
 //! socket into a pipe and from the pipe into the other socket without copying them through
-//! user space. Same contract as [`tcp::relay`](super::tcp::relay): half-close, idle timer,
+//! user space; small pieces are copied (see [`Direction`]). Same contract as [`tcp::relay`](super::tcp::relay): half-close, idle timer,
 //! cancellation, and byte counts as they flow.
 //!
 //! Pipes are lent like relay buffers: a direction takes one from a per-thread free list when
@@ -11,15 +11,16 @@ use std::cell::RefCell;
 use std::future::{Future, poll_fn};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::buffer::{self, Slot};
 use super::tcp::{Flow, RelayEnd, Side, idle_expired};
 
 /// Bytes a lent pipe can hold, asked of the kernel (the default is 64 KiB).
@@ -97,16 +98,44 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
-/// One direction: `reader`'s socket into a pipe, the pipe into the other socket.
+/// One direction: `reader`'s socket to the other socket, by copy while the bytes come in
+/// small pieces and by splice through a pipe once they come in bulk.
+///
+/// Why both: for a 64-byte request a copy is two syscalls (a short read tells tokio the
+/// socket is drained, so no third read hits `EAGAIN`) where a splice is three plus a pipe
+/// page; for a bulk stream the splice saves copying every byte twice. A read that fills the
+/// whole relay buffer switches the direction to splice; a splice that moves less than half a
+/// buffer switches it back.
 struct Direction {
     reader: Side,
+    splicing: bool,
+    buf: Slot,
+    pos: usize,
+    cap: usize,
     pipe: Option<Pipe>,
     in_pipe: usize,
     eof: bool,
     done: bool,
 }
 
+/// A splice that moves less than this goes back to copying.
+const BULK: usize = buffer::SIZE / 2;
+
 impl Direction {
+    fn new(reader: Side) -> Self {
+        Direction {
+            reader,
+            splicing: false,
+            buf: Slot::default(),
+            pos: 0,
+            cap: 0,
+            pipe: None,
+            in_pipe: 0,
+            eof: false,
+            done: false,
+        }
+    }
+
     fn writer(&self) -> Side {
         match self.reader {
             Side::Client => Side::Backend,
@@ -117,12 +146,26 @@ impl Direction {
     fn poll_move(
         &mut self,
         cx: &mut Context<'_>,
-        src: &TcpStream,
-        dst: &TcpStream,
+        src: &mut TcpStream,
+        dst: &mut TcpStream,
         flow: Flow<'_>,
         progressed: &mut bool,
     ) -> Poll<Result<(), (Side, io::Error)>> {
         loop {
+            while self.pos < self.cap {
+                let n =
+                    ready!(Pin::new(&mut *dst).poll_write(cx, &self.buf.get()[self.pos..self.cap]))
+                        .map_err(|e| (self.writer(), e))?;
+                if n == 0 {
+                    return Poll::Ready(Err((
+                        self.writer(),
+                        io::Error::new(io::ErrorKind::WriteZero, "peer accepts no more bytes"),
+                    )));
+                }
+                self.pos += n;
+                flow.add(n);
+                *progressed = true;
+            }
             while self.in_pipe > 0 {
                 ready!(dst.poll_write_ready(cx)).map_err(|e| (self.writer(), e))?;
                 let Some(pipe) = &self.pipe else { break };
@@ -140,36 +183,63 @@ impl Direction {
                 }
             }
             if self.eof {
-                if let Some(pipe) = self.pipe.take() {
-                    pipe.give();
-                }
+                self.idle();
                 // The reader's FIN, passed on: the writer's peer reads EOF, this direction
                 // ends, the other keeps going.
-                let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
+                let _ = socket2::SockRef::from(&*dst).shutdown(std::net::Shutdown::Write);
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
-            if src.poll_read_ready(cx).is_pending() {
-                // Idle: the empty pipe goes back to the free list until bytes come.
-                if let Some(pipe) = self.pipe.take() {
-                    pipe.give();
+            if self.splicing {
+                if src.poll_read_ready(cx).is_pending() {
+                    self.idle();
+                    return Poll::Pending;
                 }
-                return Poll::Pending;
-            }
-            if self.pipe.is_none() {
-                self.pipe = Some(Pipe::take().map_err(|e| (self.reader, e))?);
-            }
-            let Some(pipe) = &self.pipe else { continue };
-            let to = pipe.write.as_raw_fd();
-            match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), to, CHUNK)) {
-                Ok(0) => self.eof = true,
-                Ok(n) => {
-                    self.in_pipe = n;
-                    *progressed = true;
+                if self.pipe.is_none() {
+                    self.pipe = Some(Pipe::take().map_err(|e| (self.reader, e))?);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err((self.reader, e))),
+                let Some(pipe) = &self.pipe else { continue };
+                let to = pipe.write.as_raw_fd();
+                match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), to, CHUNK)) {
+                    Ok(0) => self.eof = true,
+                    Ok(n) => {
+                        self.in_pipe = n;
+                        self.splicing = n >= BULK;
+                        *progressed = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err((self.reader, e))),
+                }
+            } else {
+                let mut rb = ReadBuf::new(self.buf.get());
+                match Pin::new(&mut *src).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        if n == 0 {
+                            self.eof = true;
+                        } else {
+                            self.pos = 0;
+                            self.cap = n;
+                            self.splicing = n == buffer::SIZE;
+                            *progressed = true;
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err((self.reader, e))),
+                    Poll::Pending => {
+                        self.idle();
+                        return Poll::Pending;
+                    }
+                }
             }
+        }
+    }
+
+    /// Nothing in flight: the buffer and the empty pipe go back to their free lists until
+    /// bytes come.
+    fn idle(&mut self) {
+        self.buf.release();
+        if let Some(pipe) = self.pipe.take() {
+            pipe.give();
         }
     }
 }
@@ -188,27 +258,15 @@ impl Drop for Direction {
 /// Relays between two plain TCP sockets until both directions end, one fails, nothing moves
 /// for `idle_timeout`, or `cancel` fires.
 pub async fn relay(
-    client: &TcpStream,
-    backend: &TcpStream,
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
     up: Flow<'_>,
     down: Flow<'_>,
     idle_timeout: Duration,
     cancel: &CancellationToken,
 ) -> RelayEnd {
-    let mut c2b = Direction {
-        reader: Side::Client,
-        pipe: None,
-        in_pipe: 0,
-        eof: false,
-        done: false,
-    };
-    let mut b2c = Direction {
-        reader: Side::Backend,
-        pipe: None,
-        in_pipe: 0,
-        eof: false,
-        done: false,
-    };
+    let mut c2b = Direction::new(Side::Client);
+    let mut b2c = Direction::new(Side::Backend);
     let mut first_eof = None;
     let mut cancelled = pin!(cancel.cancelled());
     let mut idle = pin!(tokio::time::sleep(idle_timeout));
@@ -219,13 +277,14 @@ pub async fn relay(
             return Poll::Ready(RelayEnd::Cancelled);
         }
         let mut progressed = false;
-        for (dir, src, dst, flow) in [
-            (&mut c2b, client, backend, up),
-            (&mut b2c, backend, client, down),
-        ] {
+        for (dir, flow) in [(&mut c2b, up), (&mut b2c, down)] {
             if dir.done {
                 continue;
             }
+            let (src, dst) = match dir.reader {
+                Side::Client => (&mut *client, &mut *backend),
+                Side::Backend => (&mut *backend, &mut *client),
+            };
             let result = dir.poll_move(cx, src, dst, flow, &mut progressed);
             if dir.eof && first_eof.is_none() {
                 first_eof = Some(dir.reader);

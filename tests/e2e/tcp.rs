@@ -357,3 +357,31 @@ async fn ipv4_and_ipv6_wildcard_listeners_share_a_port() {
         assert_eq!(&got, b"dual", "{addr}");
     }
 }
+
+#[tokio::test]
+async fn small_pieces_bulk_and_small_again_keep_their_order() {
+    // The plain relay copies small reads and splices bulk ones; a stream that changes pace
+    // crosses between the two both ways and must come out whole and in order.
+    let pki = Pki::new();
+    let echo = tcp_echo().await;
+    let gw = Gateway::start(pki.path(), &tcp_config(false, &format!("\"{echo}\""), "")).await;
+    let mut stream = TcpStream::connect(gw.addr("edge")).await.unwrap();
+    for round in 0..50 {
+        ping_pong(&mut stream, round).await;
+    }
+    let bulk = random_bytes(4 * 1024 * 1024, 99);
+    let (got, mut stream) = echo_roundtrip(stream, &bulk).await;
+    assert!(got == bulk, "bulk differs");
+    for round in 50..100 {
+        ping_pong(&mut stream, round).await;
+    }
+}
+
+/// 64 random bytes out, the same 64 back.
+async fn ping_pong(stream: &mut TcpStream, round: u64) {
+    let piece = random_bytes(64, round);
+    stream.write_all(&piece).await.unwrap();
+    let mut got = [0u8; 64];
+    stream.read_exact(&mut got).await.unwrap();
+    assert_eq!(got[..], piece[..], "round {round}");
+}
