@@ -6,6 +6,8 @@
 //! is a child of nothing: cancelling it does not start a drain, but `Handle::stop` does both.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -15,6 +17,16 @@ pub struct Shutdown {
     drain: CancellationToken,
     stop: CancellationToken,
     tracker: TaskTracker,
+    /// The tokens' states as plain flags, set before each token fires. A token's own
+    /// `is_cancelled` takes its lock, and every worker asking the same two tokens on every
+    /// wake-up made that lock a shared hot spot; a flag is a load.
+    flags: Arc<Flags>,
+}
+
+#[derive(Debug, Default)]
+struct Flags {
+    draining: AtomicBool,
+    stopped: AtomicBool,
 }
 
 impl Shutdown {
@@ -23,26 +35,31 @@ impl Shutdown {
     }
 
     pub fn drain(&self) {
+        self.flags.draining.store(true, Ordering::Release);
         self.drain.cancel();
     }
 
     pub fn stop(&self) {
+        self.flags.draining.store(true, Ordering::Release);
+        self.flags.stopped.store(true, Ordering::Release);
         self.drain.cancel();
         self.stop.cancel();
     }
 
     pub fn is_draining(&self) -> bool {
-        self.drain.is_cancelled()
+        self.flags.draining.load(Ordering::Acquire)
     }
 
     pub fn is_stopped(&self) -> bool {
-        self.stop.is_cancelled()
+        self.flags.stopped.load(Ordering::Acquire)
     }
 
+    /// Fires with [`Shutdown::drain`]; do not cancel it directly (the flag would not follow).
     pub fn drain_token(&self) -> &CancellationToken {
         &self.drain
     }
 
+    /// Fires with [`Shutdown::stop`]; do not cancel it directly (the flag would not follow).
     pub fn stop_token(&self) -> &CancellationToken {
         &self.stop
     }

@@ -36,7 +36,6 @@ use prometheus::{Histogram, IntCounter};
 use ring::rand::{SecureRandom, SystemRandom};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 use crate::live::ConnCtx;
@@ -192,21 +191,22 @@ where
 
     let reason = poll_fn(|cx| {
         // Registering with a token's waiter list takes a lock, and this runs on every wake-up:
-        // register now and then, and in between read the tokens' flags, which is enough while
-        // the task's waker stays the same (it does within one task).
+        // register now and then, and in between read flags, which is enough while the task's
+        // waker stays the same (it does within one task). The shared drain and stop tokens
+        // are read through the shutdown's plain flags: every worker asks them.
         let register = wakeups.is_multiple_of(64);
         wakeups = wakeups.wrapping_add(1);
-        let fired = |token: &CancellationToken, future: Pin<&mut _>, cx: &mut Context<'_>| {
+        let fired = |flag: bool, future: Pin<&mut _>, cx: &mut Context<'_>| {
             if register {
                 Future::poll(future, cx).is_ready()
             } else {
-                token.is_cancelled()
+                flag
             }
         };
-        if fired(stop, stopped.as_mut(), cx) {
+        if fired(shared.shutdown.is_stopped(), stopped.as_mut(), cx) {
             return Poll::Ready(EndReason::Stopped);
         }
-        if !drain_seen && fired(drain, drained.as_mut(), cx) {
+        if !drain_seen && fired(shared.shutdown.is_draining(), drained.as_mut(), cx) {
             drain_seen = true;
             reload_close = false;
             // Spread the Close frames of all connections over the window, so clients do not
@@ -218,7 +218,7 @@ where
             let delay = conn.jitter(window);
             drain_timer = Some(Box::pin(tokio::time::sleep(delay)));
         }
-        if !operator_seen && fired(&ctx.cancel, operator.as_mut(), cx) {
+        if !operator_seen && fired(ctx.cancel.is_cancelled(), operator.as_mut(), cx) {
             operator_seen = true;
             match ctx.close_code() {
                 code::SERVICE_RESTART => {
