@@ -15,13 +15,13 @@ use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::{AsyncRead, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::buffer::{self, Slot};
-use super::tcp::{Flow, RelayEnd, Side, idle_expired};
+use super::buffer;
+use super::tcp::{Flow, Held, RelayEnd, Side, idle_expired};
 
 /// Bytes a lent pipe can hold, asked of the kernel (the default is 64 KiB).
 const PIPE_SIZE: libc::c_int = 512 * 1024;
@@ -109,9 +109,7 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 struct Direction {
     reader: Side,
     splicing: bool,
-    buf: Slot,
-    pos: usize,
-    cap: usize,
+    held: Held,
     pipe: Option<Pipe>,
     in_pipe: usize,
     eof: bool,
@@ -126,9 +124,7 @@ impl Direction {
         Direction {
             reader,
             splicing: false,
-            buf: Slot::default(),
-            pos: 0,
-            cap: 0,
+            held: Held::default(),
             pipe: None,
             in_pipe: 0,
             eof: false,
@@ -152,20 +148,14 @@ impl Direction {
         progressed: &mut bool,
     ) -> Poll<Result<(), (Side, io::Error)>> {
         loop {
-            while self.pos < self.cap {
-                let n =
-                    ready!(Pin::new(&mut *dst).poll_write(cx, &self.buf.get()[self.pos..self.cap]))
-                        .map_err(|e| (self.writer(), e))?;
-                if n == 0 {
-                    return Poll::Ready(Err((
-                        self.writer(),
-                        io::Error::new(io::ErrorKind::WriteZero, "peer accepts no more bytes"),
-                    )));
-                }
-                self.pos += n;
-                flow.add(n);
-                *progressed = true;
-            }
+            let writer_side = self.writer();
+            ready!(self.held.poll_write_out(
+                cx,
+                Pin::new(&mut *dst),
+                writer_side,
+                flow,
+                progressed
+            ))?;
             while self.in_pipe > 0 {
                 ready!(dst.poll_write_ready(cx)).map_err(|e| (self.writer(), e))?;
                 let Some(pipe) = &self.pipe else { break };
@@ -211,15 +201,15 @@ impl Direction {
                     Err(e) => return Poll::Ready(Err((self.reader, e))),
                 }
             } else {
-                let mut rb = ReadBuf::new(self.buf.get());
+                let mut rb = ReadBuf::new(self.held.buf.get());
                 match Pin::new(&mut *src).poll_read(cx, &mut rb) {
                     Poll::Ready(Ok(())) => {
                         let n = rb.filled().len();
                         if n == 0 {
                             self.eof = true;
                         } else {
-                            self.pos = 0;
-                            self.cap = n;
+                            self.held.pos = 0;
+                            self.held.cap = n;
                             self.splicing = n == buffer::SIZE;
                             *progressed = true;
                         }
@@ -237,7 +227,7 @@ impl Direction {
     /// Nothing in flight: the buffer and the empty pipe go back to their free lists until
     /// bytes come.
     fn idle(&mut self) {
-        self.buf.release();
+        self.held.buf.release();
         if let Some(pipe) = self.pipe.take() {
             pipe.give();
         }

@@ -66,11 +66,48 @@ impl Flow<'_> {
     }
 }
 
+/// Bytes read and not yet written, in a buffer lent for as long as any are held.
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    pub buf: Slot,
+    pub pos: usize,
+    pub cap: usize,
+}
+
+impl Held {
+    /// Writes out everything held; `side` is the writer's, for errors.
+    pub(crate) fn poll_write_out<W: AsyncWrite + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut writer: Pin<&mut W>,
+        side: Side,
+        flow: Flow<'_>,
+        progressed: &mut bool,
+    ) -> Poll<Result<(), (Side, io::Error)>> {
+        while self.pos < self.cap {
+            let n = ready!(
+                writer
+                    .as_mut()
+                    .poll_write(cx, &self.buf.get()[self.pos..self.cap])
+            )
+            .map_err(|e| (side, e))?;
+            if n == 0 {
+                return Poll::Ready(Err((
+                    side,
+                    io::Error::new(io::ErrorKind::WriteZero, "peer accepts no more bytes"),
+                )));
+            }
+            self.pos += n;
+            flow.add(n);
+            *progressed = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// One direction: reads from `R`, writes to `W`. Holds a buffer only while bytes move.
 struct Pump {
-    buf: Slot,
-    pos: usize,
-    cap: usize,
+    held: Held,
     eof: bool,
     need_flush: bool,
     done: bool,
@@ -80,9 +117,7 @@ struct Pump {
 impl Pump {
     fn new(reader: Side) -> Self {
         Pump {
-            buf: Slot::default(),
-            pos: 0,
-            cap: 0,
+            held: Held::default(),
             eof: false,
             need_flush: false,
             done: false,
@@ -112,23 +147,26 @@ impl Pump {
         W: AsyncWrite + ?Sized,
     {
         loop {
-            if self.pos == self.cap && !self.eof {
-                let mut rb = ReadBuf::new(self.buf.get());
+            if self.held.pos == self.held.cap && !self.eof {
+                let mut rb = ReadBuf::new(self.held.buf.get());
                 match reader.as_mut().poll_read(cx, &mut rb) {
                     Poll::Ready(Ok(())) => {
                         let n = rb.filled().len();
                         if n == 0 {
                             self.eof = true;
                         } else {
-                            self.pos = 0;
-                            self.cap = n;
+                            self.held.pos = 0;
+                            self.held.cap = n;
+                            // Written next; a buffering writer (TLS) is flushed once reads
+                            // run dry.
+                            self.need_flush = true;
                             *progressed = true;
                         }
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err((self.reader, e))),
                     Poll::Pending => {
                         // Idle: the buffer goes back to the free list until bytes come.
-                        self.buf.release();
+                        self.held.buf.release();
                         // Nothing more to read now: push out what a buffering writer (TLS)
                         // holds before sleeping.
                         if self.need_flush {
@@ -141,27 +179,14 @@ impl Pump {
                 }
             }
 
-            while self.pos < self.cap {
-                let n = ready!(
-                    writer
-                        .as_mut()
-                        .poll_write(cx, &self.buf.get()[self.pos..self.cap])
-                )
-                .map_err(|e| (self.writer(), e))?;
-                if n == 0 {
-                    return Poll::Ready(Err((
-                        self.writer(),
-                        io::Error::new(io::ErrorKind::WriteZero, "peer accepts no more bytes"),
-                    )));
-                }
-                self.pos += n;
-                self.need_flush = true;
-                flow.add(n);
-                *progressed = true;
-            }
+            let writer_side = self.writer();
+            ready!(
+                self.held
+                    .poll_write_out(cx, writer.as_mut(), writer_side, flow, progressed)
+            )?;
 
             if self.eof {
-                self.buf.release();
+                self.held.buf.release();
                 ready!(writer.as_mut().poll_flush(cx)).map_err(|e| (self.writer(), e))?;
                 match ready!(writer.as_mut().poll_shutdown(cx)) {
                     // The peer already went away: its direction ends on its own.
