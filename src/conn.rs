@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_rustls::server::TlsStream;
 use tracing::Instrument;
 use tracing::field::Empty;
@@ -101,36 +102,83 @@ impl ConnError {
     }
 }
 
-/// Runs one accepted connection through the whole pipeline.
-pub async fn serve(tcp: TcpStream, peer: SocketAddr, listener: Arc<str>, shared: Arc<Shared>) {
-    // The snapshot is loaded once: a reload during this connection does not change it.
-    let snapshot = shared.snapshot();
-    let Some(lsnap) = snapshot.listener(&listener).cloned() else {
-        return;
-    };
-    let id = shared.live.next_id();
-    let ctx = Arc::new(ConnCtx::new(
-        id,
-        listener.clone(),
-        peer,
-        shared.shutdown.stop_token().child_token(),
-    ));
-    shared.live.insert(ctx.clone());
-    let span = tracing::info_span!(
-        "conn",
-        conn.id = id,
-        network.peer.address = %peer,
-        listener = %listener,
-        tls.sni = Empty,
-        route = Empty,
-        upstream.address = Empty,
-    );
-    let outcome = pipeline(tcp, &ctx, lsnap, &shared)
-        .instrument(span.clone())
-        .await;
-    shared.live.remove(id);
+/// What the setup stages hand back to [`serve`].
+pub enum Handoff {
+    /// The connection has ended (a TCP relay, plain HTTP, a cancel).
+    Finished(Finish),
+    /// A WebSocket upgrade went through: both streams, ready for the relay.
+    /// Boxed, so that holding it beside the relay's future costs the task a pointer.
+    WebSocket(Box<relay::http::Upgraded>),
+}
+
+/// Runs one accepted connection through the whole pipeline. `permit` (the `max_connections`
+/// slot) is held until the connection ends.
+///
+/// A plain function returning an `async move` block rather than an `async fn`: an `async fn`
+/// keeps a second copy of its arguments in the task for the connection's whole life.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would store its arguments twice in every connection's task"
+)]
+pub fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<str>,
+    shared: Arc<Shared>,
+    permit: Option<OwnedSemaphorePermit>,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // The snapshot is loaded once: a reload during this connection does not change it.
+        let Some(lsnap) = shared.snapshot().listener(&listener).cloned() else {
+            drop(permit);
+            return;
+        };
+        let ctx = Arc::new(ConnCtx::new(
+            shared.live.next_id(),
+            listener.clone(),
+            peer,
+            shared.shutdown.stop_token().child_token(),
+        ));
+        shared.live.insert(ctx.clone());
+        let span = tracing::info_span!(
+            "conn",
+            conn.id = ctx.id,
+            network.peer.address = %peer,
+            listener = %listener,
+            tls.sni = Empty,
+            route = Empty,
+            upstream.address = Empty,
+        );
+        // Boxed: the setup stages (TLS handshake, detection, hyper's connection, the
+        // upgrade) are freed when they hand over, so a WebSocket that stays open for hours
+        // carries only its relay in this task.
+        let mut ws = match Box::pin(pipeline(tcp, &ctx, lsnap, &shared).instrument(span.clone()))
+            .await
+        {
+            Ok(Handoff::WebSocket(ws)) => ws,
+            Ok(Handoff::Finished(finish)) => return finish_conn(&ctx, &shared, &span, Ok(finish)),
+            Err(e) => return finish_conn(&ctx, &shared, &span, Err(e)),
+        };
+        let end =
+            relay::websocket::relay(&mut ws.client, &mut ws.backend, &ws.session, &ctx, &shared)
+                .instrument(span.clone())
+                .await;
+        drop(ws);
+        finish_conn(&ctx, &shared, &span, Ok(Finish::WebSocket(end)));
+        drop(permit);
+    }
+}
+
+/// The connection has ended: out of the live table, metrics, the access log.
+fn finish_conn(
+    ctx: &ConnCtx,
+    shared: &Shared,
+    span: &tracing::Span,
+    outcome: Result<Finish, ConnError>,
+) {
+    shared.live.remove(ctx.id);
     ctx.finish_metrics(&shared.metrics);
-    span.in_scope(|| access_log(&ctx, &outcome));
+    span.in_scope(|| access_log(ctx, &outcome));
 }
 
 async fn pipeline(
@@ -138,7 +186,7 @@ async fn pipeline(
     ctx: &Arc<ConnCtx>,
     listener: Arc<ListenerSnap>,
     shared: &Arc<Shared>,
-) -> Result<Finish, ConnError> {
+) -> Result<Handoff, ConnError> {
     let _ = tcp.set_nodelay(true);
     let client = match &listener.tls {
         // Boxed so the handshake's state is freed when it ends instead of sizing the task.
@@ -157,7 +205,9 @@ async fn pipeline(
         Detected::Http => {
             relay::http::serve(client, ctx.clone(), listener, shared.clone(), tls).await
         }
-        Detected::Tcp => tcp_path(client, ctx, &listener, shared).await,
+        Detected::Tcp => tcp_path(client, ctx, &listener, shared)
+            .await
+            .map(Handoff::Finished),
     }
 }
 

@@ -152,12 +152,13 @@ async fn accept_loop(
                 }
             },
         };
-        let shared_conn = shared.clone();
-        let name_conn = name.clone();
-        shared.shutdown.spawn(async move {
-            crate::conn::serve(tcp, peer, name_conn, shared_conn).await;
-            drop(permit);
-        });
+        shared.shutdown.spawn(crate::conn::serve(
+            tcp,
+            peer,
+            name.clone(),
+            shared.clone(),
+            permit,
+        ));
     }
     tracing::debug!(listener = %name, "stopped accepting");
 }

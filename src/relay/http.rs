@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 
 use crate::Shared;
 use crate::config::Protocol;
-use crate::conn::{ClientStream, ConnError, Finish};
+use crate::conn::{ClientStream, ConnError, Finish, Handoff};
 use crate::detect::Rewind;
 use crate::live::ConnCtx;
 use crate::metrics::RouteCounters;
@@ -51,15 +51,15 @@ pub const MAX_HEAD: usize = 32 * 1024;
 type ClientIo = Counting<Rewind<ClientStream>>;
 type Body = Either<Incoming, Full<Bytes>>;
 
-/// Serves HTTP on one client connection until it closes, drains, or upgrades (then relays
-/// the WebSocket until it ends).
+/// Serves HTTP on one client connection until it closes, drains, or upgrades (then hands
+/// both upgraded streams back for the WebSocket relay).
 pub async fn serve(
     client: Rewind<ClientStream>,
     ctx: Arc<ConnCtx>,
     listener: Arc<ListenerSnap>,
     shared: Arc<Shared>,
     tls: bool,
-) -> Result<Finish, ConnError> {
+) -> Result<Handoff, ConnError> {
     let state = Arc::new(HttpConn {
         ctx: ctx.clone(),
         listener: listener.clone(),
@@ -104,7 +104,7 @@ pub async fn serve(
             }
             _ = ctx.cancel.cancelled() => {
                 state.flush_bytes();
-                return Ok(Finish::Cancelled);
+                return Ok(Handoff::Finished(Finish::Cancelled));
             }
         }
     };
@@ -127,33 +127,41 @@ pub async fn serve(
         .take();
     drop(state);
     match pending {
-        None => Ok(Finish::Http),
-        Some(upgrade) => relay_upgraded(upgrade, &ctx, &shared).await,
+        None => Ok(Handoff::Finished(Finish::Http)),
+        Some(upgrade) => take_upgraded(upgrade)
+            .await
+            .map(|upgraded| Handoff::WebSocket(Box::new(upgraded))),
     }
 }
 
-/// Waits for hyper to hand over both upgraded streams, takes the raw streams back out of
-/// hyper's wrappers (so the relay reads sockets, not trait objects), and relays.
-async fn relay_upgraded(
-    pending: PendingUpgrade,
-    ctx: &ConnCtx,
-    shared: &Shared,
-) -> Result<Finish, ConnError> {
+/// Both streams of a WebSocket upgrade, out of hyper's hands, with what the relay needs.
+pub struct Upgraded {
+    pub client: Rewind<ClientStream>,
+    pub backend: Rewind<TcpStream>,
+    pub session: websocket::Session,
+}
+
+/// Waits for hyper to hand over both upgraded streams and takes the raw streams back out of
+/// hyper's wrappers (so the relay reads sockets, not trait objects).
+async fn take_upgraded(pending: PendingUpgrade) -> Result<Upgraded, ConnError> {
     let client = pending.client.await.map_err(ConnError::Upgrade)?;
     let backend = pending.backend.await.map_err(ConnError::Upgrade)?;
-    let mut client = match client.downcast::<TokioIo<ClientIo>>() {
+    let client = match client.downcast::<TokioIo<ClientIo>>() {
         Ok(parts) => {
             let (unread, stream) = parts.io.into_inner().inner.into_parts();
             Rewind::new(join(parts.read_buf, unread), stream)
         }
         Err(_) => return Err(ConnError::UpgradeLost(Side::Client)),
     };
-    let mut backend = match backend.downcast::<TokioIo<TcpStream>>() {
+    let backend = match backend.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => Rewind::new(parts.read_buf, parts.io.into_inner()),
         Err(_) => return Err(ConnError::UpgradeLost(Side::Backend)),
     };
-    let end = websocket::relay(&mut client, &mut backend, &pending.session, ctx, shared).await;
-    Ok(Finish::WebSocket(end))
+    Ok(Upgraded {
+        client,
+        backend,
+        session: pending.session,
+    })
 }
 
 fn join(first: Bytes, second: Bytes) -> Bytes {
@@ -427,17 +435,17 @@ impl HttpConn {
             return Ok(response.map(Either::Left));
         }
         let backend_upgrade = hyper::upgrade::on(&mut response);
-        let extensions = response
+        let permessage_deflate = response
             .headers()
             .get(header::SEC_WEBSOCKET_EXTENSIONS)
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+            .is_some_and(websocket::permessage_deflate);
         *self.upgrade.lock().unwrap_or_else(|p| p.into_inner()) = Some(PendingUpgrade {
             client: client_upgrade,
             backend: backend_upgrade,
             session: websocket::Session {
                 route,
-                extensions,
+                permessage_deflate,
                 idle_timeout: self.listener.defaults.idle_timeout,
                 close_timeout: self.listener.defaults.close_timeout,
                 drain_spread: self.listener.defaults.drain_spread,

@@ -45,6 +45,13 @@ use crate::relay::tcp::idle_expired;
 use crate::route::Route;
 use tracker::{Event, Extensions, MAX_CONTROL_FRAME, Role, Tracker};
 
+/// Whether a `Sec-WebSocket-Extensions` value agrees to permessage-deflate (RFC 7692).
+pub fn permessage_deflate(extensions: &str) -> bool {
+    extensions
+        .split([',', ';'])
+        .any(|t| t.trim().eq_ignore_ascii_case("permessage-deflate"))
+}
+
 /// Close codes the gateway sends (RFC 6455 §7.4.1, IANA registry).
 pub mod code {
     pub const GOING_AWAY: u16 = 1001;
@@ -59,8 +66,8 @@ pub mod code {
 /// it started with.
 pub struct Session {
     pub route: Arc<Route>,
-    /// `Sec-WebSocket-Extensions` of the 101 response, as sent.
-    pub extensions: Option<String>,
+    /// The 101 response's `Sec-WebSocket-Extensions` agreed to permessage-deflate.
+    pub permessage_deflate: bool,
     pub idle_timeout: Duration,
     pub close_timeout: Duration,
     pub drain_spread: Duration,
@@ -115,20 +122,9 @@ where
     let m = &shared.metrics;
     let bytes = m.route_counters(&ctx.listener, &route.name, &route.backend.name);
     let extensions = Extensions {
-        permessage_deflate: session.extensions.as_deref().is_some_and(|e| {
-            e.split([',', ';'])
-                .any(|t| t.trim().eq_ignore_ascii_case("permessage-deflate"))
-        }),
+        permessage_deflate: session.permessage_deflate,
     };
     let limit = route.websocket.max_message_size;
-    let direction_meters = |direction: &str| Meters {
-        messages: m
-            .websocket_messages_total
-            .with_label_values(&[&route.name, direction]),
-        sizes: m
-            .websocket_message_size_bytes
-            .with_label_values(&[&route.name, direction]),
-    };
     let mut conn = Conn {
         up: Dir::new(Tracker::new(Role::Client, extensions).message_size_limit(limit)),
         down: Dir::new(Tracker::new(Role::Server, extensions).message_size_limit(limit)),
@@ -136,13 +132,13 @@ where
             total: &ctx.bytes_client_to_backend,
             counter: &bytes.client_to_backend,
             messages: &ctx.messages_client_to_backend,
-            meters: direction_meters("client_to_backend"),
+            meters: Meters::new(m, &route.name, "client_to_backend"),
         },
         down_flow: Flow {
             total: &ctx.bytes_backend_to_client,
             counter: &bytes.backend_to_client,
             messages: &ctx.messages_backend_to_client,
-            meters: direction_meters("backend_to_client"),
+            meters: Meters::new(m, &route.name, "backend_to_client"),
         },
         client: Peer::default(),
         backend: Peer::default(),
@@ -152,18 +148,20 @@ where
             window: Instant::now(),
             count: 0,
         }),
-        keepalive: route.websocket.ping_interval.map(|interval| Keepalive {
-            answered: false,
-            interval,
-            next_ping: Instant::now() + interval,
-            pong_timeout: route
-                .websocket
-                .pong_timeout
-                .unwrap_or(Duration::from_secs(10)),
-            outstanding: None,
-            rtt: m
-                .websocket_ping_rtt_seconds
-                .with_label_values(&[&route.name]),
+        keepalive: route.websocket.ping_interval.map(|interval| {
+            Box::new(Keepalive {
+                answered: false,
+                interval,
+                next_ping: Instant::now() + interval,
+                pong_timeout: route
+                    .websocket
+                    .pong_timeout
+                    .unwrap_or(Duration::from_secs(10)),
+                outstanding: None,
+                rtt: m
+                    .websocket_ping_rtt_seconds
+                    .with_label_values(&[&route.name]),
+            })
         }),
         rng: SystemRandom::new(),
         finishing: false,
@@ -171,31 +169,34 @@ where
         closes: &m.websocket_closes_total,
     };
 
-    let stop = shared.shutdown.stop_token();
-    let drain = shared.shutdown.drain_token();
-    let mut stopped = pin!(stop.cancelled());
-    let mut drained = pin!(drain.cancelled());
+    let mut stopped = pin!(shared.shutdown.stop_token().cancelled());
+    let mut drained = pin!(shared.shutdown.drain_token().cancelled());
     let mut operator = pin!(ctx.cancel.cancelled());
-    let mut drain_timer: Option<Pin<Box<Sleep>>> = None;
-    let mut close_deadline: Option<Pin<Box<Sleep>>> = None;
-    let mut ping_timer: Option<Pin<Box<Sleep>>> = conn
-        .keepalive
-        .as_ref()
-        .map(|k| Box::pin(tokio::time::sleep(k.interval)));
     let mut idle = pin!(tokio::time::sleep(session.idle_timeout));
-    let mut last_progress = Instant::now();
-    let mut drain_seen = false;
-    let mut operator_seen = false;
-    let mut wakeups: u32 = 0;
-    let mut reload_close = false;
+    let mut w = Watch {
+        drain_timer: None,
+        close_deadline: None,
+        ping_timer: conn
+            .keepalive
+            .as_ref()
+            .map(|k| Box::pin(tokio::time::sleep(k.interval))),
+        last_progress: Instant::now(),
+        drain_seen: false,
+        operator_seen: false,
+        wakeups: 0,
+        reload_close: false,
+    };
 
     let reason = poll_fn(|cx| {
+        // Whole-variable uses: the closure then captures one reference to each, not one per
+        // field it touches (it lives in the connection's task as long as the relay runs).
+        let (w, session) = (&mut w, session);
         // Registering with a token's waiter list takes a lock, and this runs on every wake-up:
         // register now and then, and in between read flags, which is enough while the task's
         // waker stays the same (it does within one task). The shared drain and stop tokens
         // are read through the shutdown's plain flags: every worker asks them.
-        let register = wakeups.is_multiple_of(64);
-        wakeups = wakeups.wrapping_add(1);
+        let register = w.wakeups.is_multiple_of(64);
+        w.wakeups = w.wakeups.wrapping_add(1);
         let fired = |flag: bool, future: Pin<&mut _>, cx: &mut Context<'_>| {
             if register {
                 Future::poll(future, cx).is_ready()
@@ -206,9 +207,9 @@ where
         if fired(shared.shutdown.is_stopped(), stopped.as_mut(), cx) {
             return Poll::Ready(EndReason::Stopped);
         }
-        if !drain_seen && fired(shared.shutdown.is_draining(), drained.as_mut(), cx) {
-            drain_seen = true;
-            reload_close = false;
+        if !w.drain_seen && fired(shared.shutdown.is_draining(), drained.as_mut(), cx) {
+            w.drain_seen = true;
+            w.reload_close = false;
             // Spread the Close frames of all connections over the window, so clients do not
             // all reconnect in the same second.
             // Leave close_timeout for the last of them before the hard stop.
@@ -216,24 +217,24 @@ where
                 .drain_spread
                 .min(session.drain_timeout.saturating_sub(session.close_timeout));
             let delay = conn.jitter(window);
-            drain_timer = Some(Box::pin(tokio::time::sleep(delay)));
+            w.drain_timer = Some(Box::pin(tokio::time::sleep(delay)));
         }
-        if !operator_seen && fired(ctx.cancel.is_cancelled(), operator.as_mut(), cx) {
-            operator_seen = true;
+        if !w.operator_seen && fired(ctx.cancel.is_cancelled(), operator.as_mut(), cx) {
+            w.operator_seen = true;
             match ctx.close_code() {
                 code::SERVICE_RESTART => {
                     let delay = conn.jitter(session.drain_spread);
-                    drain_timer = Some(Box::pin(tokio::time::sleep(delay)));
-                    reload_close = true;
+                    w.drain_timer = Some(Box::pin(tokio::time::sleep(delay)));
+                    w.reload_close = true;
                 }
                 close => conn.initiate(close, "closed by the gateway operator"),
             }
         }
-        if let Some(timer) = drain_timer.as_mut()
+        if let Some(timer) = w.drain_timer.as_mut()
             && timer.as_mut().poll(cx).is_ready()
         {
-            drain_timer = None;
-            if reload_close {
+            w.drain_timer = None;
+            if w.reload_close {
                 conn.initiate(
                     code::SERVICE_RESTART,
                     "route or backend removed by a reload",
@@ -242,7 +243,7 @@ where
                 conn.initiate(code::GOING_AWAY, "gateway is shutting down");
             }
         }
-        if let Some(timer) = ping_timer.as_mut()
+        if let Some(timer) = w.ping_timer.as_mut()
             && timer.as_mut().poll(cx).is_ready()
         {
             match conn.keepalive_tick() {
@@ -250,7 +251,7 @@ where
                     timer.as_mut().reset(next);
                     cx.waker().wake_by_ref();
                 }
-                None => ping_timer = None,
+                None => w.ping_timer = None,
             }
         }
 
@@ -261,13 +262,13 @@ where
                 Poll::Pending => {}
             }
             if progressed {
-                last_progress = Instant::now();
+                w.last_progress = Instant::now();
             }
             break;
         }
         if let Some(keepalive) = conn.keepalive.as_mut()
             && keepalive.answered
-            && let Some(timer) = ping_timer.as_mut()
+            && let Some(timer) = w.ping_timer.as_mut()
         {
             keepalive.answered = false;
             timer.as_mut().reset(keepalive.next_ping);
@@ -276,8 +277,8 @@ where
             }
         }
 
-        if conn.started.is_some() && close_deadline.is_none() {
-            close_deadline = Some(Box::pin(tokio::time::sleep(session.close_timeout)));
+        if conn.started.is_some() && w.close_deadline.is_none() {
+            w.close_deadline = Some(Box::pin(tokio::time::sleep(session.close_timeout)));
         }
         if conn.finished() {
             if !conn.finishing {
@@ -294,12 +295,12 @@ where
                 Poll::Pending => {}
             }
         }
-        if let Some(deadline) = close_deadline.as_mut()
+        if let Some(deadline) = w.close_deadline.as_mut()
             && deadline.as_mut().poll(cx).is_ready()
         {
             return Poll::Ready(EndReason::CloseTimeout);
         }
-        if idle_expired(idle.as_mut(), cx, last_progress + session.idle_timeout) {
+        if idle_expired(idle.as_mut(), cx, w.last_progress + session.idle_timeout) {
             // Idle: close properly rather than cut; close_timeout bounds it.
             conn.initiate(code::GOING_AWAY, "idle timeout");
             idle.as_mut()
@@ -316,10 +317,36 @@ where
     }
 }
 
+/// The relay loop's timers and flags, kept together so that its poll closure holds one
+/// reference to them rather than one each: the closure lives in the connection's task.
+struct Watch {
+    drain_timer: Option<Pin<Box<Sleep>>>,
+    close_deadline: Option<Pin<Box<Sleep>>>,
+    ping_timer: Option<Pin<Box<Sleep>>>,
+    last_progress: Instant,
+    drain_seen: bool,
+    operator_seen: bool,
+    wakeups: u32,
+    reload_close: bool,
+}
+
 /// Per-direction message metrics, resolved once per connection.
 struct Meters {
     messages: IntCounter,
     sizes: Histogram,
+}
+
+impl Meters {
+    fn new(m: &crate::metrics::Metrics, route: &str, direction: &str) -> Meters {
+        Meters {
+            messages: m
+                .websocket_messages_total
+                .with_label_values(&[route, direction]),
+            sizes: m
+                .websocket_message_size_bytes
+                .with_label_values(&[route, direction]),
+        }
+    }
 }
 
 /// Where one direction's counts go.
@@ -671,7 +698,8 @@ struct Conn<'a> {
     /// The Close that started the closing handshake: code and who sent it.
     started: Option<(u16, &'static str)>,
     rate: Option<Rate>,
-    keepalive: Option<Keepalive>,
+    /// Boxed: only routes with `ping_interval` have one.
+    keepalive: Option<Box<Keepalive>>,
     rng: SystemRandom,
     finishing: bool,
     route: &'a str,

@@ -298,8 +298,9 @@ pub struct Tracker {
     message: Option<Message>,
     close_seen: bool,
     /// The current control frame's payload, `control_len` bytes of it so far; masked while
-    /// it arrives, unmasked once the frame ends.
-    control: [u8; MAX_CONTROL_PAYLOAD],
+    /// it arrives, unmasked once the frame ends. Allocated at the first control payload and
+    /// kept: most connections are idle most of the time and never see one.
+    control: Option<Box<[u8; MAX_CONTROL_PAYLOAD]>>,
     control_len: u8,
 }
 
@@ -350,7 +351,7 @@ impl Tracker {
             frame: Frame::default(),
             message: None,
             close_seen: false,
-            control: [0; MAX_CONTROL_PAYLOAD],
+            control: None,
             control_len: 0,
         }
     }
@@ -416,7 +417,9 @@ impl Tracker {
     /// The unmasked payload of the control frame that just ended: valid right after a
     /// [`Event::Ping`], [`Event::Pong`] or [`Event::Close`].
     pub fn control_payload(&self) -> &[u8] {
-        &self.control[..usize::from(self.control_len)]
+        self.control
+            .as_deref()
+            .map_or(&[], |c| &c[..usize::from(self.control_len)])
     }
 
     /// Whether a fragmented data message has begun and its last frame has not yet ended.
@@ -490,7 +493,12 @@ impl Tracker {
                 State::Control { remaining } => {
                     let take = usize::from(remaining).min(rest.len());
                     let at = usize::from(self.control_len);
-                    self.control[at..at + take].copy_from_slice(&rest[..take]);
+                    if take > 0 {
+                        let control = self
+                            .control
+                            .get_or_insert_with(|| Box::new([0; MAX_CONTROL_PAYLOAD]));
+                        control[at..at + take].copy_from_slice(&rest[..take]);
+                    }
                     self.control_len += take as u8;
                     pos += take;
                     // `take` ≤ `remaining` ≤ 125.
@@ -707,8 +715,9 @@ impl Tracker {
         let len = self.frame.len as u8;
         if is_control(self.frame.opcode)
             && let Some(key) = self.frame.mask
+            && let Some(control) = self.control.as_deref_mut()
         {
-            apply_mask(&mut self.control[..usize::from(self.control_len)], key);
+            apply_mask(&mut control[..usize::from(self.control_len)], key);
         }
         match self.frame.opcode {
             OP_PING => Some(Event::Ping { len }),
@@ -738,7 +747,7 @@ impl Tracker {
 
     /// Reads the (unmasked) Close payload's code and reason (RFC 6455 §5.5.1).
     fn read_close(&mut self) -> Result<Close, FrameError> {
-        let payload = &self.control[..usize::from(self.control_len)];
+        let payload = self.control_payload();
         match payload {
             [] => Ok(Close::new(None, &[])),
             [hi, lo, reason @ ..] => {
