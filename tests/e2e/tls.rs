@@ -177,3 +177,69 @@ async fn garbage_and_a_silent_client_cost_nothing_to_a_good_client() {
         1.0
     );
 }
+
+/// One round trip on a fresh connection; returns how the handshake went. Reading the echo
+/// also takes in the TLS 1.3 tickets the gateway sends after the handshake.
+async fn resumption_round(
+    addr: std::net::SocketAddr,
+    client: std::sync::Arc<rustls::ClientConfig>,
+) -> rustls::HandshakeKind {
+    let mut tls = tls_connect(addr, client, "localhost").await;
+    tls.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 4];
+    tls.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"ping");
+    let kind = tls.get_ref().1.handshake_kind().unwrap();
+    tls.shutdown().await.unwrap();
+    kind
+}
+
+#[tokio::test]
+async fn returning_clients_resume_with_tls13_tickets_and_tls12_tickets_or_session_ids() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    use rustls::client::{Resumption, Tls12Resumption};
+
+    let pki = Pki::new();
+    let echo = tcp_echo().await;
+    let config = sni_config(echo, "").replace(
+        "  [[listener.tls.sni]]\n  names = [\"chat.example.com\", \"*.games.example.com\"]\n  cert = \"chat.crt\"\n  key = \"chat.key\"\n",
+        "",
+    );
+    let gw = Gateway::start(pki.path(), &config).await;
+    let addr = gw.addr("edge");
+    let roots = {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(leaf(&pki.pki.ca.cert)).unwrap();
+        std::sync::Arc::new(roots)
+    };
+    let client = |version: &'static rustls::SupportedProtocolVersion, tls12: Tls12Resumption| {
+        let mut config = rustls::ClientConfig::builder_with_provider(sockgate::tls::provider())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        config.resumption = Resumption::in_memory_sessions(16).tls12_resumption(tls12);
+        std::sync::Arc::new(config)
+    };
+
+    // TLS 1.3: each handshake leaves the client a ticket for the next one, resumed or not.
+    let tls13 = client(&rustls::version::TLS13, Tls12Resumption::Disabled);
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        kinds.push(resumption_round(addr, tls13.clone()).await);
+    }
+    assert_eq!(kinds, [Full, Resumed, Resumed], "TLS 1.3");
+
+    // TLS 1.2 with RFC 5077 tickets, then with session IDs only (the server-side cache).
+    for (what, mode) in [
+        ("TLS 1.2 tickets", Tls12Resumption::SessionIdOrTickets),
+        ("TLS 1.2 session IDs", Tls12Resumption::SessionIdOnly),
+    ] {
+        let tls12 = client(&rustls::version::TLS12, mode);
+        let mut kinds = Vec::new();
+        for _ in 0..3 {
+            kinds.push(resumption_round(addr, tls12.clone()).await);
+        }
+        assert_eq!(kinds, [Full, Resumed, Resumed], "{what}");
+    }
+}
