@@ -13,11 +13,20 @@ use sockgate::config::{self, Config};
 use sockgate::workers::Workers;
 use sockgate::{Handle, certgen, demo};
 
+/// `--version`: the package version and the TLS crypto backend built in (cargo features).
+static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "{} (rustls with {})",
+        env!("CARGO_PKG_VERSION"),
+        sockgate::tls::BACKEND
+    )
+});
+
 /// WebSocket/TCP reverse proxy and TLS-terminating gateway.
 #[derive(Parser, Debug)]
 #[command(
     name = "sockgate",
-    version,
+    version = VERSION.as_str(),
     about,
     args_conflicts_with_subcommands = false
 )]

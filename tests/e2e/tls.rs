@@ -243,3 +243,38 @@ async fn returning_clients_resume_with_tls13_tickets_and_tls12_tickets_or_sessio
         assert_eq!(kinds, [Full, Resumed, Resumed], "{what}");
     }
 }
+
+/// A client that lists the post-quantum hybrid first, as current browsers do, gets it when
+/// aws-lc-rs is built in (ring has no ML-KEM).
+#[cfg(feature = "aws-lc-rs")]
+#[tokio::test]
+async fn a_client_preferring_x25519mlkem768_gets_it() {
+    let pki = Pki::new();
+    let echo = tcp_echo().await;
+    let config = sni_config(echo, "").replace(
+        "  [[listener.tls.sni]]\n  names = [\"chat.example.com\", \"*.games.example.com\"]\n  cert = \"chat.crt\"\n  key = \"chat.key\"\n",
+        "",
+    );
+    let gw = Gateway::start(pki.path(), &config).await;
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.kx_groups = vec![
+        rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768,
+        rustls::crypto::aws_lc_rs::kx_group::X25519,
+    ];
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates({
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(leaf(&pki.pki.ca.cert)).unwrap();
+            roots
+        })
+        .with_no_client_auth();
+    let mut tls = tls_connect(gw.addr("edge"), std::sync::Arc::new(client), "localhost").await;
+    let group = tls.get_ref().1.negotiated_key_exchange_group().unwrap();
+    assert_eq!(group.name(), rustls::NamedGroup::X25519MLKEM768);
+    tls.write_all(b"pq").await.unwrap();
+    let mut got = [0u8; 2];
+    tls.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"pq");
+}
