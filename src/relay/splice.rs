@@ -15,7 +15,7 @@ use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, Interest, ReadBuf};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -201,18 +201,11 @@ impl Direction {
                     Err(e) => return Poll::Ready(Err((self.reader, e))),
                 }
             } else {
-                let mut rb = ReadBuf::new(self.held.buf.get());
-                match Pin::new(&mut *src).poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
-                        if n == 0 {
-                            self.eof = true;
-                        } else {
-                            self.held.pos = 0;
-                            self.held.cap = n;
-                            self.splicing = n == buffer::SIZE;
-                            *progressed = true;
-                        }
+                match self.held.poll_read_in(cx, Pin::new(&mut *src)) {
+                    Poll::Ready(Ok(0)) => self.eof = true,
+                    Poll::Ready(Ok(n)) => {
+                        self.splicing = n == buffer::SIZE;
+                        *progressed = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err((self.reader, e))),
                     Poll::Pending => {

@@ -75,6 +75,20 @@ pub(crate) struct Held {
 }
 
 impl Held {
+    /// Reads into the (lent) buffer, which then holds what came: `Ok(0)` is EOF.
+    pub(crate) fn poll_read_in<R: AsyncRead + ?Sized>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: Pin<&mut R>,
+    ) -> Poll<io::Result<usize>> {
+        let mut rb = ReadBuf::new(self.buf.get());
+        ready!(reader.poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        self.pos = 0;
+        self.cap = n;
+        Poll::Ready(Ok(n))
+    }
+
     /// Writes out everything held; `side` is the writer's, for errors.
     pub(crate) fn poll_write_out<W: AsyncWrite + ?Sized>(
         &mut self,
@@ -148,20 +162,13 @@ impl Pump {
     {
         loop {
             if self.held.pos == self.held.cap && !self.eof {
-                let mut rb = ReadBuf::new(self.held.buf.get());
-                match reader.as_mut().poll_read(cx, &mut rb) {
-                    Poll::Ready(Ok(())) => {
-                        let n = rb.filled().len();
-                        if n == 0 {
-                            self.eof = true;
-                        } else {
-                            self.held.pos = 0;
-                            self.held.cap = n;
-                            // Written next; a buffering writer (TLS) is flushed once reads
-                            // run dry.
-                            self.need_flush = true;
-                            *progressed = true;
-                        }
+                match self.held.poll_read_in(cx, reader.as_mut()) {
+                    Poll::Ready(Ok(0)) => self.eof = true,
+                    Poll::Ready(Ok(_)) => {
+                        // Written next; a buffering writer (TLS) is flushed once reads run
+                        // dry.
+                        self.need_flush = true;
+                        *progressed = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err((self.reader, e))),
                     Poll::Pending => {

@@ -197,17 +197,17 @@ where
         // are read through the shutdown's plain flags: every worker asks them.
         let register = w.wakeups.is_multiple_of(64);
         w.wakeups = w.wakeups.wrapping_add(1);
-        let fired = |flag: bool, future: Pin<&mut _>, cx: &mut Context<'_>| {
+        let fired = |flag: &dyn Fn() -> bool, future: Pin<&mut _>, cx: &mut Context<'_>| {
             if register {
                 Future::poll(future, cx).is_ready()
             } else {
-                flag
+                flag()
             }
         };
-        if fired(shared.shutdown.is_stopped(), stopped.as_mut(), cx) {
+        if fired(&|| shared.shutdown.is_stopped(), stopped.as_mut(), cx) {
             return Poll::Ready(EndReason::Stopped);
         }
-        if !w.drain_seen && fired(shared.shutdown.is_draining(), drained.as_mut(), cx) {
+        if !w.drain_seen && fired(&|| shared.shutdown.is_draining(), drained.as_mut(), cx) {
             w.drain_seen = true;
             w.reload_close = false;
             // Spread the Close frames of all connections over the window, so clients do not
@@ -219,7 +219,7 @@ where
             let delay = conn.jitter(window);
             w.drain_timer = Some(Box::pin(tokio::time::sleep(delay)));
         }
-        if !w.operator_seen && fired(ctx.cancel.is_cancelled(), operator.as_mut(), cx) {
+        if !w.operator_seen && fired(&|| ctx.cancel.is_cancelled(), operator.as_mut(), cx) {
             w.operator_seen = true;
             match ctx.close_code() {
                 code::SERVICE_RESTART => {
