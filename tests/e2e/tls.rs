@@ -9,6 +9,14 @@ use tokio::net::TcpStream;
 
 use crate::support::*;
 
+/// [`sni_config`] without the SNI certificates: every client gets the default one.
+fn default_cert_config(echo: std::net::SocketAddr, extra_defaults: &str) -> String {
+    sni_config(echo, extra_defaults).replace(
+        "  [[listener.tls.sni]]\n  names = [\"chat.example.com\", \"*.games.example.com\"]\n  cert = \"chat.crt\"\n  key = \"chat.key\"\n",
+        "",
+    )
+}
+
 fn sni_config(echo: std::net::SocketAddr, extra_defaults: &str) -> String {
     format!(
         r#"
@@ -81,10 +89,7 @@ async fn sni_picks_the_certificate_by_server_name() {
 async fn tcp_only_listener_offers_no_alpn_and_only_tls12_and_13() {
     let pki = Pki::new();
     let echo = tcp_echo().await;
-    let config = sni_config(echo, "").replace(
-        "  [[listener.tls.sni]]\n  names = [\"chat.example.com\", \"*.games.example.com\"]\n  cert = \"chat.crt\"\n  key = \"chat.key\"\n",
-        "",
-    );
+    let config = default_cert_config(echo, "");
     let gw = Gateway::start(pki.path(), &config).await;
     let tls = tls_connect(
         gw.addr("edge"),
@@ -123,10 +128,7 @@ async fn tcp_only_listener_offers_no_alpn_and_only_tls12_and_13() {
 async fn garbage_and_a_silent_client_cost_nothing_to_a_good_client() {
     let pki = Pki::new();
     let echo = tcp_echo().await;
-    let config = sni_config(echo, "handshake_timeout = \"500ms\"").replace(
-        "  [[listener.tls.sni]]\n  names = [\"chat.example.com\", \"*.games.example.com\"]\n  cert = \"chat.crt\"\n  key = \"chat.key\"\n",
-        "",
-    );
+    let config = default_cert_config(echo, "handshake_timeout = \"500ms\"");
     let gw = Gateway::start(pki.path(), &config).await;
     let addr = gw.addr("edge");
 
@@ -201,10 +203,7 @@ async fn returning_clients_resume_with_tls13_tickets_and_tls12_tickets_or_sessio
 
     let pki = Pki::new();
     let echo = tcp_echo().await;
-    let config = sni_config(echo, "").replace(
-        "  [[listener.tls.sni]]\n  names = [\"chat.example.com\", \"*.games.example.com\"]\n  cert = \"chat.crt\"\n  key = \"chat.key\"\n",
-        "",
-    );
+    let config = default_cert_config(echo, "");
     let gw = Gateway::start(pki.path(), &config).await;
     let addr = gw.addr("edge");
     let roots = {
@@ -251,10 +250,7 @@ async fn returning_clients_resume_with_tls13_tickets_and_tls12_tickets_or_sessio
 async fn a_client_preferring_x25519mlkem768_gets_it() {
     let pki = Pki::new();
     let echo = tcp_echo().await;
-    let config = sni_config(echo, "").replace(
-        "  [[listener.tls.sni]]\n  names = [\"chat.example.com\", \"*.games.example.com\"]\n  cert = \"chat.crt\"\n  key = \"chat.key\"\n",
-        "",
-    );
+    let config = default_cert_config(echo, "");
     let gw = Gateway::start(pki.path(), &config).await;
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     provider.kx_groups = vec![
