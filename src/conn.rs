@@ -19,7 +19,6 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio_rustls::server::TlsStream;
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -31,12 +30,13 @@ use crate::relay::tcp::{self as tcp_relay, Flow};
 use crate::relay::{self, RelayEnd, Side};
 use crate::route::RouteQuery;
 use crate::snapshot::ListenerSnap;
+use crate::tls::stream::TlsStream;
 use crate::upstream::ConnectError;
 
 /// The client's stream after the TLS stage.
 pub enum ClientStream {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsStream>),
 }
 
 /// How a connection ended when no stage failed.
@@ -190,7 +190,7 @@ async fn pipeline(
     let _ = tcp.set_nodelay(true);
     let client = match &listener.tls {
         // Boxed so the handshake's state is freed when it ends instead of sizing the task.
-        Some(acceptor) => Box::pin(tls_handshake(tcp, acceptor, &listener, ctx, shared)).await?,
+        Some(config) => Box::pin(tls_handshake(tcp, config, &listener, ctx, shared)).await?,
         None => ClientStream::Plain(tcp),
     };
     let tls = matches!(client, ClientStream::Tls(_));
@@ -213,21 +213,24 @@ async fn pipeline(
 
 async fn tls_handshake(
     tcp: TcpStream,
-    acceptor: &tokio_rustls::TlsAcceptor,
+    config: &Arc<rustls::ServerConfig>,
     listener: &ListenerSnap,
     ctx: &ConnCtx,
     shared: &Shared,
 ) -> Result<ClientStream, ConnError> {
     let started = Instant::now();
-    let result =
-        tokio::time::timeout(listener.defaults.handshake_timeout, acceptor.accept(tcp)).await;
+    let result = tokio::time::timeout(
+        listener.defaults.handshake_timeout,
+        crate::tls::stream::accept(tcp, config.clone()),
+    )
+    .await;
     let ok = matches!(result, Ok(Ok(_)));
     shared
         .metrics
         .tls_handshakes_total
         .with_label_values(&[&*listener.name, if ok { "ok" } else { "error" }])
         .inc();
-    let stream = match result {
+    let mut stream = match result {
         Err(_) => return Err(ConnError::TlsTimeout),
         Ok(Err(e)) => return Err(ConnError::Tls(e)),
         Ok(Ok(stream)) => stream,
@@ -237,15 +240,14 @@ async fn tls_handshake(
         .tls_handshake_duration_seconds
         .with_label_values(&[&listener.name])
         .observe(started.elapsed().as_secs_f64());
-    let session = stream.get_ref().1;
-    let sni = session.server_name().map(str::to_ascii_lowercase);
+    let sni = stream.take_sni();
     if let Some(sni) = &sni {
         tracing::Span::current().record("tls.sni", sni.as_str());
     }
     {
         let mut info = ctx.info();
         info.sni = sni;
-        info.alpn = session
+        info.alpn = stream
             .alpn_protocol()
             .map(|p| String::from_utf8_lossy(p).into_owned());
     }

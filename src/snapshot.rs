@@ -1,11 +1,9 @@
-//! The config snapshot: everything built from one validated config — TLS acceptors, route
+//! The config snapshot: everything built from one validated config — TLS server configs, route
 //! tables, backend pools. A connection loads the current snapshot once and keeps it for its
 //! whole life; a reload builds a complete new one and swaps it in with one store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::{Config, Defaults};
 use crate::metrics::Metrics;
@@ -21,7 +19,7 @@ pub struct Snapshot {
 
 pub struct ListenerSnap {
     pub name: Arc<str>,
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub routes: RouteTable,
     /// False when every route is `tcp`: no detection, no added delay.
     pub detect: bool,
@@ -79,14 +77,12 @@ impl Snapshot {
             let routes = RouteTable::new(routes);
             let tls = match &l.tls {
                 None => None,
-                Some(tls) => Some(TlsAcceptor::from(
-                    crate::tls::server_config(tls, routes.any_http()).map_err(|source| {
-                        SnapshotError::Tls {
-                            listener: l.name.clone(),
-                            source,
-                        }
-                    })?,
-                )),
+                Some(tls) => Some(crate::tls::server_config(tls, routes.any_http()).map_err(
+                    |source| SnapshotError::Tls {
+                        listener: l.name.clone(),
+                        source,
+                    },
+                )?),
             };
             listeners.insert(
                 l.name.clone(),

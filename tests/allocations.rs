@@ -54,6 +54,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// The counters are process-wide: tests take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn count() -> u64 {
     GATEWAY_ALLOCATIONS.load(Ordering::Relaxed)
 }
@@ -99,6 +102,9 @@ fn settle(peers: &tokio::runtime::Runtime, handle: &sockgate::Handle) {
 
 #[test]
 fn allocations_per_tcp_connection_and_per_websocket_message() {
+    let _turn = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let (gateway, peers) = runtimes();
     let (echo, ws) = peers.block_on(async {
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -235,5 +241,117 @@ servers = ["{ws}"]
         per_message < 0.05,
         "{per_message} allocations per WebSocket echo"
     );
+    handle.stop();
+}
+
+/// The same over TLS: an idle wss connection holds no TLS record buffer (they are lent per
+/// read and per write like the relay's), and a relayed message allocates no more than
+/// rustls' own: one chunk per record received and one per record sent.
+#[test]
+fn heap_per_idle_wss_connection_and_allocations_per_wss_message() {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+
+    let _turn = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (gateway, peers) = runtimes();
+    let ws = peers.block_on(async {
+        let ws = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = ws.local_addr().unwrap();
+        tokio::spawn(sockgate::demo::ws_echo(ws));
+        addr
+    });
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = sockgate::certgen::dev_pki(sockgate::certgen::DEV_NAMES).unwrap();
+    let (cert, key) = (
+        pki_dir.path().join("tls.crt"),
+        pki_dir.path().join("tls.key"),
+    );
+    sockgate::certgen::write_file(&cert, &pki.server.cert).unwrap();
+    sockgate::certgen::write_file(&key, &pki.server.key).unwrap();
+    let (handle, _dir) = start(
+        &gateway,
+        format!(
+            r#"
+[[listener]]
+name = "wss"
+listen = "127.0.0.1:0"
+tls = {{ cert = "{}", key = "{}" }}
+  [[listener.route]]
+  name = "chat"
+  protocol = "websocket"
+  backend = "chat"
+
+[[backend]]
+name = "chat"
+servers = ["{ws}"]
+"#,
+            cert.display(),
+            key.display()
+        ),
+    );
+    let addr = handle.local_addr("wss").unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca.cert.as_bytes()).unwrap())
+        .unwrap();
+    let client = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(sockgate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ));
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = client.connect(name, tcp).await.unwrap();
+        tokio_tungstenite::client_async("wss://localhost/chat", tls)
+            .await
+            .unwrap()
+            .0
+    };
+
+    let per_message = peers.block_on(async {
+        let mut ws = connect().await;
+        for i in 0..100u32 {
+            ws.send(Message::binary(vec![i as u8; 128])).await.unwrap();
+            ws.next().await.unwrap().unwrap();
+        }
+        let before = count();
+        for i in 0..2000u32 {
+            ws.send(Message::binary(vec![i as u8; 128])).await.unwrap();
+            ws.next().await.unwrap().unwrap();
+        }
+        (count() - before) as f64 / 2000.0
+    });
+
+    let live_before = GATEWAY_LIVE_BYTES.load(Ordering::Relaxed);
+    let idle = peers.block_on(async {
+        let mut open = Vec::new();
+        for _ in 0..100 {
+            let mut ws = connect().await;
+            ws.send(Message::text("x")).await.unwrap();
+            ws.next().await.unwrap().unwrap();
+            open.push(ws);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        open
+    });
+    let per_idle_wss = (GATEWAY_LIVE_BYTES.load(Ordering::Relaxed) - live_before) as f64 / 100.0;
+    drop(idle);
+    println!(
+        "heap held per idle wss connection: {per_idle_wss:.0} bytes; \
+         {per_message:.3} gateway allocations per wss echo"
+    );
+    // The plain WebSocket's ~2.6 KiB plus rustls' connection state and traffic keys. A TLS
+    // stream that kept its 4 KiB receive buffer (rustls' buffered connection does) or a
+    // lent record buffer while idle would be over this.
+    assert!(
+        per_idle_wss < 6144.0,
+        "{per_idle_wss} bytes held per idle wss connection"
+    );
+    assert!(per_message < 2.05, "{per_message} allocations per wss echo");
     handle.stop();
 }

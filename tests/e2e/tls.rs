@@ -274,3 +274,138 @@ async fn a_client_preferring_x25519mlkem768_gets_it() {
     tls.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"pq");
 }
+
+/// Writes at most `piece` bytes per call, so TLS records reach the gateway cut anywhere.
+struct Dribble {
+    inner: TcpStream,
+    piece: usize,
+}
+
+impl tokio::io::AsyncRead for Dribble {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Dribble {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let n = buf.len().min(self.piece);
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, &buf[..n])
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn records_cut_in_pieces_and_key_updates_both_ways_keep_the_bytes_exact() {
+    let pki = Pki::new();
+    let echo = tcp_echo().await;
+    let gw = Gateway::start(pki.path(), &default_cert_config(echo, "")).await;
+
+    // The handshake and 64 KiB of data in 7-byte TCP writes: the gateway sees records in
+    // every state of completeness, including full-size ones split across many reads.
+    let tcp = TcpStream::connect(gw.addr("edge")).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(pki.client_config(&[]))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            Dribble {
+                inner: tcp,
+                piece: 7,
+            },
+        )
+        .await
+        .unwrap();
+    let data = random_bytes(64 * 1024, 11);
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        wr.write_all(&sent).await.unwrap();
+        wr.flush().await.unwrap();
+        wr
+    });
+    let mut got = vec![0u8; data.len()];
+    rd.read_exact(&mut got).await.unwrap();
+    assert!(got == data, "echoed bytes differ");
+    tls = rd.unsplit(writer.await.unwrap());
+
+    // A TLS 1.3 key update from the client asks the gateway to update its keys too; data
+    // keeps flowing both ways under the new keys.
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    for round in 0..3u8 {
+        tls.get_mut().1.refresh_traffic_keys().unwrap();
+        let msg = [round; 300];
+        tls.write_all(&msg).await.unwrap();
+        let mut back = [0u8; 300];
+        tls.read_exact(&mut back).await.unwrap();
+        assert_eq!(back, msg);
+    }
+    tls.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tls.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+}
+
+#[tokio::test]
+async fn a_forged_record_after_the_handshake_gets_an_alert_and_costs_only_its_connection() {
+    let pki = Pki::new();
+    let echo = tcp_echo().await;
+    let gw = Gateway::start(pki.path(), &default_cert_config(echo, "")).await;
+    let addr = gw.addr("edge");
+
+    let mut good = tls_connect(addr, pki.client_config(&[]), "localhost").await;
+    good.write_all(b"before").await.unwrap();
+    let mut got = [0u8; 6];
+    good.read_exact(&mut got).await.unwrap();
+
+    // A client completes the handshake, then sends an application-data record that is
+    // not encrypted under its keys.
+    let mut bad = tls_connect(addr, pki.client_config(&[]), "localhost").await;
+    bad.write_all(b"ping").await.unwrap();
+    let mut pong = [0u8; 4];
+    bad.read_exact(&mut pong).await.unwrap();
+    let (mut tcp, _) = bad.into_inner();
+    let mut forged = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+    forged.extend(random_bytes(0x40, 5));
+    tcp.write_all(&forged).await.unwrap();
+    // The gateway answers with an alert (an encrypted record: type 0x17 in TLS 1.3) and
+    // closes the connection.
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer))
+        .await
+        .expect("forged record closes the connection")
+        .ok();
+    assert!(
+        answer.len() >= 5 + 2 + 1 + 16 && answer[0] == 0x17,
+        "expected an encrypted alert record, got {answer:02x?}"
+    );
+
+    // The other connection is untouched.
+    good.write_all(b"after").await.unwrap();
+    let mut got = [0u8; 5];
+    good.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"after");
+}

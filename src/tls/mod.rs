@@ -18,6 +18,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::model::TlsConfig;
 
+pub mod stream;
+
 /// Why a certificate/key pair could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum CertLoadError {
@@ -225,6 +227,7 @@ impl fmt::Debug for SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        stream::note_sni(hello.server_name());
         Some(self.pick(hello.server_name()))
     }
 }

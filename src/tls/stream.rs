@@ -1,0 +1,541 @@
+//! The client's TLS stream: rustls' unbuffered connection over a `TcpStream`, with its record
+//! buffers lent from the relay buffer pool.
+//!
+//! rustls' buffered `ServerConnection` keeps a 4 KiB receive buffer for the connection's whole
+//! life and reads the socket 4 KiB at a time. Here received TLS bytes go into a buffer taken
+//! from the per-thread pool ([`crate::relay::buffer`]) for the read and given back as soon as
+//! no partial record is left in it; encrypted bytes go into another, given back once written.
+//! An idle connection holds neither, and a bulk upload is read 32 KiB per syscall.
+//!
+//! Behaviour matches `tokio-rustls`: a peer's `close_notify` is EOF, a TCP EOF without one is
+//! an `UnexpectedEof` error, a bad record is `InvalidData` after the alert is sent, and
+//! shutting down sends `close_notify` before the FIN.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use rustls::ServerConfig;
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::relay::buffer::{self, Slot};
+
+/// Plaintext encrypted per write: two records, with room in one pool buffer for their
+/// headers and tags (at most 29 bytes a record among the suites offered).
+const WRITE_CHUNK: usize = buffer::SIZE - 256;
+
+thread_local! {
+    /// The server name the certificate resolver saw last on this thread (see [`note_sni`]).
+    static HELLO_SNI: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Called by the certificate resolver with the ClientHello's server name. rustls' unbuffered
+/// connection does not expose the name, but the resolver runs synchronously inside the
+/// `process_tls_records` call that reads the ClientHello, so the stream driving that call
+/// picks it up from this thread right after.
+pub(crate) fn note_sni(name: Option<&str>) {
+    HELLO_SNI.with(|sni| *sni.borrow_mut() = name.map(str::to_ascii_lowercase));
+}
+
+/// A server-side TLS stream whose handshake has completed.
+pub struct TlsStream {
+    io: TcpStream,
+    conn: UnbufferedServerConnection,
+    /// Received TLS bytes not yet processed: `incoming[in_start..in_end]`.
+    incoming: Slot,
+    in_start: usize,
+    in_end: usize,
+    /// Decrypted bytes a read had no room for: `plain[plain_pos..]`.
+    plain: Vec<u8>,
+    plain_pos: usize,
+    /// Encrypted bytes not yet written: `outgoing[out_pos..out_end]`, then all of `spill`
+    /// (records rustls queued while `outgoing` had no room for them; rare).
+    outgoing: Slot,
+    out_pos: usize,
+    out_end: usize,
+    spill: Vec<u8>,
+    sni: Option<String>,
+    /// The peer sent `close_notify`.
+    peer_closed: bool,
+    /// The socket read EOF.
+    eof: bool,
+    /// `close_notify` is queued.
+    close_sent: bool,
+}
+
+/// Where decrypted application data goes while [`TlsStream::drive`] runs.
+enum Sink<'a, 'b> {
+    /// Into the caller's buffer; what does not fit is kept in `plain`.
+    Into(&'a mut ReadBuf<'b>),
+    /// All into `plain`: the caller is writing and must get past received data.
+    Spill,
+    /// Nowhere: stop and leave it with rustls (the handshake is done).
+    Stop,
+}
+
+/// What to send once rustls is ready for application data.
+enum Act<'a> {
+    None,
+    /// Encrypt a prefix of the bytes and say how many were taken.
+    Encrypt(&'a [u8], &'a mut usize),
+    Close,
+}
+
+/// Where [`TlsStream::drive`] stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drive {
+    /// Ready for application data; nothing more to do until the peer sends something.
+    Idle,
+    /// The handshake needs more bytes from the peer.
+    Blocked,
+    /// Decrypted data is waiting that the sink did not take.
+    Data,
+    /// Both sides have sent `close_notify`.
+    Closed,
+}
+
+/// Completes a TLS handshake on an accepted connection.
+pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsStream> {
+    let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
+    let mut stream = TlsStream {
+        io,
+        conn,
+        incoming: Slot::default(),
+        in_start: 0,
+        in_end: 0,
+        plain: Vec::new(),
+        plain_pos: 0,
+        outgoing: Slot::default(),
+        out_pos: 0,
+        out_end: 0,
+        spill: Vec::new(),
+        sni: None,
+        peer_closed: false,
+        eof: false,
+        close_sent: false,
+    };
+    poll_fn(|cx| {
+        let polled = stream.poll_handshake(cx);
+        stream.release_idle_input();
+        polled
+    })
+    .await?;
+    Ok(stream)
+}
+
+impl TlsStream {
+    /// The server name the client asked for (lowercase), taken out of the stream.
+    pub fn take_sni(&mut self) -> Option<String> {
+        self.sni.take()
+    }
+
+    /// The application protocol agreed by ALPN.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
+
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            HELLO_SNI.with(|sni| sni.borrow_mut().take());
+            let driven = self.drive(Sink::Stop, Act::None);
+            if let Some(sni) = HELLO_SNI.with(|sni| sni.borrow_mut().take()) {
+                self.sni = Some(sni);
+            }
+            let driven = match driven {
+                Ok(driven) => driven,
+                Err(e) => return Poll::Ready(Err(self.failed(cx, e))),
+            };
+            ready!(self.poll_write_out(cx))?;
+            if !self.conn.is_handshaking() && matches!(driven, Drive::Idle | Drive::Data) {
+                return Poll::Ready(Ok(()));
+            }
+            if self.eof || self.peer_closed || driven == Drive::Closed {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "tls handshake eof",
+                )));
+            }
+            ready!(self.poll_read_in(cx))?;
+        }
+    }
+
+    /// Runs rustls over the received bytes until it needs input or the caller's attention:
+    /// records rustls wants sent are queued for [`Self::poll_write_out`], decrypted data goes
+    /// to `sink`, and `act` is done once application data may be sent.
+    fn drive(&mut self, mut sink: Sink<'_, '_>, mut act: Act<'_>) -> io::Result<Drive> {
+        // Bytes put into the sink by this call.
+        let mut put = 0;
+        loop {
+            let input: &mut [u8] = if self.in_start == self.in_end {
+                &mut []
+            } else {
+                &mut self.incoming.get()[self.in_start..self.in_end]
+            };
+            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(input);
+            let state = state.map_err(invalid_data)?;
+            let out = Out {
+                slot: &mut self.outgoing,
+                end: &mut self.out_end,
+                spill: &mut self.spill,
+            };
+            let stop = match state {
+                ConnectionState::ReadTraffic(mut data) => match &mut sink {
+                    Sink::Stop => Some(Drive::Data),
+                    Sink::Spill => {
+                        while let Some(record) = data.next_record() {
+                            let record = record.map_err(invalid_data)?;
+                            discard += record.discard;
+                            self.plain.extend_from_slice(record.payload);
+                        }
+                        None
+                    }
+                    Sink::Into(dst) => {
+                        let mut full = false;
+                        while let Some(len) = data.peek_len() {
+                            if put > 0 && len.get() > dst.remaining() {
+                                full = true;
+                                break;
+                            }
+                            let Some(record) = data.next_record() else {
+                                break;
+                            };
+                            let record = record.map_err(invalid_data)?;
+                            discard += record.discard;
+                            let n = record.payload.len().min(dst.remaining());
+                            dst.put_slice(&record.payload[..n]);
+                            put += n;
+                            if n < record.payload.len() {
+                                self.plain.extend_from_slice(&record.payload[n..]);
+                                full = true;
+                                break;
+                            }
+                        }
+                        full.then_some(Drive::Data)
+                    }
+                },
+                ConnectionState::EncodeTlsData(mut record) => {
+                    out.queue(|buf| record.encode(buf), encode_short)?;
+                    None
+                }
+                // Queued records count as sent: `poll_write_out` owes them to the peer.
+                ConnectionState::TransmitTlsData(transmit) => {
+                    transmit.done();
+                    None
+                }
+                ConnectionState::BlockedHandshake => Some(Drive::Blocked),
+                ConnectionState::PeerClosed => {
+                    self.peer_closed = true;
+                    None
+                }
+                ConnectionState::Closed => {
+                    self.peer_closed = true;
+                    Some(Drive::Closed)
+                }
+                // Early data is not offered (`max_early_data_size` is 0); drop any.
+                ConnectionState::ReadEarlyData(mut early) => {
+                    while let Some(record) = early.next_record() {
+                        discard += record.map_err(invalid_data)?.discard;
+                    }
+                    None
+                }
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    match std::mem::replace(&mut act, Act::None) {
+                        Act::None => {}
+                        Act::Encrypt(data, taken) => {
+                            // Called with nothing queued: the chunk fits one pool buffer.
+                            let mut len = data.len().min(WRITE_CHUNK);
+                            let buf = &mut out.slot.get()[*out.end..];
+                            loop {
+                                match traffic.encrypt(&data[..len], buf) {
+                                    Ok(n) => {
+                                        *out.end += n;
+                                        *taken = len;
+                                        break;
+                                    }
+                                    Err(EncryptError::InsufficientSize(_)) if len > 1 => {
+                                        len /= 2;
+                                    }
+                                    Err(e) => return Err(io::Error::other(e)),
+                                }
+                            }
+                        }
+                        Act::Close => out.queue(
+                            |buf| traffic.queue_close_notify(buf),
+                            |e| match e {
+                                EncryptError::InsufficientSize(s) => Some(s.required_size),
+                                _ => None,
+                            },
+                        )?,
+                    }
+                    Some(Drive::Idle)
+                }
+                other => {
+                    return Err(io::Error::other(format!(
+                        "unexpected TLS connection state {other:?}"
+                    )));
+                }
+            };
+            self.in_start += discard;
+            if self.in_start == self.in_end {
+                self.in_start = 0;
+                self.in_end = 0;
+            }
+            if let Some(stop) = stop {
+                return Ok(stop);
+            }
+        }
+    }
+
+    /// After rustls reported an error: queue the alert it has for the peer, try once to
+    /// send it, and hand back the error.
+    fn failed(&mut self, cx: &mut Context<'_>, error: io::Error) -> io::Error {
+        // While rustls has records to send, `process_tls_records` hands them out before it
+        // looks at input again (which would only repeat the error).
+        while self.conn.wants_write() {
+            let status = self.conn.process_tls_records(&mut []);
+            let out = Out {
+                slot: &mut self.outgoing,
+                end: &mut self.out_end,
+                spill: &mut self.spill,
+            };
+            match status.state {
+                Ok(ConnectionState::EncodeTlsData(mut record)) => {
+                    if out.queue(|buf| record.encode(buf), encode_short).is_err() {
+                        break;
+                    }
+                }
+                Ok(ConnectionState::ReadTraffic(mut data)) => while data.next_record().is_some() {},
+                _ => break,
+            }
+        }
+        let _ = self.poll_write_out(cx);
+        error
+    }
+
+    /// Reads from the socket after what is already received; sets `eof` at EOF.
+    fn poll_read_in(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.in_start > 0 {
+            // A partial record goes to the front.
+            let (start, end) = (self.in_start, self.in_end);
+            self.incoming.get().copy_within(start..end, 0);
+            self.in_end -= start;
+            self.in_start = 0;
+        }
+        if self.in_end == buffer::SIZE {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS message larger than the receive buffer",
+            )));
+        }
+        let mut rb = ReadBuf::new(&mut self.incoming.get()[self.in_end..]);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+        match rb.filled().len() {
+            0 => self.eof = true,
+            n => self.in_end += n,
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes out everything queued, then gives the buffers back.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_pos < self.out_end {
+            let queued = &self.outgoing.get()[self.out_pos..self.out_end];
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, queued))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_pos += n;
+        }
+        self.out_pos = 0;
+        self.out_end = 0;
+        self.outgoing.release();
+        while !self.spill.is_empty() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.spill))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.spill.drain(..n);
+        }
+        if self.spill.capacity() > 0 {
+            self.spill = Vec::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn has_queued(&self) -> bool {
+        self.out_end > 0 || !self.spill.is_empty()
+    }
+
+    /// Gives the receive buffer back when it holds no partial record.
+    fn release_idle_input(&mut self) {
+        if self.in_start == self.in_end {
+            self.incoming.release();
+        }
+    }
+
+    fn read(&mut self, cx: &mut Context<'_>, dst: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if dst.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        if self.plain_pos < self.plain.len() {
+            let n = dst.remaining().min(self.plain.len() - self.plain_pos);
+            dst.put_slice(&self.plain[self.plain_pos..self.plain_pos + n]);
+            self.plain_pos += n;
+            if self.plain_pos == self.plain.len() {
+                self.plain = Vec::new();
+                self.plain_pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        let before = dst.filled().len();
+        loop {
+            if self.peer_closed {
+                return Poll::Ready(Ok(()));
+            }
+            match self.drive(Sink::Into(dst), Act::None) {
+                Err(e) => return Poll::Ready(Err(self.failed(cx, e))),
+                Ok(Drive::Data | Drive::Closed) => return Poll::Ready(Ok(())),
+                Ok(Drive::Idle | Drive::Blocked) => {}
+            }
+            if dst.filled().len() > before || self.peer_closed {
+                return Poll::Ready(Ok(()));
+            }
+            // What rustls queued (tickets, a key update) goes out before waiting for input.
+            if self.has_queued()
+                && let Poll::Ready(Err(e)) = self.poll_write_out(cx)
+            {
+                return Poll::Ready(Err(e));
+            }
+            if self.eof {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed connection without sending TLS close_notify",
+                )));
+            }
+            ready!(self.poll_read_in(cx))?;
+        }
+    }
+
+    fn write(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        // One chunk in flight at most: a peer that does not read holds the writer back.
+        ready!(self.poll_write_out(cx))?;
+        let mut taken = 0;
+        if let Err(e) = self.drive(Sink::Spill, Act::Encrypt(data, &mut taken)) {
+            return Poll::Ready(Err(self.failed(cx, e)));
+        }
+        if taken == 0 {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "TLS session cannot send application data",
+            )));
+        }
+        // Sent now as far as the socket takes it; the rest goes with the next write or flush.
+        if let Poll::Ready(Err(e)) = self.poll_write_out(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(taken))
+    }
+}
+
+/// The outgoing queue, borrowed apart from the connection.
+struct Out<'a> {
+    slot: &'a mut Slot,
+    end: &'a mut usize,
+    spill: &'a mut Vec<u8>,
+}
+
+impl Out<'_> {
+    /// Queues one record from `encode`: into the pool buffer when it fits there and nothing
+    /// is spilled, else at the end of `spill`. `required` reads the size a too-short buffer
+    /// needed out of `encode`'s error.
+    fn queue<E: std::error::Error + Send + Sync + 'static>(
+        self,
+        mut encode: impl FnMut(&mut [u8]) -> Result<usize, E>,
+        required: impl Fn(&E) -> Option<usize>,
+    ) -> io::Result<()> {
+        if self.spill.is_empty() {
+            match encode(&mut self.slot.get()[*self.end..]) {
+                Ok(n) => {
+                    *self.end += n;
+                    return Ok(());
+                }
+                Err(e) if required(&e).is_none() => return Err(io::Error::other(e)),
+                Err(_) => {}
+            }
+        }
+        let size = match encode(&mut []) {
+            Ok(_) => return Ok(()),
+            Err(e) => required(&e).ok_or_else(|| io::Error::other(e))?,
+        };
+        let at = self.spill.len();
+        self.spill.resize(at + size, 0);
+        let n = encode(&mut self.spill[at..]).map_err(io::Error::other)?;
+        self.spill.truncate(at + n);
+        Ok(())
+    }
+}
+
+/// The buffer size an `encode` that did not fit needed.
+fn encode_short(e: &EncodeError) -> Option<usize> {
+    match e {
+        EncodeError::InsufficientSize(short) => Some(short.required_size),
+        _ => None,
+    }
+}
+
+fn invalid_data(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl AsyncRead for TlsStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = this.read(cx, buf);
+        this.release_idle_input();
+        polled
+    }
+}
+
+impl AsyncWrite for TlsStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_out(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.close_sent {
+            this.close_sent = true;
+            if let Err(e) = this.drive(Sink::Spill, Act::Close) {
+                return Poll::Ready(Err(this.failed(cx, e)));
+            }
+        }
+        ready!(this.poll_write_out(cx))?;
+        match ready!(Pin::new(&mut this.io).poll_shutdown(cx)) {
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Poll::Ready(Ok(())),
+            other => Poll::Ready(other),
+        }
+    }
+}
