@@ -3,9 +3,10 @@
 //!
 //! rustls' buffered `ServerConnection` keeps a 4 KiB receive buffer for the connection's whole
 //! life and reads the socket 4 KiB at a time. Here received TLS bytes go into a buffer taken
-//! from the per-thread pool ([`crate::relay::buffer`]) for the read and given back as soon as
+//! from a per-thread pool ([`crate::relay::buffer`]) for the read and given back as soon as
 //! no partial record is left in it; encrypted bytes go into another, given back once written.
-//! An idle connection holds neither, and a bulk upload is read 32 KiB per syscall.
+//! An idle connection holds neither; a bulk upload is read two full records per syscall, and
+//! a relay's 32 KiB read goes out as two records in one write.
 //!
 //! Behaviour matches `tokio-rustls`: a peer's `close_notify` is EOF, a TCP EOF without one is
 //! an `UnexpectedEof` error, a bad record is `InvalidData` after the alert is sent, and
@@ -24,11 +25,12 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedS
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::relay::buffer::{self, Slot};
+use crate::relay::buffer::{self, Sealed};
 
-/// Plaintext encrypted per write: two records, with room in one pool buffer for their
-/// headers and tags (at most 29 bytes a record among the suites offered).
-const WRITE_CHUNK: usize = buffer::SIZE - 256;
+type Slot = buffer::Slot<Sealed>;
+
+/// Plaintext encrypted per write: one relay read's worth, which fills a sealed buffer.
+const WRITE_CHUNK: usize = buffer::SIZE;
 
 thread_local! {
     /// The server name the certificate resolver saw last on this thread (see [`note_sni`]).
@@ -327,7 +329,7 @@ impl TlsStream {
             self.in_end -= start;
             self.in_start = 0;
         }
-        if self.in_end == buffer::SIZE {
+        if self.in_end == buffer::SEALED_SIZE {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "TLS message larger than the receive buffer",
