@@ -409,3 +409,91 @@ async fn a_forged_record_after_the_handshake_gets_an_alert_and_costs_only_its_co
     good.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"after");
 }
+
+#[tokio::test]
+async fn tls12_bulk_arrives_byte_exact_and_resumed_sessions_keep_their_server_name() {
+    use rustls::client::{Resumption, Tls12Resumption};
+
+    let pki = Pki::new();
+    let echo = tcp_echo().await;
+    let gw = Gateway::start(pki.path(), &default_cert_config(echo, "")).await;
+    let addr = gw.addr("edge");
+    let roots = {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(leaf(&pki.pki.ca.cert)).unwrap();
+        std::sync::Arc::new(roots)
+    };
+    let client = |version: &'static rustls::SupportedProtocolVersion| {
+        let mut config = rustls::ClientConfig::builder_with_provider(sockgate::tls::provider())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        config.resumption = Resumption::in_memory_sessions(16)
+            .tls12_resumption(Tls12Resumption::SessionIdOrTickets);
+        std::sync::Arc::new(config)
+    };
+
+    // TLS 1.2 records carry an explicit nonce: 1 MiB both ways, byte-exact.
+    let tls = tls_connect(addr, client(&rustls::version::TLS12), "localhost").await;
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let data = random_bytes(1 << 20, 21);
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        wr.write_all(&sent).await.unwrap();
+        wr.shutdown().await.unwrap();
+    });
+    let mut got = Vec::new();
+    rd.read_to_end(&mut got).await.unwrap();
+    writer.await.unwrap();
+    assert!(got == data, "TLS 1.2 bytes differ");
+
+    // A resumed handshake (the certificate is not sent again) still tells the gateway the
+    // server name: /connections shows it for both versions.
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let config = client(version);
+        let mut first = tls_connect(addr, config.clone(), "localhost").await;
+        first.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        first.read_exact(&mut one).await.unwrap();
+        first.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        first.read_to_end(&mut rest).await.unwrap();
+        drop(first);
+        let mut resumed = tls_connect(addr, config, "localhost").await;
+        resumed.write_all(b"y").await.unwrap();
+        resumed.read_exact(&mut one).await.unwrap();
+        assert_eq!(
+            resumed.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed)
+        );
+        // Only the resumed connection is left once the first one's teardown is done.
+        eventually("the first connection is gone", || async {
+            http_get(gw.admin(), "/connections")
+                .await
+                .1
+                .matches("\"sni\":")
+                .count()
+                == 1
+        })
+        .await;
+        let (status, body) = http_get(gw.admin(), "/connections").await;
+        assert_eq!(status, 200);
+        assert!(
+            body.contains("\"sni\":\"localhost\""),
+            "{version:?}: /connections has no server name: {body}"
+        );
+        drop(resumed);
+        eventually("the resumed connection is gone", || async {
+            !http_get(gw.admin(), "/connections")
+                .await
+                .1
+                .contains("\"sni\":")
+        })
+        .await;
+    }
+}
