@@ -349,7 +349,7 @@ servers = ["{ws}"]
     // stream that kept its 4 KiB receive buffer (rustls' buffered connection does) or a
     // lent record buffer while idle would be over this.
     assert!(
-        per_idle_wss < 6144.0,
+        per_idle_wss < 7168.0,
         "{per_idle_wss} bytes held per idle wss connection"
     );
     assert!(per_message < 2.05, "{per_message} allocations per wss echo");
