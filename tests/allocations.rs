@@ -100,6 +100,47 @@ fn settle(peers: &tokio::runtime::Runtime, handle: &sockgate::Handle) {
     });
 }
 
+/// Gateway allocations per 128-byte WebSocket echo, after a warm-up.
+async fn allocations_per_echo<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> f64
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    for i in 0..100u32 {
+        ws.send(Message::binary(vec![i as u8; 128])).await.unwrap();
+        ws.next().await.unwrap().unwrap();
+    }
+    let before = count();
+    for i in 0..2000u32 {
+        ws.send(Message::binary(vec![i as u8; 128])).await.unwrap();
+        ws.next().await.unwrap().unwrap();
+    }
+    (count() - before) as f64 / 2000.0
+}
+
+/// Gateway heap held per idle WebSocket: 100 connections from `connect`, each after one echo.
+fn heap_per_idle<S, F, Fut>(peers: &tokio::runtime::Runtime, connect: F) -> f64
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = tokio_tungstenite::WebSocketStream<S>>,
+{
+    let live_before = GATEWAY_LIVE_BYTES.load(Ordering::Relaxed);
+    let idle = peers.block_on(async {
+        let mut open = Vec::new();
+        for _ in 0..100 {
+            let mut ws = connect().await;
+            ws.send(Message::text("x")).await.unwrap();
+            ws.next().await.unwrap().unwrap();
+            open.push(ws);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        open
+    });
+    let per_idle = (GATEWAY_LIVE_BYTES.load(Ordering::Relaxed) - live_before) as f64 / 100.0;
+    drop(idle);
+    per_idle
+}
+
 #[test]
 fn allocations_per_tcp_connection_and_per_websocket_message() {
     let _turn = SERIAL
@@ -167,28 +208,18 @@ servers = ["{ws}"]
     settle(&peers, &handle);
     let per_tcp = (count() - before) as f64 / 200.0;
 
-    let per_message = peers.block_on(async {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{ws_addr}/chat"))
+    let connect = || async {
+        tokio_tungstenite::connect_async(format!("ws://{ws_addr}/chat"))
             .await
-            .unwrap();
-        for i in 0..100u32 {
-            ws.send(Message::binary(vec![i as u8; 128])).await.unwrap();
-            ws.next().await.unwrap().unwrap();
-        }
-        let before = count();
-        for i in 0..2000u32 {
-            ws.send(Message::binary(vec![i as u8; 128])).await.unwrap();
-            ws.next().await.unwrap().unwrap();
-        }
-        (count() - before) as f64 / 2000.0
-    });
+            .unwrap()
+            .0
+    };
+    let per_message = peers.block_on(async { allocations_per_echo(&mut connect().await).await });
 
     let ws_connection = |n: usize| {
         peers.block_on(async {
             for _ in 0..n {
-                let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{ws_addr}/chat"))
-                    .await
-                    .unwrap();
+                let mut ws = connect().await;
                 ws.close(None).await.unwrap();
                 while let Some(Ok(_)) = ws.next().await {}
             }
@@ -202,22 +233,7 @@ servers = ["{ws}"]
     let per_ws = (count() - before) as f64 / 100.0;
 
     // Heap held per idle WebSocket connection.
-    let live_before = GATEWAY_LIVE_BYTES.load(Ordering::Relaxed);
-    let idle = peers.block_on(async {
-        let mut open = Vec::new();
-        for _ in 0..100 {
-            let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{ws_addr}/chat"))
-                .await
-                .unwrap();
-            ws.send(Message::text("x")).await.unwrap();
-            ws.next().await.unwrap().unwrap();
-            open.push(ws);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        open
-    });
-    let per_idle_ws = (GATEWAY_LIVE_BYTES.load(Ordering::Relaxed) - live_before) as f64 / 100.0;
-    drop(idle);
+    let per_idle_ws = heap_per_idle(&peers, connect);
     println!("heap held per idle WebSocket connection: {per_idle_ws:.0} bytes");
     // Today about 2.6 KiB: the connection task (the WebSocket relay's state; the setup
     // stages are boxed and freed at the handoff) and its two streams. An idle connection
@@ -313,34 +329,8 @@ servers = ["{ws}"]
             .0
     };
 
-    let per_message = peers.block_on(async {
-        let mut ws = connect().await;
-        for i in 0..100u32 {
-            ws.send(Message::binary(vec![i as u8; 128])).await.unwrap();
-            ws.next().await.unwrap().unwrap();
-        }
-        let before = count();
-        for i in 0..2000u32 {
-            ws.send(Message::binary(vec![i as u8; 128])).await.unwrap();
-            ws.next().await.unwrap().unwrap();
-        }
-        (count() - before) as f64 / 2000.0
-    });
-
-    let live_before = GATEWAY_LIVE_BYTES.load(Ordering::Relaxed);
-    let idle = peers.block_on(async {
-        let mut open = Vec::new();
-        for _ in 0..100 {
-            let mut ws = connect().await;
-            ws.send(Message::text("x")).await.unwrap();
-            ws.next().await.unwrap().unwrap();
-            open.push(ws);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        open
-    });
-    let per_idle_wss = (GATEWAY_LIVE_BYTES.load(Ordering::Relaxed) - live_before) as f64 / 100.0;
-    drop(idle);
+    let per_message = peers.block_on(async { allocations_per_echo(&mut connect().await).await });
+    let per_idle_wss = heap_per_idle(&peers, connect);
     println!(
         "heap held per idle wss connection: {per_idle_wss:.0} bytes; \
          {per_message:.3} gateway allocations per wss echo"

@@ -182,6 +182,24 @@ async fn garbage_and_a_silent_client_cost_nothing_to_a_good_client() {
 
 /// One round trip on a fresh connection; returns how the handshake went. Reading the echo
 /// also takes in the TLS 1.3 tickets the gateway sends after the handshake.
+/// A client of one TLS version that trusts the test CA and keeps sessions to resume, with
+/// `tls12` saying how a TLS 1.2 session is resumed.
+fn resuming_client(
+    pki: &Pki,
+    version: &'static rustls::SupportedProtocolVersion,
+    tls12: rustls::client::Tls12Resumption,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(leaf(&pki.pki.ca.cert)).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(sockgate::tls::provider())
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = rustls::client::Resumption::in_memory_sessions(16).tls12_resumption(tls12);
+    std::sync::Arc::new(config)
+}
+
 async fn resumption_round(
     addr: std::net::SocketAddr,
     client: std::sync::Arc<rustls::ClientConfig>,
@@ -199,27 +217,14 @@ async fn resumption_round(
 #[tokio::test]
 async fn returning_clients_resume_with_tls13_tickets_and_tls12_tickets_or_session_ids() {
     use rustls::HandshakeKind::{Full, Resumed};
-    use rustls::client::{Resumption, Tls12Resumption};
+    use rustls::client::Tls12Resumption;
 
     let pki = Pki::new();
     let echo = tcp_echo().await;
     let config = default_cert_config(echo, "");
     let gw = Gateway::start(pki.path(), &config).await;
     let addr = gw.addr("edge");
-    let roots = {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(leaf(&pki.pki.ca.cert)).unwrap();
-        std::sync::Arc::new(roots)
-    };
-    let client = |version: &'static rustls::SupportedProtocolVersion, tls12: Tls12Resumption| {
-        let mut config = rustls::ClientConfig::builder_with_provider(sockgate::tls::provider())
-            .with_protocol_versions(&[version])
-            .unwrap()
-            .with_root_certificates(roots.clone())
-            .with_no_client_auth();
-        config.resumption = Resumption::in_memory_sessions(16).tls12_resumption(tls12);
-        std::sync::Arc::new(config)
-    };
+    let client = |version, tls12| resuming_client(&pki, version, tls12);
 
     // TLS 1.3: each handshake leaves the client a ticket for the next one, resumed or not.
     let tls13 = client(&rustls::version::TLS13, Tls12Resumption::Disabled);
@@ -412,27 +417,13 @@ async fn a_forged_record_after_the_handshake_gets_an_alert_and_costs_only_its_co
 
 #[tokio::test]
 async fn tls12_bulk_arrives_byte_exact_and_resumed_sessions_keep_their_server_name() {
-    use rustls::client::{Resumption, Tls12Resumption};
+    use rustls::client::Tls12Resumption;
 
     let pki = Pki::new();
     let echo = tcp_echo().await;
     let gw = Gateway::start(pki.path(), &default_cert_config(echo, "")).await;
     let addr = gw.addr("edge");
-    let roots = {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(leaf(&pki.pki.ca.cert)).unwrap();
-        std::sync::Arc::new(roots)
-    };
-    let client = |version: &'static rustls::SupportedProtocolVersion| {
-        let mut config = rustls::ClientConfig::builder_with_provider(sockgate::tls::provider())
-            .with_protocol_versions(&[version])
-            .unwrap()
-            .with_root_certificates(roots.clone())
-            .with_no_client_auth();
-        config.resumption = Resumption::in_memory_sessions(16)
-            .tls12_resumption(Tls12Resumption::SessionIdOrTickets);
-        std::sync::Arc::new(config)
-    };
+    let client = |version| resuming_client(&pki, version, Tls12Resumption::SessionIdOrTickets);
 
     // TLS 1.2 records carry an explicit nonce: 1 MiB both ways, byte-exact.
     let tls = tls_connect(addr, client(&rustls::version::TLS12), "localhost").await;
