@@ -187,6 +187,9 @@ async fn pipeline(
     listener: Arc<ListenerSnap>,
     shared: &Arc<Shared>,
 ) -> Result<Handoff, ConnError> {
+    // On Linux the socket has it already, copied from the listening socket at accept (see
+    // `listener::bind`).
+    #[cfg(not(target_os = "linux"))]
     let _ = tcp.set_nodelay(true);
     let client = match &listener.tls {
         // Boxed so the handshake's state is freed when it ends instead of sizing the task.
