@@ -139,11 +139,13 @@ impl Direction {
         }
     }
 
+    /// `other_done`: the opposite direction has ended, so this one's end is the relay's.
     fn poll_move(
         &mut self,
         cx: &mut Context<'_>,
         src: &mut TcpStream,
         dst: &mut TcpStream,
+        other_done: bool,
         flow: Flow<'_>,
         progressed: &mut bool,
     ) -> Poll<Result<(), (Side, io::Error)>> {
@@ -175,8 +177,13 @@ impl Direction {
             if self.eof {
                 self.idle();
                 // The reader's FIN, passed on: the writer's peer reads EOF, this direction
-                // ends, the other keeps going.
-                let _ = socket2::SockRef::from(&*dst).shutdown(std::net::Shutdown::Write);
+                // ends, the other keeps going. When the other has ended too, the relay
+                // returns and both sockets are closed at once, and the close sends that FIN
+                // (nothing is left unread on `dst`, whose EOF was read, so it is a FIN, not
+                // a reset): no separate `shutdown(2)`.
+                if !other_done {
+                    let _ = socket2::SockRef::from(&*dst).shutdown(std::net::Shutdown::Write);
+                }
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
@@ -260,15 +267,15 @@ pub async fn relay(
             return Poll::Ready(RelayEnd::Cancelled);
         }
         let mut progressed = false;
-        for (dir, flow) in [(&mut c2b, up), (&mut b2c, down)] {
+        for reader in [Side::Client, Side::Backend] {
+            let (dir, other_done, flow, src, dst) = match reader {
+                Side::Client => (&mut c2b, b2c.done, up, &mut *client, &mut *backend),
+                Side::Backend => (&mut b2c, c2b.done, down, &mut *backend, &mut *client),
+            };
             if dir.done {
                 continue;
             }
-            let (src, dst) = match dir.reader {
-                Side::Client => (&mut *client, &mut *backend),
-                Side::Backend => (&mut *backend, &mut *client),
-            };
-            let result = dir.poll_move(cx, src, dst, flow, &mut progressed);
+            let result = dir.poll_move(cx, src, dst, other_done, flow, &mut progressed);
             if dir.eof && first_eof.is_none() {
                 first_eof = Some(dir.reader);
             }
