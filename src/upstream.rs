@@ -123,6 +123,7 @@ impl Pool {
         let started = std::time::Instant::now();
         let attempt = async {
             match server.literal {
+                Some(addr) if addr.ip().is_loopback() => connect_loopback(addr).await,
                 Some(addr) => TcpStream::connect(addr).await,
                 None => TcpStream::connect(server.address.as_str()).await,
             }
@@ -148,4 +149,31 @@ impl Pool {
         let _ = stream.set_nodelay(true);
         Ok(stream)
     }
+}
+
+/// Connects to a server on this host. Over loopback the whole handshake runs inside
+/// `connect(2)` (the SYN, SYN-ACK and ACK are delivered in the calling thread before it
+/// returns), so the socket is usually established already when the call reports
+/// `EINPROGRESS`: one `getpeername(2)` confirms it (it fails with `ENOTCONN` until then),
+/// and the connection goes on without waiting for the event loop to report the socket
+/// writable, and without arming the connect timer, which on this runtime also costs a
+/// wake-up of the event loop when it is the earliest timer. Otherwise (refused, backlog
+/// full) it waits for writability and reads the error, as `TcpStream::connect` does.
+async fn connect_loopback(addr: SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), None)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let established = socket.peer_addr().is_ok();
+    let stream = TcpStream::from_std(socket.into())?;
+    if !established {
+        stream.writable().await?;
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+    }
+    Ok(stream)
 }
