@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
@@ -41,6 +41,10 @@ pub struct ConnCtx {
     pub cancel: CancellationToken,
     /// The WebSocket close code for `cancel`: 1001 (operator) or 1012 (reload).
     close_code: AtomicU16,
+    /// Set by [`ConnCtx::request_close`] before `cancel` fires: a load where the token's own
+    /// `is_cancelled` takes its lock, for relays that check on every wake-up. A hard stop
+    /// fires `cancel` without it (see `Shutdown::is_stopped` for that).
+    close_requested: AtomicBool,
 }
 
 impl ConnCtx {
@@ -58,6 +62,7 @@ impl ConnCtx {
             messages_backend_to_client: AtomicU64::new(0),
             cancel,
             close_code: AtomicU16::new(1001),
+            close_requested: AtomicBool::new(false),
         }
     }
 
@@ -65,7 +70,13 @@ impl ConnCtx {
     /// connections end.
     pub fn request_close(&self, code: u16) {
         self.close_code.store(code, Ordering::Relaxed);
+        self.close_requested.store(true, Ordering::Release);
         self.cancel.cancel();
+    }
+
+    /// Whether [`ConnCtx::request_close`] was called.
+    pub fn close_requested(&self) -> bool {
+        self.close_requested.load(Ordering::Acquire)
     }
 
     pub fn close_code(&self) -> u16 {

@@ -194,7 +194,9 @@ where
         // Registering with a token's waiter list takes a lock, and this runs on every wake-up:
         // register now and then, and in between read flags, which is enough while the task's
         // waker stays the same (it does within one task). The shared drain and stop tokens
-        // are read through the shutdown's plain flags: every worker asks them.
+        // are read through the shutdown's plain flags (every worker asks them), and the
+        // connection's own token through `close_requested` (its `is_cancelled` locks too; a
+        // hard stop, which also fires it, is the `stopped` check before).
         let register = w.wakeups.is_multiple_of(64);
         w.wakeups = w.wakeups.wrapping_add(1);
         let fired = |flag: &dyn Fn() -> bool, future: Pin<&mut _>, cx: &mut Context<'_>| {
@@ -219,7 +221,7 @@ where
             let delay = conn.jitter(window);
             w.drain_timer = Some(Box::pin(tokio::time::sleep(delay)));
         }
-        if !w.operator_seen && fired(&|| ctx.cancel.is_cancelled(), operator.as_mut(), cx) {
+        if !w.operator_seen && fired(&|| ctx.close_requested(), operator.as_mut(), cx) {
             w.operator_seen = true;
             match ctx.close_code() {
                 code::SERVICE_RESTART => {
