@@ -308,6 +308,10 @@ async fn tcp_path(
         counter: &counters.backend_to_client,
     };
     let idle = listener.defaults.idle_timeout;
+    // The connection's token fires on `request_close` or on a hard stop (its parent), each of
+    // which sets its flag first.
+    let close = || ctx.close_requested() || shared.shutdown.is_stopped();
+    let cancel = relay::Cancel::new(&ctx.cancel, &close);
 
     // Plain on both sides: splice(2), the bytes never enter user space.
     #[cfg(target_os = "linux")]
@@ -327,11 +331,11 @@ async fn tcp_path(
             }
             up.add(prefix.len());
         }
-        let end = relay::splice::relay(tcp, &mut backend, up, down, idle, &ctx.cancel).await;
+        let end = relay::splice::relay(tcp, &mut backend, up, down, idle, cancel).await;
         return Ok(Finish::Relayed(end));
     }
 
-    let end = tcp_relay::relay(&mut client, &mut backend, up, down, idle, &ctx.cancel).await;
+    let end = tcp_relay::relay(&mut client, &mut backend, up, down, idle, cancel).await;
     if !matches!(end, RelayEnd::Closed { .. }) {
         close_gently(&mut client).await;
     }

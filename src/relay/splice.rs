@@ -8,7 +8,7 @@
 //! so an idle connection holds no pipe and costs no extra file descriptors.
 
 use std::cell::RefCell;
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::{Pin, pin};
@@ -18,10 +18,9 @@ use std::time::Duration;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use super::buffer;
 use super::tcp::{Flow, Held, RelayEnd, Side, idle_expired};
+use super::{Cancel, buffer};
 
 /// Bytes a lent pipe can hold, asked of the kernel (the default is 64 KiB).
 const PIPE_SIZE: libc::c_int = 512 * 1024;
@@ -253,17 +252,18 @@ pub async fn relay(
     up: Flow<'_>,
     down: Flow<'_>,
     idle_timeout: Duration,
-    cancel: &CancellationToken,
+    cancel: Cancel<'_>,
 ) -> RelayEnd {
     let mut c2b = Direction::new(Side::Client);
     let mut b2c = Direction::new(Side::Backend);
     let mut first_eof = None;
     let mut cancelled = pin!(cancel.cancelled());
+    let mut wakeups = 0;
     let mut idle = pin!(tokio::time::sleep(idle_timeout));
     let mut last_progress = Instant::now();
 
     poll_fn(|cx| {
-        if cancelled.as_mut().poll(cx).is_ready() {
+        if cancel.poll(cancelled.as_mut(), &mut wakeups, cx) {
             return Poll::Ready(RelayEnd::Cancelled);
         }
         let mut progressed = false;

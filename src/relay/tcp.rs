@@ -18,8 +18,8 @@ use std::time::Duration;
 use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
 
+use crate::relay::Cancel;
 use crate::relay::buffer::Slot;
 
 /// Which peer of the gateway.
@@ -234,7 +234,7 @@ pub async fn relay<C, B>(
     up: Flow<'_>,
     down: Flow<'_>,
     idle_timeout: Duration,
-    cancel: &CancellationToken,
+    cancel: Cancel<'_>,
 ) -> RelayEnd
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
@@ -244,11 +244,12 @@ where
     let mut b2c = Pump::new(Side::Backend);
     let mut first_eof: Option<Side> = None;
     let mut cancelled = pin!(cancel.cancelled());
+    let mut wakeups = 0;
     let mut idle = pin!(tokio::time::sleep(idle_timeout));
     let mut last_progress = Instant::now();
 
     poll_fn(|cx| {
-        if cancelled.as_mut().poll(cx).is_ready() {
+        if cancel.poll(cancelled.as_mut(), &mut wakeups, cx) {
             return Poll::Ready(RelayEnd::Cancelled);
         }
         let mut progressed = false;
@@ -299,6 +300,7 @@ where
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_util::sync::CancellationToken;
 
     fn counters() -> (AtomicU64, AtomicU64, IntCounter, IntCounter) {
         (
@@ -328,7 +330,7 @@ mod tests {
                     counter: &c_down,
                 },
                 Duration::from_secs(10),
-                &cancel,
+                Cancel::new(&cancel, &|| cancel.is_cancelled()),
             )
             .await
         };
@@ -378,7 +380,7 @@ mod tests {
                 counter: &c_down,
             },
             Duration::from_secs(30),
-            &cancel,
+            Cancel::new(&cancel, &|| cancel.is_cancelled()),
         )
         .await;
         assert!(matches!(end, RelayEnd::Idle), "{end:?}");

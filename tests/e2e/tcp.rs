@@ -385,3 +385,76 @@ async fn ping_pong(stream: &mut TcpStream, round: u64) {
     stream.read_exact(&mut got).await.unwrap();
     assert_eq!(got[..], piece[..], "round {round}");
 }
+
+/// The operator's DELETE ends TCP relays on both paths (splice between plain sockets, the
+/// copy loop behind TLS), also after many wake-ups: the relays read the close request
+/// from a flag between registrations with the connection's token.
+#[tokio::test]
+async fn operator_closes_plain_and_tls_tcp_connections_after_many_wakeups() {
+    let pki = Pki::new();
+    let echo = tcp_echo().await;
+    let config = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "plain"
+listen = "127.0.0.1:0"
+
+  [[listener.route]]
+  name = "echo"
+  protocol = "tcp"
+  backend = "echo"
+
+[[listener]]
+name = "tls"
+listen = "127.0.0.1:0"
+tls = {{ cert = "server.crt", key = "server.key" }}
+
+  [[listener.route]]
+  name = "echo"
+  protocol = "tcp"
+  backend = "echo"
+
+[[backend]]
+name = "echo"
+servers = ["{echo}"]
+"#
+    );
+    let gw = Gateway::start(pki.path(), &config).await;
+    let mut plain = TcpStream::connect(gw.addr("plain")).await.unwrap();
+    let mut tls = tls_connect(gw.addr("tls"), pki.client_config(&[]), "localhost").await;
+    // 200 round trips each: far more wake-ups than the 64 between registrations.
+    let mut got = [0u8; 8];
+    for round in 0..200u64 {
+        plain.write_all(&round.to_be_bytes()).await.unwrap();
+        plain.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, round.to_be_bytes());
+        tls.write_all(&round.to_be_bytes()).await.unwrap();
+        tls.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, round.to_be_bytes());
+    }
+
+    let (status, body) = http_request(gw.admin(), "DELETE", "/connections?route=echo").await;
+    assert_eq!(status, 200, "{body}");
+    let closed = serde_json::from_str::<serde_json::Value>(&body).unwrap()["closed"].clone();
+    assert_eq!(closed, 2, "{body}");
+
+    // Each client reads the end of its stream: EOF (TLS: close_notify or a bare FIN).
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut rest))
+        .await
+        .expect("plain TCP connection not closed by the operator")
+        .unwrap();
+    assert_eq!(n, 0);
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut rest))
+        .await
+        .expect("TLS TCP connection not closed by the operator");
+    assert!(rest.is_empty(), "{ended:?}");
+    eventually("no connection listed", || async {
+        http_get(gw.admin(), "/connections").await.1.trim() == "[]"
+    })
+    .await;
+}
