@@ -162,12 +162,11 @@ impl Pool {
 async fn connect_loopback(addr: SocketAddr) -> io::Result<TcpStream> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), None)?;
-    match socket.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+    let established = match socket.connect(&addr.into()) {
+        Ok(()) => true,
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => socket.peer_addr().is_ok(),
         Err(e) => return Err(e),
-    }
-    let established = socket.peer_addr().is_ok();
+    };
     let stream = TcpStream::from_std(socket.into())?;
     if !established {
         stream.writable().await?;

@@ -15,6 +15,32 @@ use std::task::Context;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
+/// Whether this wake-up of a relay registers its waker with the tokens that can end it.
+/// Polling a token's future takes its lock (twice: the state, then the waiter list), and a
+/// relay runs on every wake-up, so it does so on every 64th and reads plain flags, set
+/// before the tokens fire, in between (see [`fired`]). That is enough while the task's waker
+/// stays the same, which it does within one task.
+pub fn registering(wakeups: &mut u32) -> bool {
+    let register = wakeups.is_multiple_of(64);
+    *wakeups = wakeups.wrapping_add(1);
+    register
+}
+
+/// Whether a token has fired: its future polled on a [`registering`] wake-up, `flag` (true
+/// once the token has fired) read on the others.
+pub fn fired(
+    register: bool,
+    flag: impl FnOnce() -> bool,
+    future: Pin<&mut WaitForCancellationFuture<'_>>,
+    cx: &mut Context<'_>,
+) -> bool {
+    if register {
+        future.poll(cx).is_ready()
+    } else {
+        flag()
+    }
+}
+
 /// What ends a relay from outside (the operator, a reload, a hard stop): the connection's
 /// token, and a cheap way to tell that it has fired.
 #[derive(Clone, Copy)]
@@ -33,22 +59,13 @@ impl<'a> Cancel<'a> {
         self.token.cancelled()
     }
 
-    /// Whether the token has fired, asked on each of a relay's wake-ups. Polling the token's
-    /// future takes its lock (twice: the state, then the waiter list), so it is polled on
-    /// every 64th wake-up, which keeps the task's waker registered while that waker stays
-    /// the same (it does within one task), and `fired` is read in between.
+    /// Whether the token has fired, asked on each of a relay's wake-ups (see [`registering`]).
     pub fn poll(
         &self,
         future: Pin<&mut WaitForCancellationFuture<'_>>,
         wakeups: &mut u32,
         cx: &mut Context<'_>,
     ) -> bool {
-        let register = wakeups.is_multiple_of(64);
-        *wakeups = wakeups.wrapping_add(1);
-        if register {
-            future.poll(cx).is_ready()
-        } else {
-            (self.fired)()
-        }
+        fired(registering(wakeups), self.fired, future, cx)
     }
 }

@@ -191,20 +191,13 @@ where
         // Whole-variable uses: the closure then captures one reference to each, not one per
         // field it touches (it lives in the connection's task as long as the relay runs).
         let (w, session) = (&mut w, session);
-        // Registering with a token's waiter list takes a lock, and this runs on every wake-up:
-        // register now and then, and in between read flags, which is enough while the task's
-        // waker stays the same (it does within one task). The shared drain and stop tokens
-        // are read through the shutdown's plain flags (every worker asks them), and the
-        // connection's own token through `close_requested` (its `is_cancelled` locks too; a
-        // hard stop, which also fires it, is the `stopped` check before).
-        let register = w.wakeups.is_multiple_of(64);
-        w.wakeups = w.wakeups.wrapping_add(1);
-        let fired = |flag: &dyn Fn() -> bool, future: Pin<&mut _>, cx: &mut Context<'_>| {
-            if register {
-                Future::poll(future, cx).is_ready()
-            } else {
-                flag()
-            }
+        // The tokens are polled now and then and read through flags in between (see
+        // `relay::registering`): the shared drain and stop tokens through the shutdown's
+        // flags, the connection's own through `close_requested` (a hard stop, which also
+        // fires it, is the `stopped` check before).
+        let register = super::registering(&mut w.wakeups);
+        let fired = |flag: &dyn Fn() -> bool, future, cx: &mut Context<'_>| {
+            super::fired(register, flag, future, cx)
         };
         if fired(&|| shared.shutdown.is_stopped(), stopped.as_mut(), cx) {
             return Poll::Ready(EndReason::Stopped);
