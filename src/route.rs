@@ -2,8 +2,9 @@
 //! order wins; a route's absent keys match anything.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::config::{Protocol, RouteConfig, WebSocketLimits};
+use crate::config::{Defaults, Protocol, RouteConfig, WebSocketLimits};
 use crate::upstream::Pool;
 
 /// One route, with its backend pool resolved.
@@ -15,6 +16,8 @@ pub struct Route {
     pub sni: Option<String>,
     pub path_prefix: Option<String>,
     pub backend: Arc<Pool>,
+    /// HTTP: request sent to the backend's response head (the route's or the default).
+    pub request_timeout: Duration,
     pub websocket: WebSocketLimits,
 }
 
@@ -24,14 +27,15 @@ pub struct RouteQuery<'a> {
     pub protocol: Protocol,
     /// Lower-case TLS server name.
     pub sni: Option<&'a str>,
-    /// Lower-case Host without port (HTTP and WebSocket).
+    /// Lower-case Host without port or trailing dot, an IPv6 address in brackets in its
+    /// shortest form (HTTP and WebSocket).
     pub host: Option<&'a str>,
     /// Request path (HTTP and WebSocket).
     pub path: Option<&'a str>,
 }
 
 impl Route {
-    pub fn new(config: &RouteConfig, backend: Arc<Pool>) -> Self {
+    pub fn new(config: &RouteConfig, backend: Arc<Pool>, defaults: &Defaults) -> Self {
         Route {
             name: config.name.as_str().into(),
             protocol: config.protocol,
@@ -39,6 +43,7 @@ impl Route {
             sni: config.sni.clone(),
             path_prefix: config.path_prefix.clone(),
             backend,
+            request_timeout: config.request_timeout.unwrap_or(defaults.request_timeout),
             websocket: config.websocket.clone(),
         }
     }

@@ -1,11 +1,12 @@
 //! The config snapshot: everything built from one validated config — TLS server configs, route
 //! tables, backend pools. A connection loads the current snapshot once and keeps it for its
-//! whole life; a reload builds a complete new one and swaps it in with one store.
+//! whole life (an HTTP connection loads it again for each request); a reload builds a
+//! complete new one and swaps it in with one store.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{Config, Defaults};
+use crate::config::{Cidr, Config, Defaults};
 use crate::metrics::Metrics;
 use crate::route::{Route, RouteTable};
 use crate::upstream::Pool;
@@ -24,6 +25,8 @@ pub struct ListenerSnap {
     /// False when every route is `tcp`: no detection, no added delay.
     pub detect: bool,
     pub defaults: Defaults,
+    /// Clients whose forwarded headers are kept and appended to (usually none).
+    pub trusted_proxies: Box<[Cidr]>,
 }
 
 impl std::fmt::Debug for ListenerSnap {
@@ -72,7 +75,7 @@ impl Snapshot {
                             route: r.name.clone(),
                             backend: r.backend.clone(),
                         })?;
-                routes.push(Arc::new(Route::new(r, backend.clone())));
+                routes.push(Arc::new(Route::new(r, backend.clone(), defaults)));
             }
             let routes = RouteTable::new(routes);
             let tls = match &l.tls {
@@ -92,6 +95,7 @@ impl Snapshot {
                     detect: !routes.all_tcp(),
                     routes,
                     defaults: defaults.clone(),
+                    trusted_proxies: l.trusted_proxies.as_slice().into(),
                 }),
             );
         }

@@ -59,10 +59,6 @@ static LISTENER: Section = Section {
             "no PROXY header is read: the client address is the TCP peer; remove the key",
         ),
         (
-            "trusted_proxies",
-            "no PROXY header is read, so there are no proxies to trust; remove the key",
-        ),
-        (
             "max_connections",
             "only the process-wide limit exists: set `max_connections` in [defaults] instead",
         ),

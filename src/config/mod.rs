@@ -20,6 +20,7 @@ use std::path::Path;
 use serde::Deserialize;
 use toml::de::DeTable;
 
+mod cidr;
 mod error;
 mod keys;
 pub mod model;
@@ -30,6 +31,7 @@ mod values;
 #[cfg(test)]
 mod tests;
 
+pub use cidr::Cidr;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
 pub use values::{parse_duration, parse_size};

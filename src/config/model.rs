@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use rustls::sign::CertifiedKey;
 
+use super::cidr::Cidr;
+
 /// One whole, validated config file.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -42,6 +44,9 @@ pub struct Defaults {
     pub drain_spread: Duration,
     /// WebSocket closing handshake (default 5s).
     pub close_timeout: Duration,
+    /// HTTP: request sent to the backend's response head; over it the client gets 504
+    /// (default 60s). Routes may override it.
+    pub request_timeout: Duration,
     /// Whole-process connection limit; `None` = unlimited.
     pub max_connections: Option<usize>,
 }
@@ -56,6 +61,7 @@ impl Default for Defaults {
             drain_timeout: Duration::from_secs(30),
             drain_spread: Duration::from_secs(10),
             close_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(60),
             max_connections: None,
         }
     }
@@ -67,6 +73,9 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     /// `None` = plaintext.
     pub tls: Option<TlsConfig>,
+    /// Clients whose forwarded headers (`X-Forwarded-*`, `Forwarded`) are kept and appended
+    /// to; everyone else's are replaced. Empty: nobody.
+    pub trusted_proxies: Vec<Cidr>,
     /// In file order; the first match wins.
     pub routes: Vec<RouteConfig>,
 }
@@ -116,7 +125,8 @@ pub struct RouteConfig {
     pub name: String,
     /// `None` = any protocol.
     pub protocol: Option<Protocol>,
-    /// Lower-cased, without port. HTTP and WebSocket only.
+    /// Lower-cased, without port; an IPv6 address in brackets, in its shortest form
+    /// (`[::1]`). HTTP and WebSocket only.
     pub host: Option<String>,
     /// Lower-cased TLS server name; any protocol.
     pub sni: Option<String>,
@@ -124,6 +134,8 @@ pub struct RouteConfig {
     pub path_prefix: Option<String>,
     /// Name of a backend that exists in `Config::backends`.
     pub backend: String,
+    /// Overrides `Defaults::request_timeout` for this route.
+    pub request_timeout: Option<Duration>,
     pub websocket: WebSocketLimits,
 }
 

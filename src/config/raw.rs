@@ -39,6 +39,7 @@ pub(super) struct RawDefaults {
     pub drain_timeout: Text,
     pub drain_spread: Text,
     pub close_timeout: Text,
+    pub request_timeout: Text,
     pub max_connections: Option<Spanned<i64>>,
 }
 
@@ -48,6 +49,7 @@ pub(super) struct RawListener {
     pub name: Text,
     pub listen: Text,
     pub tls: Option<Spanned<RawTls>>,
+    pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
 }
@@ -78,6 +80,7 @@ pub(super) struct RawRoute {
     pub sni: Text,
     pub path_prefix: Text,
     pub backend: Text,
+    pub request_timeout: Text,
     pub max_message_size: Option<Spanned<RawSize>>,
     pub max_messages_per_second: Option<Spanned<i64>>,
     pub ping_interval: Text,

@@ -248,11 +248,11 @@ servers = [{ address = "127.0.0.1:9001", wieght = 2 }]
     );
     assert_reports(
         &printed,
-        "sockgate.toml:4:1: unknown key `idle` in [defaults]\n  hint: valid keys: connect_timeout, detect_timeout, handshake_timeout, idle_timeout, drain_timeout, drain_spread, close_timeout, max_connections\n",
+        "sockgate.toml:4:1: unknown key `idle` in [defaults]\n  hint: valid keys: connect_timeout, detect_timeout, handshake_timeout, idle_timeout, drain_timeout, drain_spread, close_timeout, request_timeout, max_connections\n",
     );
     assert_reports(
         &printed,
-        "sockgate.toml:8:1: unknown key `listn` in [[listener]]\n  hint: valid keys: name, listen, tls, route; did you mean `listen`?",
+        "sockgate.toml:8:1: unknown key `listn` in [[listener]]\n  hint: valid keys: name, listen, tls, trusted_proxies, route; did you mean `listen`?",
     );
     assert_reports(
         &printed,
@@ -260,7 +260,7 @@ servers = [{ address = "127.0.0.1:9001", wieght = 2 }]
     );
     assert_reports(
         &printed,
-        "sockgate.toml:13:3: unknown key `backnd` in [[listener.route]]\n  hint: valid keys: name, protocol, host, sni, path_prefix, backend, max_message_size, max_messages_per_second, ping_interval, pong_timeout; did you mean `backend`?",
+        "sockgate.toml:13:3: unknown key `backnd` in [[listener.route]]\n  hint: valid keys: name, protocol, host, sni, path_prefix, backend, request_timeout, max_message_size, max_messages_per_second, ping_interval, pong_timeout; did you mean `backend`?",
     );
     assert_reports(
         &printed,
@@ -1195,4 +1195,152 @@ fn parse_size_forms() {
     for (text, want) in bad {
         assert_eq!(parse_size(text), Err(want.to_owned()), "{text}");
     }
+}
+
+#[test]
+fn trusted_proxies_are_address_ranges() {
+    let config = valid(&with_backend(
+        r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8080"
+trusted_proxies = ["10.0.0.0/8", "192.0.2.7", "::1/128", "[2001:db8::]/32"]
+route = [{ name = "all", backend = "chat" }]
+"#,
+    ));
+    let ranges: Vec<String> = config.listeners[0]
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        ranges,
+        ["10.0.0.0/8", "192.0.2.7/32", "::1/128", "2001:db8::/32"]
+    );
+    let absent = valid(&with_backend(
+        r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8080"
+route = [{ name = "all", backend = "chat" }]
+"#,
+    ));
+    assert!(absent.listeners[0].trusted_proxies.is_empty());
+}
+
+#[test]
+fn trusted_proxies_entries_must_parse() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8080"
+trusted_proxies = ["10.0.0.0/8", "10.1.2.3/8", "proxy.internal", "::/129"]
+route = [{ name = "all", backend = "chat" }]
+"#,
+    ));
+    assert_eq!(
+        printed,
+        r#"sockgate.toml:4:34: `trusted_proxies` entry "10.1.2.3/8" is not an address range: `10.1.2.3/8` has bits set past the first 8; the range it starts is 10.0.0.0/8
+  hint: write IP addresses or CIDR ranges, as in ["10.0.0.0/8", "192.0.2.7", "::1/128"]
+sockgate.toml:4:48: `trusted_proxies` entry "proxy.internal" is not an address range: `proxy.internal` is not an IP address
+  hint: write IP addresses or CIDR ranges, as in ["10.0.0.0/8", "192.0.2.7", "::1/128"]
+sockgate.toml:4:66: `trusted_proxies` entry "::/129" is not an address range: `/129` is not a prefix length (0-128)
+  hint: write IP addresses or CIDR ranges, as in ["10.0.0.0/8", "192.0.2.7", "::1/128"]
+"#
+    );
+}
+
+#[test]
+fn request_timeout_defaults_and_route_override() {
+    let config = valid(&with_backend(
+        r#"
+[defaults]
+request_timeout = "5s"
+
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8080"
+
+  [[listener.route]]
+  name = "slow"
+  path_prefix = "/reports"
+  request_timeout = "2m"
+  backend = "chat"
+
+  [[listener.route]]
+  name = "rest"
+  backend = "chat"
+"#,
+    ));
+    assert_eq!(config.defaults.request_timeout, Duration::from_secs(5));
+    let routes = &config.listeners[0].routes;
+    assert_eq!(routes[0].request_timeout, Some(Duration::from_secs(120)));
+    assert_eq!(routes[1].request_timeout, None);
+    assert_eq!(Defaults::default().request_timeout, Duration::from_secs(60));
+}
+
+#[test]
+fn request_timeout_is_bounded() {
+    let printed = errors(&with_backend(
+        r#"
+[defaults]
+request_timeout = "0s"
+
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8080"
+
+  [[listener.route]]
+  name = "forever"
+  request_timeout = "25h"
+  backend = "chat"
+
+  [[listener.route]]
+  name = "raw"
+  protocol = "tcp"
+  request_timeout = "5s"
+  backend = "chat"
+"#,
+    ));
+    assert_eq!(
+        printed,
+        r#"sockgate.toml:2:19: `request_timeout` must be longer than zero
+  hint: write durations like "250ms", "30s", "5m" or "1h30m"
+sockgate.toml:10:21: `request_timeout` (1day 1h) is longer than 1day: a backend that never answers would hold the client and a backend connection that long
+  hint: use at most "24h"; long-polling backends should answer with a head first
+sockgate.toml:16:21: `request_timeout` on route `raw` has no effect: TCP connections carry no requests
+  hint: remove `request_timeout` (`idle_timeout` in [defaults] ends silent TCP connections), or change `protocol`
+"#
+    );
+}
+
+#[test]
+fn ipv6_hosts_are_written_in_brackets() {
+    let config = valid(&with_backend(
+        r#"
+[[listener]]
+name = "edge"
+listen = "[::1]:8080"
+route = [
+  { name = "v6", host = "[0:0::1]", backend = "chat" },
+  { name = "dot", host = "Chat.Example.com.", backend = "chat" },
+]
+"#,
+    ));
+    let routes = &config.listeners[0].routes;
+    assert_eq!(routes[0].host.as_deref(), Some("[::1]"));
+    assert_eq!(routes[1].host.as_deref(), Some("chat.example.com"));
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "edge"
+listen = "[::1]:8080"
+route = [{ name = "v6", host = "::1", backend = "chat" }]
+"#,
+    ));
+    assert_eq!(
+        printed,
+        "sockgate.toml:4:32: `host` = \"::1\" is not a host name, so it never matches a Host header\n  hint: write IPv6 addresses in brackets, as Host headers carry them: host = \"[::1]\"\n"
+    );
 }

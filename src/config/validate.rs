@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::cidr::Cidr;
 use super::error::Report;
 use super::model::{
     AdminConfig, BackendConfig, CertPair, Config, Defaults, ListenerConfig, Protocol, RouteConfig,
@@ -19,12 +20,15 @@ use super::raw::{
     RawSni, RawTls,
 };
 use super::values::{
-    check_cert_name, check_dns_name, check_host, check_server_address, closest, parse_duration,
+    check_cert_name, check_dns_name, check_server_address, closest, normal_host, parse_duration,
     parse_size,
 };
 use crate::tls::{self, CertLoadError};
 
 const DURATION_FORMS: &str = r#"write durations like "250ms", "30s", "5m" or "1h30m""#;
+/// The longest `request_timeout`: a backend may take long to answer, but a client waiting a
+/// day for a response head is a leak, not a request.
+const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 const GENERATE_PAIR: &str = "sockgate cert dev --out certs/dev";
 /// What `pong_timeout` is when only `ping_interval` is given.
 const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(10);
@@ -102,6 +106,10 @@ impl Validator<'_, '_> {
         let drain_timeout = self.timeout(&raw.drain_timeout, "drain_timeout", d.drain_timeout);
         let drain_spread = self.timeout(&raw.drain_spread, "drain_spread", d.drain_spread);
         let close_timeout = self.timeout(&raw.close_timeout, "close_timeout", d.close_timeout);
+        let request_timeout = match &raw.request_timeout {
+            None => Some(d.request_timeout),
+            Some(t) => self.request_timeout(t),
+        };
         if let Some(drain) = drain_timeout {
             let drain_span = raw.drain_timeout.as_ref().map(Spanned::span);
             let within = [
@@ -158,6 +166,7 @@ impl Validator<'_, '_> {
             drain_timeout: drain_timeout?,
             drain_spread: drain_spread?,
             close_timeout: close_timeout?,
+            request_timeout: request_timeout?,
             max_connections: max_connections?,
         })
     }
@@ -196,6 +205,44 @@ impl Validator<'_, '_> {
                 None
             }
         }
+    }
+
+    /// `request_timeout`, in [defaults] or on a route: more than zero, at most a day.
+    fn request_timeout(&mut self, raw: &Spanned<String>) -> Option<Duration> {
+        let timeout = self.duration(raw, "request_timeout")?;
+        if timeout > MAX_REQUEST_TIMEOUT {
+            self.report.error(
+                raw.span(),
+                format!(
+                    "`request_timeout` ({}) is longer than {}: a backend that never answers would hold the client and a backend connection that long",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(MAX_REQUEST_TIMEOUT),
+                ),
+                r#"use at most "24h"; long-polling backends should answer with a head first"#,
+            );
+            return None;
+        }
+        Some(timeout)
+    }
+
+    /// `trusted_proxies`: addresses or CIDR ranges, IPv6 without brackets or with.
+    fn trusted_proxies(&mut self, raw: &Spanned<Vec<Spanned<String>>>) -> Option<Vec<Cidr>> {
+        let ranges: Vec<_> = raw
+            .get_ref()
+            .iter()
+            .map(|entry| match Cidr::parse(entry.get_ref()) {
+                Ok(cidr) => Some(cidr),
+                Err(why) => {
+                    self.report.error(
+                        entry.span(),
+                        format!("`trusted_proxies` entry \"{}\" is not an address range: {why}", entry.get_ref()),
+                        r#"write IP addresses or CIDR ranges, as in ["10.0.0.0/8", "192.0.2.7", "::1/128"]"#,
+                    );
+                    None
+                }
+            })
+            .collect();
+        ranges.into_iter().collect()
     }
 
     fn admin(&mut self, raw: &Spanned<RawAdmin>) -> Option<AdminConfig> {
@@ -252,6 +299,7 @@ impl Validator<'_, '_> {
             )
             .and_then(|listen| self.listen_addr(listen, label.clone()));
         let tls = present(l.tls.as_ref(), |t| self.tls(t, &label));
+        let trusted_proxies = present(l.trusted_proxies.as_ref(), |t| self.trusted_proxies(t));
         if l.route.is_empty() {
             let at = l.name.as_ref().map_or(raw.span(), Spanned::span);
             self.report.error(
@@ -270,6 +318,7 @@ impl Validator<'_, '_> {
             name: name?,
             listen: listen?,
             tls: tls?,
+            trusted_proxies: trusted_proxies?.unwrap_or_default(),
             routes: routes.into_iter().collect::<Option<_>>()?,
         })
     }
@@ -465,6 +514,18 @@ impl Validator<'_, '_> {
             )
             .and_then(|b| self.backend_ref(b, &label));
 
+        let request_timeout = present(r.request_timeout.as_ref(), |t| {
+            if kind == Some(Protocol::Tcp) {
+                self.report.error(
+                    t.span(),
+                    format!("`request_timeout` on {label} has no effect: TCP connections carry no requests"),
+                    "remove `request_timeout` (`idle_timeout` in [defaults] ends silent TCP connections), or change `protocol`",
+                );
+                return None;
+            }
+            self.request_timeout(t)
+        });
+
         let websocket = self.websocket_limits(r, kind, &label);
         Some(RouteConfig {
             name: name?,
@@ -473,6 +534,7 @@ impl Validator<'_, '_> {
             sni: sni?,
             path_prefix: path_prefix?,
             backend: backend?,
+            request_timeout: request_timeout?,
             websocket: websocket?,
         })
     }
@@ -579,13 +641,21 @@ impl Validator<'_, '_> {
 
     fn host(&mut self, raw: &Spanned<String>) -> Option<String> {
         let host = raw.get_ref();
-        if check_host(host) {
-            return Some(host.to_ascii_lowercase());
+        if let Some(host) = normal_host(host) {
+            return Some(host);
         }
+        let hint = if host.parse::<std::net::Ipv6Addr>().is_ok() {
+            format!(
+                "write IPv6 addresses in brackets, as Host headers carry them: host = \"[{host}]\""
+            )
+        } else {
+            r#"write the name alone, without scheme, port or path, as in host = "chat.example.com""#
+                .to_owned()
+        };
         self.report.error(
             raw.span(),
             format!("`host` = \"{host}\" is not a host name, so it never matches a Host header"),
-            r#"write the name alone, without scheme, port or path, as in host = "chat.example.com""#,
+            hint,
         );
         None
     }

@@ -124,14 +124,16 @@ pub(super) fn check_dns_name(name: &str) -> Result<(), String> {
         .map_err(|_| format!("`{name}` is not a valid DNS name"))
 }
 
-/// Whether `host` can be what a Host header names, port left out: a DNS name, an IPv4
-/// address or a bracketed IPv6 address.
-pub(super) fn check_host(host: &str) -> bool {
-    let ipv6 = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .is_some_and(|h| h.parse::<Ipv6Addr>().is_ok());
-    ipv6 || host.parse::<Ipv4Addr>().is_ok() || check_dns_name(host).is_ok()
+/// `host` as the HTTP stage compares it, if it can be what a Host header names, port left
+/// out: a DNS name or an IPv4 address, lower-cased, or a bracketed IPv6 address in its
+/// shortest form (`[::1]` for `[0:0::1]`), which is how the HTTP stage writes the Host it got.
+pub(super) fn normal_host(host: &str) -> Option<String> {
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner.parse::<Ipv6Addr>().ok().map(|ip| format!("[{ip}]"));
+    }
+    let ok = host.parse::<Ipv4Addr>().is_ok() || check_dns_name(host).is_ok();
+    // A fully qualified `example.com.` names the same host; requests are compared without it.
+    ok.then(|| host.trim_end_matches('.').to_ascii_lowercase())
 }
 
 /// Like [`check_dns_name`], also allowing a `*.` wildcard for exactly one leading label, the

@@ -1,9 +1,23 @@
 //! The HTTP stage: a hyper server connection on the client side, hyper client connections
 //! toward the backend.
 //!
-//! Plain requests are forwarded with keep-alive on both sides (one backend connection per
-//! client connection, reused while it stays open), hop-by-hop headers removed and
-//! `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded` added.
+//! Each request is routed on the config snapshot current when it arrives, so a keep-alive
+//! connection follows reloads: a removed route answers 404, and a backend connection is only
+//! reused for the same backend of the same snapshot (the one it replaces finishes its
+//! response, then closes).
+//!
+//! The backend hears the truth, whatever the client wrote:
+//! - `Host` is the authority the request was routed on: an absolute-form URI's, else the one
+//!   `Host` header (RFC 9112 §3.2.2). Two `Host` headers, none in HTTP/1.1, or one that is
+//!   not an authority get 400 (RFC 9112 §3.2).
+//! - The client's `X-Forwarded-For`, `X-Forwarded-Host`, `X-Forwarded-Proto` and
+//!   `Forwarded` are replaced by what the gateway saw, unless the client's address is in the
+//!   listener's `trusted_proxies`: then they are kept, and the lists appended to.
+//! - Hop-by-hop headers are removed, with those the `Connection` header names, except the
+//!   ones the gateway and the backend rely on ([`KEPT_END_TO_END`]).
+//!
+//! Timers: `request_timeout` from the request sent to the backend's response head (504);
+//! `idle_timeout` between body bytes either way, which ends the transfer and the connection.
 //!
 //! A WebSocket upgrade request is sent to the backend over a fresh connection; a 101 answer
 //! goes back to the client and, once hyper has written it and handed both streams over,
@@ -14,16 +28,17 @@
 //! [`MAX_HEAD`], or 414 for an overlong URI.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1 as client_http1;
@@ -33,6 +48,8 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 use crate::config::Protocol;
@@ -44,12 +61,21 @@ use crate::relay::Side;
 use crate::relay::websocket;
 use crate::route::{Route, RouteQuery};
 use crate::snapshot::ListenerSnap;
+use crate::upstream::Pool;
+
+mod headers;
+mod idle;
+
+use headers::{BadRequest, add_forwarding, origin_form, strip_hop_by_hop, target};
+use idle::{Idle, stalled};
 
 /// Largest request head accepted; hyper answers 431 beyond it.
 pub const MAX_HEAD: usize = 32 * 1024;
 
 type ClientIo = Counting<Rewind<ClientStream>>;
-type Body = Either<Incoming, Full<Bytes>>;
+type Body = Either<Idle<Incoming>, Full<Bytes>>;
+/// A request body on its way to the backend.
+type Upload = Idle<Incoming>;
 
 /// Serves HTTP on one client connection until it closes, drains, or upgrades (then hands
 /// both upgraded streams back for the WebSocket relay).
@@ -62,10 +88,10 @@ pub async fn serve(
 ) -> Result<Handoff, ConnError> {
     let state = Arc::new(HttpConn {
         ctx: ctx.clone(),
-        listener: listener.clone(),
         shared: shared.clone(),
         tls,
         session: tokio::sync::Mutex::new(None),
+        session_stale: AtomicBool::new(false),
         upgrade: Mutex::new(None),
         flushed: Mutex::new(Flushed::default()),
     });
@@ -85,6 +111,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(listener.defaults.handshake_timeout)
         .max_buf_size(MAX_HEAD);
+    drop(listener);
     // Boxed: the HTTP phase's state lives on the heap only while it runs, so a WebSocket that
     // outlives it does not carry hyper's connection in its task for hours.
     let mut conn = Box::pin(
@@ -94,6 +121,9 @@ pub async fn serve(
     );
 
     let mut draining = false;
+    // A reload asked this connection to close because its last request's route or backend
+    // is gone; HTTP re-routes every request, so the connection stays (see `reload_close`).
+    let mut reload_seen = false;
     let served = loop {
         tokio::select! {
             res = conn.as_mut() => break res,
@@ -102,7 +132,17 @@ pub async fn serve(
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = ctx.cancel.cancelled() => {
+            _ = ctx.cancel.cancelled(), if !reload_seen => {
+                if reload_close(&ctx, &shared) {
+                    reload_seen = true;
+                    state.close_idle_backend();
+                    continue;
+                }
+                state.flush_bytes();
+                return Ok(Handoff::Finished(Finish::Cancelled));
+            }
+            // With the token spent on the reload, a hard stop is heard here.
+            _ = shared.shutdown.stopped(), if reload_seen => {
                 state.flush_bytes();
                 return Ok(Handoff::Finished(Finish::Cancelled));
             }
@@ -132,6 +172,16 @@ pub async fn serve(
             .await
             .map(|upgraded| Handoff::WebSocket(Box::new(upgraded))),
     }
+}
+
+/// Whether the connection's close request came from a reload (route or backend removed)
+/// while it is plain HTTP: such a connection keeps serving, each request routed anew. A
+/// WebSocket handshake in flight, an operator's close and a hard stop end it.
+fn reload_close(ctx: &ConnCtx, shared: &Shared) -> bool {
+    ctx.close_requested()
+        && ctx.close_code() == websocket::code::SERVICE_RESTART
+        && !shared.shutdown.is_stopped()
+        && ctx.info().protocol != Some(Protocol::WebSocket)
 }
 
 /// Both streams of a WebSocket upgrade, out of hyper's hands, with what the relay needs.
@@ -183,10 +233,14 @@ struct PendingUpgrade {
     session: websocket::Session,
 }
 
-/// A reusable connection to one backend server, for plain HTTP keep-alive.
+/// A reusable connection to one backend server, for plain HTTP keep-alive. Dropping it lets
+/// hyper finish the response in flight and close; `abort` closes it at once.
 struct BackendSession {
-    route: Arc<Route>,
-    sender: client_http1::SendRequest<Incoming>,
+    /// The pool of the snapshot it was opened under: a reload builds new pools, so a
+    /// request routed on a newer snapshot opens a fresh connection.
+    backend: Arc<Pool>,
+    sender: client_http1::SendRequest<Upload>,
+    abort: CancellationToken,
 }
 
 /// Bytes already added to `sockgate_bytes_total` and the route they were attributed to.
@@ -200,31 +254,66 @@ struct Flushed {
 /// State shared by the requests of one client connection (handled one at a time).
 struct HttpConn {
     ctx: Arc<ConnCtx>,
-    listener: Arc<ListenerSnap>,
     shared: Arc<Shared>,
     tls: bool,
     session: tokio::sync::Mutex<Option<BackendSession>>,
+    /// A reload removed the session's backend while a request was using it: the session
+    /// is dropped once that request has its response.
+    session_stale: AtomicBool,
     upgrade: Mutex<Option<PendingUpgrade>>,
     flushed: Mutex<Flushed>,
+}
+
+impl Drop for HttpConn {
+    /// The client is gone: its backend connection goes too, even mid-response.
+    fn drop(&mut self) {
+        if let Some(session) = self.session.get_mut().take() {
+            session.abort.cancel();
+        }
+    }
 }
 
 /// Why a request could not be forwarded; each maps to one status.
 #[derive(Debug, thiserror::Error)]
 enum ProxyError {
+    #[error("bad request: {}", .0.as_str())]
+    BadRequest(BadRequest),
+    #[error("the connection is closing")]
+    Closing,
     #[error("no route matches")]
     NoRoute,
     #[error("backend unreachable")]
     Connect(#[source] crate::upstream::ConnectError),
     #[error("backend connection failed")]
     Backend(#[source] hyper::Error),
+    #[error("the client's request body stalled")]
+    UploadStalled(#[source] hyper::Error),
+    #[error("no response head from the backend within {0:?} (request_timeout)")]
+    Timeout(Duration),
 }
 
 impl ProxyError {
     fn status(&self) -> StatusCode {
         match self {
+            ProxyError::BadRequest(bad) => bad.status(),
+            ProxyError::Closing => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Connect(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Backend(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::UploadStalled(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Whether the client connection ends after this answer: it sent something the next
+    /// request on it cannot be trusted after, or its request body was left unread.
+    fn closes(&self) -> bool {
+        match self {
+            ProxyError::BadRequest(_)
+            | ProxyError::Closing
+            | ProxyError::UploadStalled(_)
+            | ProxyError::Timeout(_) => true,
+            ProxyError::NoRoute | ProxyError::Connect(_) | ProxyError::Backend(_) => false,
         }
     }
 }
@@ -238,47 +327,72 @@ impl HttpConn {
             Protocol::Http
         };
         self.ctx.set_protocol(protocol, &self.shared.metrics);
-        let host = request_host(&req);
-        let sni = self.ctx.info().sni.clone();
-        let query = RouteQuery {
-            protocol,
-            sni: sni.as_deref(),
-            host: host.as_deref(),
-            path: Some(req.uri().path()),
-        };
-        let route = self.listener.routes.find(&query).cloned();
-        let route_name = route.as_ref().map(|r| r.name.clone());
-        let result = match route {
-            None => {
-                self.shared
-                    .metrics
-                    .unrouted_total
-                    .with_label_values(&[&self.ctx.listener, protocol.as_str()])
-                    .inc();
-                tracing::info!(
-                    method = %req.method(),
-                    host = host.as_deref().unwrap_or(""),
-                    path = req.uri().path(),
-                    protocol = protocol.as_str(),
-                    "no route matches"
-                );
-                Err(ProxyError::NoRoute)
+        let listener = self.shared.snapshot().listener(&self.ctx.listener).cloned();
+        let mut route_name = None;
+        let result = match (target(&req), listener) {
+            (Err(bad), _) => Err(ProxyError::BadRequest(bad)),
+            // The reload kept this connection for plain requests (see `reload_close`); an
+            // operator's close since, or an upgrade, which would run under the spent token,
+            // is told to come back on a new connection.
+            _ if self.ctx.close_requested()
+                && (websocket || self.ctx.close_code() != websocket::code::SERVICE_RESTART) =>
+            {
+                Err(ProxyError::Closing)
             }
-            Some(route) => {
-                self.flush_bytes();
-                self.attribute(&route);
-                if websocket {
-                    self.websocket(req, route, host).await
-                } else {
-                    self.forward(req, route, host).await
+            (Ok(target), listener) => {
+                let sni = self.ctx.info().sni.clone();
+                let query = RouteQuery {
+                    protocol,
+                    sni: sni.as_deref(),
+                    host: target.host.as_deref(),
+                    path: Some(req.uri().path()),
+                };
+                let route = listener
+                    .as_ref()
+                    .and_then(|l| l.routes.find(&query).cloned());
+                route_name = route.as_ref().map(|r| r.name.clone());
+                match (route, listener) {
+                    (Some(route), Some(listener)) => {
+                        self.flush_bytes();
+                        self.attribute(&route);
+                        // One scan of a list that is usually empty.
+                        let trusted = listener
+                            .trusted_proxies
+                            .iter()
+                            .any(|c| c.contains(self.ctx.client.ip()));
+                        if websocket {
+                            self.websocket(req, route, &listener, trusted).await
+                        } else {
+                            self.forward(req, route, &listener, trusted).await
+                        }
+                    }
+                    _ => {
+                        self.shared
+                            .metrics
+                            .unrouted_total
+                            .with_label_values(&[&self.ctx.listener, protocol.as_str()])
+                            .inc();
+                        tracing::info!(
+                            method = %req.method(),
+                            host = target.host.as_deref().unwrap_or(""),
+                            path = req.uri().path(),
+                            protocol = protocol.as_str(),
+                            "no route matches"
+                        );
+                        Err(ProxyError::NoRoute)
+                    }
                 }
             }
         };
         let response = result.unwrap_or_else(|e| {
-            if !matches!(e, ProxyError::NoRoute) {
-                tracing::warn!(error = %crate::error_chain(&e), "request not forwarded");
+            match &e {
+                ProxyError::NoRoute => {}
+                ProxyError::BadRequest(_) | ProxyError::Closing | ProxyError::UploadStalled(_) => {
+                    tracing::info!(error = %crate::error_chain(&e), "request refused")
+                }
+                _ => tracing::warn!(error = %crate::error_chain(&e), "request not forwarded"),
             }
-            error_response(e.status())
+            error_response(e.status(), e.closes())
         });
         self.shared
             .metrics
@@ -325,6 +439,16 @@ impl HttpConn {
         flushed.down = down;
     }
 
+    /// Closes the backend connection kept for the next request: a reload removed its
+    /// backend. A request waiting for its response head holds it; it is closed after that.
+    fn close_idle_backend(&self) {
+        match self.session.try_lock() {
+            // Dropped, not aborted: a response body still streaming to the client finishes.
+            Ok(mut session) => drop(session.take()),
+            Err(_) => self.session_stale.store(true, Ordering::Relaxed),
+        }
+    }
+
     fn set_server(&self, server: &str) {
         self.ctx.info().server = Some(server.to_owned());
         tracing::Span::current().record("upstream.address", server);
@@ -336,24 +460,53 @@ impl HttpConn {
         Ok(stream)
     }
 
+    /// Waits for the backend's response head for `limit`. The clock starts over while the
+    /// client is still sending (its request body is streamed to the backend meanwhile): a
+    /// slow upload is not a silent backend; a stalled one is ended by `idle_timeout`.
+    async fn response_within<F: Future>(&self, limit: Duration, answer: F) -> Option<F::Output> {
+        let received = || self.ctx.bytes_client_to_backend.load(Ordering::Relaxed);
+        let mut seen = received();
+        let timer = tokio::time::sleep(limit);
+        tokio::pin!(answer, timer);
+        loop {
+            tokio::select! {
+                out = &mut answer => return Some(out),
+                () = &mut timer => {
+                    let now = received();
+                    if now == seen {
+                        return None;
+                    }
+                    seen = now;
+                    timer.as_mut().reset(Instant::now() + limit);
+                }
+            }
+        }
+    }
+
     async fn forward(
         &self,
         req: Request<Incoming>,
         route: Arc<Route>,
-        host: Option<String>,
+        listener: &ListenerSnap,
+        trusted: bool,
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         add_forwarding(
             &mut parts.headers,
-            self.ctx.client,
+            &parts.uri,
+            self.ctx.client.ip(),
             self.tls,
-            host.as_deref(),
+            trusted,
         );
         parts.uri = origin_form(&parts.uri);
-        let mut req = Request::from_parts(parts, body);
+        let idle = listener.defaults.idle_timeout;
+        let mut req = Request::from_parts(parts, Idle::new(body, idle, Side::Client));
 
         let mut session = self.session.lock().await;
+        if self.session_stale.swap(false, Ordering::Relaxed) {
+            *session = None;
+        }
         // A kept-alive backend connection may have been closed by the server since the last
         // request; if hyper hands the request back unsent, retry once on a fresh connection.
         let mut retried = false;
@@ -361,7 +514,7 @@ impl HttpConn {
             let reuse = !retried
                 && session
                     .as_ref()
-                    .is_some_and(|s| Arc::ptr_eq(&s.route.backend, &route.backend));
+                    .is_some_and(|s| Arc::ptr_eq(&s.backend, &route.backend));
             if !reuse {
                 *session = None;
             }
@@ -373,19 +526,35 @@ impl HttpConn {
                 Some(s) if alive => &mut s.sender,
                 _ => {
                     let stream = self.connect(&route).await?;
-                    let sender = self.handshake(stream, false).await?;
+                    let abort = CancellationToken::new();
+                    let sender = self.handshake(stream, abort.clone()).await?;
                     &mut session
                         .insert(BackendSession {
-                            route: route.clone(),
+                            backend: route.backend.clone(),
                             sender,
+                            abort,
                         })
                         .sender
                 }
             };
-            match sender.try_send_request(req).await {
+            let answer = sender.try_send_request(req);
+            let Some(answer) = self.response_within(route.request_timeout, answer).await else {
+                // The backend holds the request: close its connection, it cannot be reused.
+                if let Some(s) = session.take() {
+                    s.abort.cancel();
+                }
+                return Err(ProxyError::Timeout(route.request_timeout));
+            };
+            match answer {
                 Ok(mut response) => {
+                    if self.session_stale.swap(false, Ordering::Relaxed) {
+                        // hyper finishes this response's body, then closes.
+                        *session = None;
+                    }
                     strip_hop_by_hop(response.headers_mut());
-                    return Ok(response.map(Either::Left));
+                    return Ok(
+                        response.map(|body| Either::Left(Idle::new(body, idle, Side::Backend)))
+                    );
                 }
                 Err(mut e) => match e.take_message() {
                     Some(unsent) if !retried => {
@@ -394,7 +563,11 @@ impl HttpConn {
                     }
                     _ => {
                         *session = None;
-                        return Err(ProxyError::Backend(e.into_error()));
+                        let e = e.into_error();
+                        if stalled(&e) == Some(Side::Client) {
+                            return Err(ProxyError::UploadStalled(e));
+                        }
+                        return Err(ProxyError::Backend(e));
                     }
                 },
             }
@@ -405,10 +578,11 @@ impl HttpConn {
         &self,
         mut req: Request<Incoming>,
         route: Arc<Route>,
-        host: Option<String>,
+        listener: &ListenerSnap,
+        trusted: bool,
     ) -> Result<Response<Body>, ProxyError> {
         let stream = self.connect(&route).await?;
-        let mut sender = self.handshake(stream, true).await?;
+        let mut sender = self.upgrade_handshake(stream).await?;
         let client_upgrade = hyper::upgrade::on(&mut req);
         let (mut parts, body) = req.into_parts();
         let upgrade = parts.headers.get(header::UPGRADE).cloned();
@@ -421,18 +595,26 @@ impl HttpConn {
         }
         add_forwarding(
             &mut parts.headers,
-            self.ctx.client,
+            &parts.uri,
+            self.ctx.client.ip(),
             self.tls,
-            host.as_deref(),
+            trusted,
         );
         parts.uri = origin_form(&parts.uri);
-        let mut response = sender
-            .send_request(Request::from_parts(parts, body))
-            .await
-            .map_err(ProxyError::Backend)?;
+        let idle = listener.defaults.idle_timeout;
+        let body = Idle::new(body, idle, Side::Client);
+        // The 101 is a response head like any other (`request_timeout`), and the wait is a
+        // silence that `idle_timeout` bounds too.
+        let limit = route.request_timeout.min(idle);
+        let answer = sender.send_request(Request::from_parts(parts, body));
+        let Some(answer) = self.response_within(limit, answer).await else {
+            // Dropping the request closes the backend connection.
+            return Err(ProxyError::Timeout(limit));
+        };
+        let mut response = answer.map_err(ProxyError::Backend)?;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             strip_hop_by_hop(response.headers_mut());
-            return Ok(response.map(Either::Left));
+            return Ok(response.map(|body| Either::Left(Idle::new(body, idle, Side::Backend))));
         }
         let backend_upgrade = hyper::upgrade::on(&mut response);
         let permessage_deflate = response
@@ -446,39 +628,58 @@ impl HttpConn {
             session: websocket::Session {
                 route,
                 permessage_deflate,
-                idle_timeout: self.listener.defaults.idle_timeout,
-                close_timeout: self.listener.defaults.close_timeout,
-                drain_spread: self.listener.defaults.drain_spread,
-                drain_timeout: self.listener.defaults.drain_timeout,
+                idle_timeout: listener.defaults.idle_timeout,
+                close_timeout: listener.defaults.close_timeout,
+                drain_spread: listener.defaults.drain_spread,
+                drain_timeout: listener.defaults.drain_timeout,
             },
         });
         let (parts, _) = response.into_parts();
         Ok(Response::from_parts(parts, Either::Right(Full::default())))
     }
 
-    /// Opens a hyper client connection and drives it in a tracked task: for keep-alive it
-    /// lives as long as the sender; for an upgrade it ends when the 101 hands the stream over.
+    /// Opens a keep-alive hyper client connection, driven in a tracked task that lives as
+    /// long as the sender (then finishes the response in flight), until `abort`, or until a
+    /// hard stop. Not the connection's own token: a reload that spends it must not cut a
+    /// response short (see `reload_close`).
     async fn handshake(
         &self,
         stream: TcpStream,
-        upgrade: bool,
-    ) -> Result<client_http1::SendRequest<Incoming>, ProxyError> {
+        abort: CancellationToken,
+    ) -> Result<client_http1::SendRequest<Upload>, ProxyError> {
+        let (sender, conn) = client_http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ProxyError::Backend)?;
+        let stop = self.shared.shutdown.stop_token().clone();
+        self.shared.shutdown.spawn(async move {
+            let result = tokio::select! {
+                r = conn => r,
+                _ = abort.cancelled() => Ok(()),
+                _ = stop.cancelled() => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %crate::error_chain(&e), "backend HTTP connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Opens a hyper client connection for one upgrade, driven in a tracked task that ends
+    /// when the 101 hands the stream over, or with the connection's token.
+    async fn upgrade_handshake(
+        &self,
+        stream: TcpStream,
+    ) -> Result<client_http1::SendRequest<Upload>, ProxyError> {
         let (sender, conn) = client_http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ProxyError::Backend)?;
         let stop = self.ctx.cancel.clone();
         self.shared.shutdown.spawn(async move {
-            let result = if upgrade {
-                tokio::select! {
-                    r = conn.with_upgrades() => r,
-                    _ = stop.cancelled() => Ok(()),
-                }
-            } else {
-                tokio::select! {
-                    r = conn => r,
-                    _ = stop.cancelled() => Ok(()),
-                }
+            let result = tokio::select! {
+                r = conn.with_upgrades() => r,
+                _ = stop.cancelled() => Ok(()),
             };
             if let Err(e) = result {
                 tracing::debug!(error = %crate::error_chain(&e), "backend HTTP connection ended");
@@ -488,7 +689,7 @@ impl HttpConn {
     }
 }
 
-fn error_response(status: StatusCode) -> Response<Body> {
+fn error_response(status: StatusCode, close: bool) -> Response<Body> {
     let text = format!(
         "{} {}\n",
         status.as_u16(),
@@ -500,6 +701,12 @@ fn error_response(status: StatusCode) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    if close {
+        // hyper closes the connection after a response that says so.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
@@ -517,120 +724,6 @@ fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool 
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// The request's host, lower-case and without port: from an absolute-form URI, else `Host`.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
-    let raw = match req.uri().authority() {
-        Some(authority) => authority.host().to_owned(),
-        None => {
-            let value = req.headers().get(header::HOST)?.to_str().ok()?;
-            strip_port(value).to_owned()
-        }
-    };
-    Some(raw.trim_end_matches('.').to_ascii_lowercase())
-}
-
-fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        // IPv6 literal: keep the brackets' content only.
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    host.rsplit_once(':')
-        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(host, |(h, _)| h)
-}
-
-fn origin_form(uri: &Uri) -> Uri {
-    match uri.path_and_query() {
-        Some(pq) if uri.authority().is_some() => {
-            Uri::try_from(pq.as_str()).unwrap_or_else(|_| Uri::from_static("/"))
-        }
-        Some(_) => uri.clone(),
-        None => Uri::from_static("/"),
-    }
-}
-
-/// RFC 9110 §7.6.1: headers that describe one hop, plus those the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        header::CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-}
-
-/// Appends this hop to `X-Forwarded-For` and `Forwarded` (RFC 7239), and sets
-/// `X-Forwarded-Proto` and, when absent, `X-Forwarded-Host`.
-fn add_forwarding(headers: &mut HeaderMap, client: SocketAddr, tls: bool, host: Option<&str>) {
-    let ip = client.ip().to_canonical();
-    let proto = if tls { "https" } else { "http" };
-
-    let previous: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let xff = if previous.is_empty() {
-        ip.to_string()
-    } else {
-        format!("{}, {ip}", previous.join(", "))
-    };
-    set(headers, "x-forwarded-for", &xff);
-    set(headers, "x-forwarded-proto", proto);
-    if let Some(host) = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or(host.map(str::to_owned))
-        && !headers.contains_key("x-forwarded-host")
-    {
-        set(headers, "x-forwarded-host", &host);
-    }
-
-    let node = match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut element = format!("for={node};proto={proto}");
-    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
-        element.push_str(&format!(";host=\"{}\"", host.replace(['"', '\\'], "")));
-    }
-    let previous: Vec<&str> = headers
-        .get_all(header::FORWARDED)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let forwarded = if previous.is_empty() {
-        element
-    } else {
-        format!("{}, {element}", previous.join(", "))
-    };
-    set(headers, header::FORWARDED.as_str(), &forwarded);
-}
-
-fn set(headers: &mut HeaderMap, name: &'static str, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        headers.insert(HeaderName::from_static(name), value);
-    }
 }
 
 /// Counts the bytes of the HTTP phase into the connection's totals. After an upgrade the
@@ -697,54 +790,5 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key(header::CONTENT_TYPE));
-    }
-
-    #[test]
-    fn forwarding_headers_append_this_hop() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::HOST,
-            HeaderValue::from_static("chat.example.com:8443"),
-        );
-        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
-        add_forwarding(&mut h, "[::1]:5000".parse().unwrap(), true, None);
-        assert_eq!(h["x-forwarded-for"], "203.0.113.9, ::1");
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["x-forwarded-host"], "chat.example.com:8443");
-        assert_eq!(
-            h[header::FORWARDED],
-            "for=\"[::1]\";proto=https;host=\"chat.example.com:8443\""
-        );
-    }
-
-    #[test]
-    fn host_is_lowercased_without_port() {
-        assert_eq!(strip_port("Example.com:8443"), "Example.com");
-        assert_eq!(strip_port("[::1]:8443"), "::1");
-        assert_eq!(strip_port("example.com"), "example.com");
     }
 }

@@ -203,3 +203,164 @@ async fn sighup_reloads_the_config_file_and_adds_a_listener() {
     assert_eq!(&got, b"reloaded");
     assert!(gw.stderr().contains("config reloaded"), "{}", gw.stderr());
 }
+
+/// An HTTP backend that answers `NAME PATH`, after `?delay=MS` if the query says so, and
+/// reports the end of each of its connections.
+async fn named_backend(
+    name: &'static str,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+
+    let (listener, addr) = listen().await;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| async move {
+                        let delay = req
+                            .uri()
+                            .query()
+                            .and_then(|q| q.strip_prefix("delay="))
+                            .and_then(|ms| ms.parse().ok())
+                            .unwrap_or(0);
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                        let text = format!("{name} {}", req.uri().path());
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(
+                            Bytes::from(text),
+                        )))
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                    .await;
+                let _ = tx.send(());
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn http_config(routes: &[(&str, &str, &str)], backends: &[(&str, SocketAddr)]) -> String {
+    let mut text = String::from(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n\n[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:0\"\n",
+    );
+    for (name, prefix, backend) in routes {
+        text.push_str(&format!(
+            "\n  [[listener.route]]\n  name = \"{name}\"\n  protocol = \"http\"\n  path_prefix = \"{prefix}\"\n  backend = \"{backend}\"\n"
+        ));
+    }
+    for (name, addr) in backends {
+        text.push_str(&format!(
+            "\n[[backend]]\nname = \"{name}\"\nservers = [\"{addr}\"]\n"
+        ));
+    }
+    text
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<http_body_util::Empty<hyper::body::Bytes>>;
+
+async fn keep_alive_client(addr: SocketAddr) -> Sender {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn get(sender: &mut Sender, path: &str) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let req = http::Request::get(path)
+        .header("host", "localhost")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+        .await
+        .expect("an answer within 5s")
+        .expect("the client connection is still open");
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn reload_to(gw: &Gateway, config_path: &std::path::Path, text: &str) {
+    std::fs::write(config_path, text).unwrap();
+    let (status, body) = http_request(gw.admin(), "POST", "/reload").await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
+async fn a_keep_alive_http_connection_routes_each_request_on_the_current_config() {
+    let pki = Pki::new();
+    let (one, _) = named_backend("one").await;
+    let gw = Gateway::start(
+        pki.path(),
+        &http_config(
+            &[("app", "/app", "one"), ("old", "/old", "one")],
+            &[("one", one)],
+        ),
+    )
+    .await;
+    let config_path = pki.path().join("sockgate.toml");
+    let mut client = keep_alive_client(gw.addr("edge")).await;
+    assert_eq!(get(&mut client, "/app/x").await, (200, "one /app/x".into()));
+
+    // The route the connection last used is removed, another one added.
+    reload_to(
+        &gw,
+        &config_path,
+        &http_config(
+            &[("old", "/old", "one"), ("new", "/new", "one")],
+            &[("one", one)],
+        ),
+    )
+    .await;
+    // Same connection: the removed route is gone, the new one is there.
+    assert_eq!(get(&mut client, "/app/x").await.0, 404);
+    assert_eq!(get(&mut client, "/new/y").await, (200, "one /new/y".into()));
+    assert_eq!(get(&mut client, "/old/z").await, (200, "one /old/z".into()));
+    let m = gw.metrics().await;
+    assert_eq!(
+        m.get("sockgate_connections_total", &[("listener", "edge")]),
+        1.0,
+        "one client connection served every request"
+    );
+}
+
+#[tokio::test]
+async fn a_removed_backend_finishes_its_response_then_its_connection_closes() {
+    let pki = Pki::new();
+    let (one, mut one_closed) = named_backend("one").await;
+    let (two, _) = named_backend("two").await;
+    let gw = Gateway::start(
+        pki.path(),
+        &http_config(&[("app", "/", "one")], &[("one", one)]),
+    )
+    .await;
+    let config_path = pki.path().join("sockgate.toml");
+    let mut client = keep_alive_client(gw.addr("edge")).await;
+    assert_eq!(get(&mut client, "/warm").await, (200, "one /warm".into()));
+
+    // A slow request is in flight on backend `one` when the reload removes it.
+    let (slow, ()) = tokio::join!(get(&mut client, "/slow?delay=600"), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        reload_to(
+            &gw,
+            &config_path,
+            &http_config(&[("app", "/", "two")], &[("two", two)]),
+        )
+        .await;
+    });
+    assert_eq!(slow, (200, "one /slow".into()));
+    // Then the connection to the removed backend closes, and the client's connection,
+    // still open, goes to the new one.
+    tokio::time::timeout(Duration::from_secs(2), one_closed.recv())
+        .await
+        .expect("the connection to the removed backend closed")
+        .unwrap();
+    assert_eq!(get(&mut client, "/next").await, (200, "two /next".into()));
+}
