@@ -346,7 +346,7 @@ route = [{ name = "all", backend = "chat" }]
     let printed = errors("[defaults]\nmax_connections = 0\n");
     assert_reports(
         &printed,
-        "sockgate.toml:2:19: `max_connections` must be at least 1, found 0: no connection would be accepted\n  hint: remove the key for no limit",
+        "sockgate.toml:2:19: `max_connections` must be at least 1, found 0: no connection would be accepted\n  hint: remove the key to derive the limit from the open-files limit",
     );
 }
 
@@ -385,7 +385,7 @@ servers = [{ address = "127.0.0.1:9002", weight = 0 }, { weight = 2 }]
     );
     assert_reports(
         &printed,
-        "sockgate.toml:3:51: `weight` must be between 1 and 4294967295, found 0\n",
+        "sockgate.toml:3:51: `weight` must be between 1 and 1000, found 0\n",
     );
     assert_reports(
         &printed,
@@ -1195,4 +1195,66 @@ fn parse_size_forms() {
     for (text, want) in bad {
         assert_eq!(parse_size(text), Err(want.to_owned()), "{text}");
     }
+}
+
+#[test]
+fn weights_durations_and_max_connections_are_bounded() {
+    // Each of these passed `check` once and then ran the gateway out of memory (a schedule
+    // slot per unit of weight) or panicked at run time (`Instant + Duration`, a semaphore
+    // over its permit limit).
+    let printed = errors(
+        r#"
+[defaults]
+idle_timeout = "5124095576030431h"
+close_timeout = "8761h"
+max_connections = 4000000000000
+
+[[backend]]
+name = "chat"
+servers = [{ address = "127.0.0.1:9002", weight = 4000000000 }, { address = "127.0.0.1:9003", weight = 1001 }]
+"#,
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:2:16: `idle_timeout` = \"5124095576030431h\" is longer than 8760h (365 days), the longest duration the gateway takes\n  hint: for no practical limit, write \"8760h\"",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:3:17: `close_timeout` = \"8761h\" is longer than 8760h (365 days), the longest duration the gateway takes\n",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:4:19: `max_connections` must be at most 10000000, found 4000000000000\n  hint: each connection needs two open files",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:8:51: `weight` must be between 1 and 1000, found 4000000000\n  hint: weights are relative",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:8:104: `weight` must be between 1 and 1000, found 1001\n",
+    );
+
+    let config = valid(
+        r#"
+[defaults]
+idle_timeout = "8760h"
+max_connections = 10000000
+
+[[backend]]
+name = "chat"
+servers = [{ address = "127.0.0.1:9002", weight = 1000 }]
+
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8080"
+route = [{ name = "r", backend = "chat" }]
+"#,
+    );
+    assert_eq!(
+        config.defaults.idle_timeout,
+        Duration::from_secs(8760 * 3600)
+    );
+    assert_eq!(config.defaults.max_connections, Some(10_000_000));
+    assert_eq!(config.backends[0].servers[0].weight, 1000);
 }

@@ -29,6 +29,17 @@ const GENERATE_PAIR: &str = "sockgate cert dev --out certs/dev";
 /// What `pong_timeout` is when only `ping_interval` is given.
 const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest duration any key takes: far beyond any sensible timeout, and far inside what
+/// `Instant + Duration` can hold (a few hundred billion years would panic there).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Server weights are relative shares, bounded like HAProxy's (0–256), so that a typo cannot
+/// ask for billions of turns.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// `max_connections` at most: ten million connections are twenty million open files.
+pub const MAX_CONNECTIONS: usize = 10_000_000;
+
 pub(super) fn validate(
     raw: &RawConfig,
     base_dir: &Path,
@@ -139,12 +150,20 @@ impl Validator<'_, '_> {
         }
         let max_connections = present(raw.max_connections.as_ref(), |m| {
             match usize::try_from(*m.get_ref()) {
-                Ok(n) if n >= 1 => Some(n),
+                Ok(n) if (1..=MAX_CONNECTIONS).contains(&n) => Some(n),
+                Ok(n) if n > MAX_CONNECTIONS => {
+                    self.report.error(
+                        m.span(),
+                        format!("`max_connections` must be at most {MAX_CONNECTIONS}, found {n}"),
+                        "each connection needs two open files; remove the key to derive the limit from the open-files limit",
+                    );
+                    None
+                }
                 _ => {
                     self.report.error(
                         m.span(),
                         format!("`max_connections` must be at least 1, found {}: no connection would be accepted", m.get_ref()),
-                        "remove the key for no limit",
+                        "remove the key to derive the limit from the open-files limit",
                     );
                     None
                 }
@@ -183,6 +202,17 @@ impl Validator<'_, '_> {
                     raw.span(),
                     format!("`{key}` must be longer than zero"),
                     DURATION_FORMS,
+                );
+                None
+            }
+            Ok(d) if d > MAX_DURATION => {
+                self.report.error(
+                    raw.span(),
+                    format!(
+                        "`{key}` = \"{}\" is longer than 8760h (365 days), the longest duration the gateway takes",
+                        raw.get_ref(),
+                    ),
+                    "for no practical limit, write \"8760h\"",
                 );
                 None
             }
@@ -500,7 +530,7 @@ impl Validator<'_, '_> {
                             u32::MAX,
                             m.get_ref()
                         ),
-                        "remove the key for no limit",
+                        "remove the key to derive the limit from the open-files limit",
                     );
                     None
                 }
@@ -700,16 +730,26 @@ impl Validator<'_, '_> {
         let weight = match weight {
             None => Some(1),
             Some(w) => match u32::try_from(*w.get_ref()) {
-                Ok(n) if n >= 1 => Some(n),
+                Ok(n) if (1..=MAX_WEIGHT).contains(&n) => Some(n),
+                _ if *w.get_ref() < 1 => {
+                    self.report.error(
+                        w.span(),
+                        format!(
+                            "`weight` must be between 1 and {MAX_WEIGHT}, found {}",
+                            w.get_ref()
+                        ),
+                        "a server that should get no connections belongs out of `servers`",
+                    );
+                    None
+                }
                 _ => {
                     self.report.error(
                         w.span(),
                         format!(
-                            "`weight` must be between 1 and {}, found {}",
-                            u32::MAX,
+                            "`weight` must be between 1 and {MAX_WEIGHT}, found {}",
                             w.get_ref()
                         ),
-                        "a server that should get no connections belongs out of `servers`",
+                        "weights are relative: divide them all by a common factor, as in 3 and 1 rather than 3000 and 1000",
                     );
                     None
                 }
