@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -125,7 +124,7 @@ pub fn serve(
     peer: SocketAddr,
     listener: Arc<str>,
     shared: Arc<Shared>,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: crate::listener::Permit,
 ) -> impl Future<Output = ()> + Send {
     async move {
         // The snapshot is loaded once: a reload during this connection does not change it.

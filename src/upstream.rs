@@ -136,6 +136,11 @@ impl Pool {
             .observe(started.elapsed().as_secs_f64());
         // Small writes (WebSocket frames, request/response protocols) go out at once.
         let _ = stream.set_nodelay(true);
+        if server.literal.is_none_or(|addr| !addr.ip().is_loopback()) {
+            // A loopback server's socket got it before connecting.
+            let _ =
+                socket2::SockRef::from(&stream).set_tcp_keepalive(&crate::relay::tcp_keepalive());
+        }
         Ok(stream)
     }
 }
@@ -219,6 +224,7 @@ impl Schedule {
 async fn connect_loopback(addr: SocketAddr) -> io::Result<TcpStream> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), None)?;
+    socket.set_tcp_keepalive(&crate::relay::tcp_keepalive())?;
     let established = match socket.connect(&addr.into()) {
         Ok(()) => true,
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => socket.peer_addr().is_ok(),
@@ -236,7 +242,34 @@ async fn connect_loopback(addr: SocketAddr) -> io::Result<TcpStream> {
 
 #[cfg(test)]
 mod tests {
-    use super::Schedule;
+    use super::{Pool, Schedule};
+    use crate::config::{BackendConfig, ServerConfig};
+
+    #[tokio::test]
+    async fn backend_sockets_have_keepalive_whether_loopback_literal_or_name() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for address in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
+            let config = BackendConfig {
+                name: "b".to_owned(),
+                servers: vec![ServerConfig {
+                    address: address.clone(),
+                    weight: 1,
+                }],
+            };
+            let metrics = crate::metrics::Metrics::new();
+            let pool = Pool::new(&config, std::time::Duration::from_secs(2), &metrics);
+            let (stream, _) = pool.connect().await.unwrap();
+            let sock = socket2::SockRef::from(&stream);
+            assert!(sock.keepalive().unwrap(), "{address}");
+            assert_eq!(
+                sock.tcp_keepalive_time().unwrap(),
+                std::time::Duration::from_secs(60),
+                "{address}"
+            );
+            assert!(sock.tcp_nodelay().unwrap(), "{address}");
+        }
+    }
 
     fn turns(weights: &[u32], n: usize) -> Vec<usize> {
         let schedule = Schedule::new(weights);
