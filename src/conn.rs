@@ -24,7 +24,8 @@ use tracing::field::Empty;
 use crate::Shared;
 use crate::config::Protocol;
 use crate::detect::{self, DetectError, Detected, Rewind};
-use crate::live::ConnCtx;
+use crate::live::{ConnCtx, LiveTable};
+use crate::metrics::Metrics;
 use crate::relay::tcp::{self as tcp_relay, Flow};
 use crate::relay::{self, RelayEnd, Side};
 use crate::route::RouteQuery;
@@ -72,6 +73,10 @@ pub enum ConnError {
     Upgrade(#[source] hyper::Error),
     #[error("upgraded {} stream could not be taken over", .0.as_str())]
     UpgradeLost(Side),
+    #[error("closed by the gateway before the connection was set up")]
+    Cancelled,
+    #[error("the connection's task ended abnormally")]
+    Aborted,
 }
 
 impl ConnError {
@@ -83,6 +88,8 @@ impl ConnError {
             ConnError::Connect(_) => "connect",
             ConnError::Http(_) | ConnError::HttpTimeout => "http",
             ConnError::Upgrade(_) | ConnError::UpgradeLost(_) => "upgrade",
+            ConnError::Cancelled => "cancelled",
+            ConnError::Aborted => "aborted",
         }
     }
 
@@ -95,7 +102,7 @@ impl ConnError {
             | ConnError::Http(_)
             | ConnError::HttpTimeout => "client",
             ConnError::Connect(_) | ConnError::Upgrade(_) => "backend",
-            ConnError::NoRoute => "gateway",
+            ConnError::NoRoute | ConnError::Cancelled | ConnError::Aborted => "gateway",
             ConnError::UpgradeLost(side) => side.as_str(),
         }
     }
@@ -127,7 +134,8 @@ pub fn serve(
     permit: crate::listener::Permit,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        // The snapshot is loaded once: a reload during this connection does not change it.
+        // The TLS configuration comes from the snapshot in force now; the route is picked on
+        // the one in force when detection is done (see `pipeline`).
         let Some(lsnap) = shared.snapshot().listener(&listener).cloned() else {
             drop(permit);
             return;
@@ -148,36 +156,68 @@ pub fn serve(
             route = Empty,
             upstream.address = Empty,
         );
+        // Whatever ends this task — a return, a panic, the runtime dropping it — the
+        // connection leaves the live table and the gauges, and gets its access-log event.
+        let mut finishing = Finishing {
+            ctx: &ctx,
+            live: &shared.live,
+            metrics: &shared.metrics,
+            span: &span,
+            done: false,
+        };
         // Boxed: the setup stages (TLS handshake, detection, hyper's connection, the
         // upgrade) are freed when they hand over, so a WebSocket that stays open for hours
         // carries only its relay in this task.
-        let mut ws = match Box::pin(pipeline(tcp, &ctx, lsnap, &shared).instrument(span.clone()))
-            .await
-        {
-            Ok(Handoff::WebSocket(ws)) => ws,
-            Ok(Handoff::Finished(finish)) => return finish_conn(&ctx, &shared, &span, Ok(finish)),
-            Err(e) => return finish_conn(&ctx, &shared, &span, Err(e)),
-        };
+        let mut ws =
+            match Box::pin(pipeline(tcp, &ctx, lsnap, &shared).instrument(span.clone())).await {
+                Ok(Handoff::WebSocket(ws)) => ws,
+                Ok(Handoff::Finished(finish)) => return finishing.finish(Ok(finish)),
+                Err(e) => return finishing.finish(Err(e)),
+            };
         let end =
             relay::websocket::relay(&mut ws.client, &mut ws.backend, &ws.session, &ctx, &shared)
                 .instrument(span.clone())
                 .await;
         drop(ws);
-        finish_conn(&ctx, &shared, &span, Ok(Finish::WebSocket(end)));
+        finishing.finish(Ok(Finish::WebSocket(end)));
         drop(permit);
     }
 }
 
-/// The connection has ended: out of the live table, metrics, the access log.
-fn finish_conn(
-    ctx: &ConnCtx,
-    shared: &Shared,
-    span: &tracing::Span,
-    outcome: Result<Finish, ConnError>,
-) {
-    shared.live.remove(ctx.id);
-    ctx.finish_metrics(&shared.metrics);
-    span.in_scope(|| access_log(ctx, &outcome));
+/// Finishes a connection exactly once: through [`Finishing::finish`], or on drop when the
+/// task unwinds from a panic or is dropped unfinished.
+struct Finishing<'a> {
+    ctx: &'a ConnCtx,
+    live: &'a LiveTable,
+    metrics: &'a Metrics,
+    span: &'a tracing::Span,
+    done: bool,
+}
+
+impl Finishing<'_> {
+    /// The connection has ended: out of the live table, metrics, the access log.
+    fn finish(&mut self, outcome: Result<Finish, ConnError>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        self.live.remove(self.ctx.id);
+        self.ctx.finish_metrics(self.metrics);
+        self.span.in_scope(|| access_log(self.ctx, &outcome));
+    }
+}
+
+impl Drop for Finishing<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            if std::thread::panicking() {
+                tracing::error!(
+                    conn.id = self.ctx.id,
+                    "connection task panicked; its connection is closed"
+                );
+            }
+            self.finish(Err(ConnError::Aborted));
+        }
+    }
 }
 
 async fn pipeline(
@@ -192,16 +232,37 @@ async fn pipeline(
     let _ = tcp.set_nodelay(true);
     let client = match &listener.tls {
         // Boxed so the handshake's state is freed when it ends instead of sizing the task.
-        Some(config) => Box::pin(tls_handshake(tcp, config, &listener, ctx, shared)).await?,
+        Some(config) => {
+            unless_closed(
+                ctx,
+                Box::pin(tls_handshake(tcp, config, &listener, ctx, shared)),
+            )
+            .await?
+        }
         None => ClientStream::Plain(tcp),
     };
     let tls = matches!(client, ClientStream::Tls(_));
     let (detected, client) = if listener.detect {
-        detect::detect(client, listener.defaults.detect_timeout)
-            .await
-            .map_err(ConnError::Detect)?
+        unless_closed(ctx, async {
+            detect::detect(client, listener.defaults.detect_timeout)
+                .await
+                .map_err(ConnError::Detect)
+        })
+        .await?
     } else {
         (Detected::Tcp, Rewind::new(Bytes::new(), client))
+    };
+    // Routes are picked on the config in force now: a reload during the handshake or
+    // detection applies to this connection (the TLS certificate came from the one before).
+    let current = shared.snapshot().listener(&listener.name).cloned();
+    let listener = match current {
+        Some(current) => current,
+        None => {
+            // A reload removed the listener meanwhile.
+            let mut client = client;
+            close_gently(&mut client).await;
+            return Err(ConnError::NoRoute);
+        }
     };
     match detected {
         Detected::Http => {
@@ -285,11 +346,15 @@ async fn tcp_path(
         info.route = Some(route.name.clone());
         info.backend = Some(route.backend.name.clone());
     }
-    let (mut backend, server) = match route.backend.connect().await {
+    let connected = unless_closed(ctx, async {
+        route.backend.connect().await.map_err(ConnError::Connect)
+    })
+    .await;
+    let (mut backend, server) = match connected {
         Ok(connected) => connected,
         Err(e) => {
             close_gently(&mut client).await;
-            return Err(ConnError::Connect(e));
+            return Err(e);
         }
     };
     tracing::Span::current().record("upstream.address", server.address.as_str());
@@ -339,6 +404,20 @@ async fn tcp_path(
         close_gently(&mut client).await;
     }
     Ok(Finish::Relayed(end))
+}
+
+/// Runs a setup stage (TLS handshake, detection, backend connect) unless the connection is
+/// closed first: by the operator, or by a hard stop when `drain_timeout` runs out, which a
+/// stage waiting on a slow peer must not outlast.
+async fn unless_closed<T>(
+    ctx: &ConnCtx,
+    stage: impl Future<Output = Result<T, ConnError>>,
+) -> Result<T, ConnError> {
+    tokio::select! {
+        biased;
+        _ = ctx.cancel.cancelled() => Err(ConnError::Cancelled),
+        done = stage => done,
+    }
 }
 
 /// Ends the client's stream with a TLS `close_notify` and a FIN where the peer still
@@ -465,5 +544,53 @@ impl AsyncWrite for ClientStream {
             ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_util::sync::CancellationToken;
+
+    #[tokio::test]
+    async fn a_panicking_connection_task_leaves_the_live_table_and_the_gauges() {
+        let live = Arc::new(LiveTable::default());
+        let metrics = Arc::new(Metrics::new());
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let ctx = Arc::new(ConnCtx::new(
+            live.next_id(),
+            "edge".into(),
+            peer,
+            CancellationToken::new(),
+        ));
+        live.insert(ctx.clone());
+        ctx.set_protocol(Protocol::Tcp, &metrics);
+        let active = || {
+            metrics
+                .connections_active
+                .with_label_values(&["edge", "tcp"])
+                .get()
+        };
+        assert_eq!((live.all().len(), active()), (1, 1));
+
+        let task = {
+            let (live, metrics, ctx) = (live.clone(), metrics.clone(), ctx.clone());
+            tokio::spawn(async move {
+                let span = tracing::Span::none();
+                let _finishing = Finishing {
+                    ctx: &ctx,
+                    live: &live,
+                    metrics: &metrics,
+                    span: &span,
+                    done: false,
+                };
+                tokio::task::yield_now().await;
+                panic!("a bug in some stage");
+            })
+        };
+        let joined = task.await;
+        assert!(joined.is_err_and(|e| e.is_panic()));
+        assert!(live.all().is_empty(), "the live table kept the connection");
+        assert_eq!(active(), 0, "the active gauge kept the connection");
     }
 }

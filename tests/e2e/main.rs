@@ -5,6 +5,7 @@
 
 mod cli;
 mod http;
+mod limits;
 mod python;
 mod reload;
 mod support;

@@ -258,9 +258,23 @@ impl Binary {
 
     /// Starts `sockgate [args] --ready-file F` with stderr to a file in `dir`.
     pub fn spawn(args: &[&str], dir: tempfile::TempDir) -> Self {
+        Self::spawn_from(Self::command(), args, dir)
+    }
+
+    /// As [`Binary::spawn`], with the open-files limit (`RLIMIT_NOFILE`) set to `limit`.
+    pub fn spawn_with_open_files(limit: u64, args: &[&str], dir: tempfile::TempDir) -> Self {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_sockgate"));
+        Self::spawn_from(command, args, dir)
+    }
+
+    fn spawn_from(mut command: Command, args: &[&str], dir: tempfile::TempDir) -> Self {
         let stderr_path = dir.path().join("stderr.log");
         let ready = dir.path().join("ready.json");
-        let child = Self::command()
+        let child = command
             .args(args)
             .arg("--ready-file")
             .arg(&ready)
