@@ -24,8 +24,7 @@ use tracing::field::Empty;
 use crate::Shared;
 use crate::config::Protocol;
 use crate::detect::{self, DetectError, Detected, Rewind};
-use crate::live::{ConnCtx, LiveTable};
-use crate::metrics::Metrics;
+use crate::live::ConnCtx;
 use crate::relay::tcp::{self as tcp_relay, Flow};
 use crate::relay::{self, RelayEnd, Side};
 use crate::route::RouteQuery;
@@ -142,7 +141,7 @@ pub fn serve(
         };
         let ctx = Arc::new(ConnCtx::new(
             shared.live.next_id(),
-            listener.clone(),
+            listener,
             peer,
             shared.shutdown.stop_token().child_token(),
         ));
@@ -151,62 +150,67 @@ pub fn serve(
             "conn",
             conn.id = ctx.id,
             network.peer.address = %peer,
-            listener = %listener,
+            listener = %ctx.listener,
             tls.sni = Empty,
             route = Empty,
             upstream.address = Empty,
         );
         // Whatever ends this task — a return, a panic, the runtime dropping it — the
         // connection leaves the live table and the gauges, and gets its access-log event.
+        // The guard owns what it needs, so it costs the task one flag.
         let mut finishing = Finishing {
-            ctx: &ctx,
-            live: &shared.live,
-            metrics: &shared.metrics,
-            span: &span,
+            ctx,
+            shared,
+            span,
+            permit,
             done: false,
         };
+        let Finishing {
+            ctx, shared, span, ..
+        } = &finishing;
         // Boxed: the setup stages (TLS handshake, detection, hyper's connection, the
         // upgrade) are freed when they hand over, so a WebSocket that stays open for hours
         // carries only its relay in this task.
         let mut ws =
-            match Box::pin(pipeline(tcp, &ctx, lsnap, &shared).instrument(span.clone())).await {
+            match Box::pin(pipeline(tcp, ctx, lsnap, shared).instrument(span.clone())).await {
                 Ok(Handoff::WebSocket(ws)) => ws,
                 Ok(Handoff::Finished(finish)) => return finishing.finish(Ok(finish)),
                 Err(e) => return finishing.finish(Err(e)),
             };
         let end =
-            relay::websocket::relay(&mut ws.client, &mut ws.backend, &ws.session, &ctx, &shared)
+            relay::websocket::relay(&mut ws.client, &mut ws.backend, &ws.session, ctx, shared)
                 .instrument(span.clone())
                 .await;
         drop(ws);
         finishing.finish(Ok(Finish::WebSocket(end)));
-        drop(permit);
     }
 }
 
 /// Finishes a connection exactly once: through [`Finishing::finish`], or on drop when the
 /// task unwinds from a panic or is dropped unfinished.
-struct Finishing<'a> {
-    ctx: &'a ConnCtx,
-    live: &'a LiveTable,
-    metrics: &'a Metrics,
-    span: &'a tracing::Span,
+struct Finishing {
+    ctx: Arc<ConnCtx>,
+    shared: Arc<Shared>,
+    span: tracing::Span,
+    /// The `max_connections` place, given back once the connection is finished.
+    #[expect(dead_code, reason = "held for its drop")]
+    permit: crate::listener::Permit,
     done: bool,
 }
 
-impl Finishing<'_> {
+impl Finishing {
     /// The connection has ended: out of the live table, metrics, the access log.
     fn finish(&mut self, outcome: Result<Finish, ConnError>) {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        self.live.remove(self.ctx.id);
-        self.ctx.finish_metrics(self.metrics);
-        self.span.in_scope(|| access_log(self.ctx, &outcome));
+        self.shared.live.remove(self.ctx.id);
+        self.ctx.finish_metrics(&self.shared.metrics);
+        self.span.in_scope(|| access_log(&self.ctx, &outcome));
     }
 }
 
-impl Drop for Finishing<'_> {
+impl Drop for Finishing {
     fn drop(&mut self) {
         if !self.done {
             if std::thread::panicking() {
@@ -550,47 +554,73 @@ impl AsyncWrite for ClientStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio_util::sync::CancellationToken;
 
     #[tokio::test]
-    async fn a_panicking_connection_task_leaves_the_live_table_and_the_gauges() {
-        let live = Arc::new(LiveTable::default());
-        let metrics = Arc::new(Metrics::new());
+    async fn a_panicking_connection_task_leaves_the_live_table_the_gauges_and_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::from_str(
+            r#"
+[defaults]
+max_connections = 1
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:0"
+route = [{ name = "r", backend = "b" }]
+[[backend]]
+name = "b"
+servers = ["127.0.0.1:9"]
+"#,
+            std::path::Path::new("sockgate.toml"),
+            dir.path(),
+        )
+        .unwrap();
+        let handle = crate::start(config).await.unwrap();
+        let shared = handle.shared().clone();
+        let permit = shared.conn_limit.try_acquire().unwrap();
         let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let ctx = Arc::new(ConnCtx::new(
-            live.next_id(),
+            shared.live.next_id(),
             "edge".into(),
             peer,
-            CancellationToken::new(),
+            shared.shutdown.stop_token().child_token(),
         ));
-        live.insert(ctx.clone());
-        ctx.set_protocol(Protocol::Tcp, &metrics);
+        shared.live.insert(ctx.clone());
+        ctx.set_protocol(Protocol::Tcp, &shared.metrics);
         let active = || {
-            metrics
+            shared
+                .metrics
                 .connections_active
                 .with_label_values(&["edge", "tcp"])
                 .get()
         };
-        assert_eq!((live.all().len(), active()), (1, 1));
+        assert_eq!((shared.live.all().len(), active()), (1, 1));
+        assert!(shared.conn_limit.try_acquire().is_none());
 
         let task = {
-            let (live, metrics, ctx) = (live.clone(), metrics.clone(), ctx.clone());
+            let finishing = Finishing {
+                ctx,
+                shared: shared.clone(),
+                span: tracing::Span::none(),
+                permit,
+                done: false,
+            };
             tokio::spawn(async move {
-                let span = tracing::Span::none();
-                let _finishing = Finishing {
-                    ctx: &ctx,
-                    live: &live,
-                    metrics: &metrics,
-                    span: &span,
-                    done: false,
-                };
+                let _finishing = finishing;
                 tokio::task::yield_now().await;
                 panic!("a bug in some stage");
             })
         };
         let joined = task.await;
         assert!(joined.is_err_and(|e| e.is_panic()));
-        assert!(live.all().is_empty(), "the live table kept the connection");
+        assert!(
+            shared.live.all().is_empty(),
+            "the live table kept the connection"
+        );
         assert_eq!(active(), 0, "the active gauge kept the connection");
+        assert!(
+            shared.conn_limit.try_acquire().is_some(),
+            "the place was not given back"
+        );
+        handle.stop();
     }
 }
