@@ -192,7 +192,7 @@ listen = "0.0.0.0:8443"
     );
     assert_eq!(
         printed,
-        "sockgate.toml:2:8: invalid TOML: extra `=`, expected nothing\n"
+        "sockgate.toml:2:8: invalid TOML: extra `=`, expected nothing\n  hint: each line is `key = value` with strings in double quotes (\"edge\", \"30s\"), tables as [name] and repeated ones as [[name]]; see config/edge.toml\n"
     );
 }
 
@@ -206,7 +206,12 @@ name = 5
     );
     assert_eq!(
         printed,
-        "sockgate.toml:2:8: `listener.name`: invalid type: integer `5`, expected a string\n"
+        "sockgate.toml:2:8: `listener.name`: invalid type: integer `5`, expected a string\n  hint: write it in double quotes: names, addresses, durations (\"30s\") and sizes (\"1MiB\") are strings\n"
+    );
+    let printed = errors("[defaults]\nmax_connections = \"many\"\n");
+    assert_reports(
+        &printed,
+        "sockgate.toml:2:19: `defaults.max_connections`: invalid type: string \"many\", expected i64\n  hint: write a whole number without quotes",
     );
 }
 
