@@ -20,6 +20,7 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -138,8 +139,13 @@ fn refuse_busy(tcp: TcpStream) {
 }
 
 async fn serve_connection(tcp: TcpStream, peer: Peer, admin: Arc<Admin>, stop: CancellationToken) {
+    // Requests seen on this connection: a head timeout after one is a kept-alive
+    // connection going idle (Prometheus between scrapes), not a slow client.
+    let served = Arc::new(AtomicU64::new(0));
+    let counted = served.clone();
     let service = service_fn(move |req| {
         let admin = admin.clone();
+        counted.fetch_add(1, Ordering::Relaxed);
         async move { Ok::<_, Infallible>(admin.handle(req, peer).await) }
     });
     let mut builder = http1::Builder::new();
@@ -164,7 +170,12 @@ async fn serve_connection(tcp: TcpStream, peer: Peer, admin: Arc<Admin>, stop: C
         _ = stop.cancelled() => Ok(()),
     };
     if let Err(e) = ended {
-        if e.is_timeout() {
+        if e.is_timeout() && served.load(Ordering::Relaxed) > 0 {
+            tracing::debug!(
+                client = %peer.client,
+                "idle admin connection closed after {HEADER_READ_TIMEOUT:?}"
+            );
+        } else if e.is_timeout() {
             tracing::warn!(
                 client = %peer.client,
                 "admin connection closed: no complete request head within {HEADER_READ_TIMEOUT:?}"

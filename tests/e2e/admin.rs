@@ -599,6 +599,24 @@ async fn refused_admin_requests_and_a_refused_post_reload_are_logged_without_the
     .await;
     assert_eq!(reply.status, 421);
 
+    // One kept-alive connection that goes idle after a request, one that never finishes
+    // its head: both are closed after 5 s, only the second is worth a warning.
+    let idle = async {
+        let mut tcp = TcpStream::connect(admin).await.unwrap();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        read_all(&mut tcp, Duration::from_secs(10)).await
+    };
+    let half = async {
+        let mut tcp = TcpStream::connect(admin).await.unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nHo").await.unwrap();
+        read_all(&mut tcp, Duration::from_secs(10)).await
+    };
+    let (idle, half) = tokio::join!(idle, half);
+    assert!(idle.starts_with(b"HTTP/1.1 200"), "{idle:?}");
+    assert!(half.is_empty());
+
     std::fs::write(&config_path, "[[listener]]\nname = 1\n").unwrap();
     let reply = send(admin, &request("POST", "/reload", "localhost", &auth)).await;
     assert_eq!(reply.status, 422);
@@ -611,6 +629,12 @@ async fn refused_admin_requests_and_a_refused_post_reload_are_logged_without_the
     })
     .await;
     let log = gw.stderr();
+    assert_eq!(
+        log.matches("admin connection closed: no complete request head within 5s")
+            .count(),
+        1,
+        "{log}"
+    );
     assert!(!log.contains(TOKEN), "{log}");
     assert!(!log.contains(wrong), "{log}");
     assert!(
