@@ -11,7 +11,8 @@
 //!   configured address, or a loopback name: 421 otherwise, so a page whose DNS name was
 //!   rebound to 127.0.0.1 cannot read `/connections` or `/metrics`;
 //! - with `token_file` set, `Authorization: Bearer <token>` (401 otherwise);
-//! - without a token, a `POST`/`DELETE` with a web-form content type or a foreign `Origin`
+//! - without a token, a `POST`/`DELETE` with a web-form content type or an `Origin` other
+//!   than the endpoint's own
 //!   is refused (403): a web page cannot reload the gateway or close connections;
 //! - a body of at most [`MAX_BODY`] bytes arriving within [`BODY_TIMEOUT`] (413 / 408).
 //!
@@ -286,7 +287,7 @@ impl Admin {
                 ));
             }
             if let Some(origin) = req.headers().get(header::ORIGIN)
-                && !origin_allowed(origin.as_bytes(), &allowed)
+                && !same_origin(origin.as_bytes(), req.headers().get(header::HOST))
             {
                 return Err(Refusal::text(
                     StatusCode::FORBIDDEN,
@@ -295,7 +296,7 @@ impl Admin {
                         req.method()
                     ),
                     format!(
-                        "Origin {:?} is not this admin listener",
+                        "Origin {:?} is not the admin endpoint itself",
                         truncated(&String::from_utf8_lossy(origin.as_bytes()))
                     ),
                 ));
@@ -429,11 +430,14 @@ fn host_allowed(host: &[u8], addrs: &[SocketAddr]) -> bool {
     ip.is_loopback() || addrs.contains(&SocketAddr::new(ip, port))
 }
 
-/// Whether an `Origin` is `http://` plus an allowed host.
-fn origin_allowed(origin: &[u8], addrs: &[SocketAddr]) -> bool {
-    origin
-        .strip_prefix(b"http://")
-        .is_some_and(|host| host_allowed(host, addrs))
+/// Whether an `Origin` is the admin endpoint itself, `http://` plus the request's `Host`
+/// (which passed the Host rule). The endpoint serves no pages, so in practice any page
+/// that sends an Origin is another site, a page on another loopback port included.
+fn same_origin(origin: &[u8], host: Option<&header::HeaderValue>) -> bool {
+    match (origin.strip_prefix(b"http://"), host) {
+        (Some(origin_host), Some(host)) => origin_host.eq_ignore_ascii_case(host.as_bytes()),
+        _ => false,
+    }
 }
 
 /// Reads (and drops) the body: none of the routes takes one, but a client must not hold a
@@ -661,12 +665,15 @@ mod tests {
 
     #[test]
     fn origin_and_form_rules() {
-        let addrs: Vec<SocketAddr> = vec!["10.0.0.5:9901".parse().expect("addr")];
-        assert!(origin_allowed(b"http://localhost:9901", &addrs));
-        assert!(origin_allowed(b"http://10.0.0.5:9901", &addrs));
-        assert!(!origin_allowed(b"https://localhost:9901", &addrs));
-        assert!(!origin_allowed(b"null", &addrs));
-        assert!(!origin_allowed(b"http://evil.example", &addrs));
+        let host = header::HeaderValue::from_static("localhost:9901");
+        assert!(same_origin(b"http://localhost:9901", Some(&host)));
+        assert!(same_origin(b"http://LocalHost:9901", Some(&host)));
+        assert!(!same_origin(b"http://localhost:8000", Some(&host)));
+        assert!(!same_origin(b"http://localhost", Some(&host)));
+        assert!(!same_origin(b"https://localhost:9901", Some(&host)));
+        assert!(!same_origin(b"null", Some(&host)));
+        assert!(!same_origin(b"http://evil.example", Some(&host)));
+        assert!(!same_origin(b"http://localhost:9901", None));
 
         let mut headers = HeaderMap::new();
         assert_eq!(form_content_type(&headers), None);

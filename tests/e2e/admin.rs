@@ -369,6 +369,12 @@ async fn web_form_posts_and_foreign_origins_are_refused_plain_posts_work() {
             "/reload",
             format!("Origin: http://rebind.example:{port}\r\n\r\n"),
         ),
+        // A page served by something else on loopback is another origin too.
+        (
+            "POST",
+            "/reload",
+            "Origin: http://localhost:8000\r\n\r\n".to_owned(),
+        ),
     ];
     for (method, path, rest) in &refused {
         let head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
@@ -385,14 +391,15 @@ async fn web_form_posts_and_foreign_origins_are_refused_plain_posts_work() {
         "no refused request reloaded"
     );
 
-    // What curl sends, JSON, and the admin page's own origin: accepted.
+    // What curl sends, JSON, and the endpoint's own origin: accepted.
     let accepted = [
         "\r\n".to_owned(),
         "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}".to_owned(),
         format!("Origin: http://127.0.0.1:{port}\r\n\r\n"),
     ];
     for rest in &accepted {
-        let head = "POST /reload HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n";
+        let head =
+            format!("POST /reload HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
         let reply = send(admin, &format!("{head}{rest}")).await;
         assert_eq!(reply.status, 200, "{rest:?}: {}", reply.body);
     }
