@@ -251,6 +251,11 @@ impl Admin {
         }
         let mut allowed: Vec<SocketAddr> = self.addrs.clone();
         allowed.extend(peer.local);
+        // On a dual-stack [::] listener an IPv4 client reached ::ffff:a.b.c.d.
+        allowed.extend(
+            peer.local
+                .map(|local| SocketAddr::new(local.ip().to_canonical(), local.port())),
+        );
         for name in names {
             if !host_allowed(name, &allowed) {
                 return Err(Refusal::text(
