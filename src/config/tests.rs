@@ -482,6 +482,66 @@ servers = ["127.0.0.1:9009"]
     );
 }
 
+/// `[admin]` with `token_file = "admin.token"`, checked in a folder where that file holds
+/// `token` (or is absent).
+fn admin_token(token: Option<&[u8]>) -> Result<Config, ConfigErrors> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    if let Some(token) = token {
+        std::fs::write(dir.path().join("admin.token"), token).expect("write");
+    }
+    let text = "[admin]\nlisten = \"127.0.0.1:9901\"\ntoken_file = \"admin.token\"\n";
+    from_str(text, Path::new("sockgate.toml"), dir.path())
+}
+
+#[test]
+fn admin_token_file_is_read_and_its_line_break_trimmed() {
+    let config = admin_token(Some(b"0123456789abcdef-token\r\n")).expect("valid");
+    let token = config.admin.and_then(|a| a.token).expect("a token");
+    assert!(token.matches(b"0123456789abcdef-token"));
+    assert!(!token.matches(b"0123456789abcdef-tokem"));
+    assert!(!token.matches(b"0123456789abcdef-token\n"));
+    assert!(!token.matches(b""));
+    // Never printed whole, even in debug output.
+    assert_eq!(format!("{token:?}"), "AdminToken(22 bytes)");
+    let config = valid("[admin]\nlisten = \"127.0.0.1:9901\"\n");
+    assert!(config.admin.expect("admin").token.is_none());
+}
+
+#[test]
+fn admin_token_file_must_hold_a_usable_token() {
+    let hint = "\n  hint: write a random token into it, e.g. `head -c 32 /dev/urandom | base64 > admin.token` (relative paths start at the config file's folder), and make it readable by the gateway's user only\n";
+    let cases: [(Option<&[u8]>, &str); 5] = [
+        (None, "cannot read"),
+        (Some(b"\n"), "is empty"),
+        (
+            Some(b"fifteen-bytes!!"),
+            "holds a token of 15 bytes, shorter than the 16 a guess-resistant token needs",
+        ),
+        (
+            Some(b"sixteen bytes with\ttab"),
+            "cannot be sent in an Authorization header (0x20 at byte 8)",
+        ),
+        (Some(&[b'x'; 2000]), "holds more than 1024 bytes"),
+    ];
+    for (token, says) in cases {
+        let printed = match admin_token(token) {
+            Ok(_) => panic!("{says}: expected an error"),
+            Err(errors) => errors.to_string(),
+        };
+        assert!(
+            printed.starts_with("sockgate.toml:3:14: `token_file`: "),
+            "{printed}"
+        );
+        assert!(printed.contains(says), "{says}: {printed}");
+        assert!(
+            printed.contains("; the admin endpoint would have no usable token"),
+            "{printed}"
+        );
+        assert!(printed.ends_with(hint), "{printed}");
+        assert_eq!(printed.lines().count(), 2, "{printed}");
+    }
+}
+
 #[test]
 fn listen_addresses_are_unique_admin_included() {
     let printed = errors(&with_backend(

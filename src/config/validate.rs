@@ -11,8 +11,8 @@ use toml::Spanned;
 
 use super::error::Report;
 use super::model::{
-    AdminConfig, BackendConfig, CertPair, Config, Defaults, ListenerConfig, Protocol, RouteConfig,
-    ServerConfig, SniCert, TlsConfig, WebSocketLimits,
+    AdminConfig, AdminToken, BackendConfig, CertPair, Config, Defaults, ListenerConfig, Protocol,
+    RouteConfig, ServerConfig, SniCert, TlsConfig, WebSocketLimits,
 };
 use super::raw::{
     RawAdmin, RawBackend, RawConfig, RawDefaults, RawListener, RawRoute, RawServer, RawSize,
@@ -236,8 +236,38 @@ impl Validator<'_, '_> {
             "listen",
             r#""127.0.0.1:9901""#,
         )?;
-        let listen = self.listen_addr(listen, "the admin listener".to_owned())?;
-        Some(AdminConfig { listen })
+        let listen = self.listen_addr(listen, "the admin listener".to_owned());
+        let token = present(raw.get_ref().token_file.as_ref(), |t| self.admin_token(t));
+        Some(AdminConfig {
+            listen: listen?,
+            token: token?,
+        })
+    }
+
+    /// Reads `token_file` (relative to the config file's folder), at most a little more than
+    /// the longest token allowed, so a path like /dev/zero cannot stall the check.
+    fn admin_token(&mut self, raw: &Spanned<String>) -> Option<AdminToken> {
+        use std::io::Read;
+        const MAKE_ONE: &str = "write a random token into it, e.g. `head -c 32 /dev/urandom | base64 > admin.token` (relative paths start at the config file's folder), and make it readable by the gateway's user only";
+        let path = self.base_dir.join(raw.get_ref());
+        let mut text = Vec::new();
+        let read = std::fs::File::open(&path).and_then(|file| {
+            file.take(AdminToken::MAX_LEN as u64 + 3)
+                .read_to_end(&mut text)
+        });
+        let problem = match read {
+            Err(e) => format!("cannot read {}: {e}", path.display()),
+            Ok(_) => match AdminToken::parse(&text) {
+                Ok(token) => return Some(token),
+                Err(why) => format!("{} {why}", path.display()),
+            },
+        };
+        self.report.error(
+            raw.span(),
+            format!("`token_file`: {problem}; the admin endpoint would have no usable token"),
+            MAKE_ONE,
+        );
+        None
     }
 
     /// Parses a `listen` value and checks no one else listens there. Port 0 (any free port)

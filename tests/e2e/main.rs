@@ -3,6 +3,7 @@
 //! made of modules, so it links once.
 #![allow(clippy::unwrap_used)]
 
+mod admin;
 mod cli;
 mod http;
 mod limits;

@@ -123,7 +123,8 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(
-        format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
     )
     .await
     .unwrap();
@@ -288,6 +289,37 @@ impl Binary {
             dir,
             stderr_path,
         }
+    }
+
+    /// Like [`Binary::spawn`], with extra environment variables, and stdout kept in
+    /// `dir/stdout.log` (see [`Binary::stdout`]).
+    pub fn spawn_with_env(
+        args: &[&str],
+        dir: tempfile::TempDir,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
+        let stderr_path = dir.path().join("stderr.log");
+        let ready = dir.path().join("ready.json");
+        let child = Self::command()
+            .args(args)
+            .arg("--ready-file")
+            .arg(&ready)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap();
+        Binary {
+            child: Some(child),
+            dir,
+            stderr_path,
+        }
+    }
+
+    /// What a child started by [`Binary::spawn_with_env`] printed so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
     }
 
     /// Waits for the ready file and returns it parsed.
