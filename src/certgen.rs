@@ -85,8 +85,8 @@ pub fn dev_pki(names: &[&str]) -> Result<DevPki, CertGenError> {
     })
 }
 
-/// Writes `ca.crt`, `ca.key`, `server.crt`, `server.key` into `dir` (created if missing) and
-/// returns the paths written.
+/// Writes `ca.crt`, `ca.key`, `server.crt`, `server.key` into `dir` (created if missing,
+/// owner-only) and returns the paths written. Existing files are replaced.
 pub fn write_dev_pki(dir: &Path) -> Result<Vec<PathBuf>, CertGenError> {
     let pki = dev_pki(DEV_NAMES)?;
     let files = [
@@ -95,10 +95,7 @@ pub fn write_dev_pki(dir: &Path) -> Result<Vec<PathBuf>, CertGenError> {
         ("server.crt", &pki.server.cert),
         ("server.key", &pki.server.key),
     ];
-    fs::create_dir_all(dir).map_err(|source| CertGenError::Write {
-        path: dir.to_owned(),
-        source,
-    })?;
+    create_private_dir_all(dir)?;
     let mut written = Vec::new();
     for (name, pem) in files {
         let path = dir.join(name);
@@ -108,21 +105,60 @@ pub fn write_dev_pki(dir: &Path) -> Result<Vec<PathBuf>, CertGenError> {
     Ok(written)
 }
 
-/// Writes PEM text; key files are made readable by the owner only.
+/// `mkdir -p` where the folders it creates are owner-only (0700); existing ones are left
+/// as they are.
+pub fn create_private_dir_all(dir: &Path) -> Result<(), CertGenError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|source| CertGenError::Write {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// Writes PEM text, replacing the file if it exists (a symlink in its place is refused).
+/// Key files (`.key`) are owner-only (0600) before their first byte is written.
 pub fn write_file(path: &Path, pem: &str) -> Result<(), CertGenError> {
-    fs::write(path, pem).map_err(|source| CertGenError::Write {
+    write(path, pem, false)
+}
+
+/// Like [`write_file`], but the file must not exist yet: for the fresh private folders
+/// the demo and `proxy --tls-self-signed` write into.
+pub fn write_new_file(path: &Path, pem: &str) -> Result<(), CertGenError> {
+    write(path, pem, true)
+}
+
+fn write(path: &Path, text: &str, new: bool) -> Result<(), CertGenError> {
+    use std::io::Write;
+    let is_key = path.extension().is_some_and(|e| e == "key");
+    let mut options = fs::OpenOptions::new();
+    options.write(true);
+    if new {
+        options.create_new(true);
+    } else {
+        options.create(true).truncate(true);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options
+            .mode(if is_key { 0o600 } else { 0o644 })
+            .custom_flags(libc::O_NOFOLLOW);
+    }
+    let written = options.open(path).and_then(|mut file| {
+        // `mode` only applies to a file this call creates: narrow one that was there.
+        #[cfg(unix)]
+        if is_key {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        }
+        file.write_all(text.as_bytes())?;
+        file.sync_all()
+    });
+    written.map_err(|source| CertGenError::Write {
         path: path.to_owned(),
         source,
-    })?;
-    #[cfg(unix)]
-    if path.extension().is_some_and(|e| e == "key") {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|source| {
-            CertGenError::Write {
-                path: path.to_owned(),
-                source,
-            }
-        })?;
-    }
-    Ok(())
+    })
 }

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -73,6 +72,10 @@ pub enum ConnError {
     Upgrade(#[source] hyper::Error),
     #[error("upgraded {} stream could not be taken over", .0.as_str())]
     UpgradeLost(Side),
+    #[error("closed by the gateway before the connection was set up")]
+    Cancelled,
+    #[error("the connection's task ended abnormally")]
+    Aborted,
 }
 
 impl ConnError {
@@ -84,6 +87,8 @@ impl ConnError {
             ConnError::Connect(_) => "connect",
             ConnError::Http(_) | ConnError::HttpTimeout => "http",
             ConnError::Upgrade(_) | ConnError::UpgradeLost(_) => "upgrade",
+            ConnError::Cancelled => "cancelled",
+            ConnError::Aborted => "aborted",
         }
     }
 
@@ -96,7 +101,7 @@ impl ConnError {
             | ConnError::Http(_)
             | ConnError::HttpTimeout => "client",
             ConnError::Connect(_) | ConnError::Upgrade(_) => "backend",
-            ConnError::NoRoute => "gateway",
+            ConnError::NoRoute | ConnError::Cancelled | ConnError::Aborted => "gateway",
             ConnError::UpgradeLost(side) => side.as_str(),
         }
     }
@@ -125,17 +130,18 @@ pub fn serve(
     peer: SocketAddr,
     listener: Arc<str>,
     shared: Arc<Shared>,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: crate::listener::Permit,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        // The snapshot is loaded once: a reload during this connection does not change it.
+        // The TLS configuration comes from the snapshot in force now; the route is picked on
+        // the one in force when detection is done (see `pipeline`).
         let Some(lsnap) = shared.snapshot().listener(&listener).cloned() else {
             drop(permit);
             return;
         };
         let ctx = Arc::new(ConnCtx::new(
             shared.live.next_id(),
-            listener.clone(),
+            listener,
             peer,
             shared.shutdown.stop_token().child_token(),
         ));
@@ -144,41 +150,78 @@ pub fn serve(
             "conn",
             conn.id = ctx.id,
             network.peer.address = %peer,
-            listener = %listener,
+            listener = %ctx.listener,
             tls.sni = Empty,
             route = Empty,
             upstream.address = Empty,
         );
+        // Whatever ends this task — a return, a panic, the runtime dropping it — the
+        // connection leaves the live table and the gauges, and gets its access-log event.
+        // The guard owns what it needs, so it costs the task one flag.
+        let mut finishing = Finishing {
+            ctx,
+            shared,
+            span,
+            permit,
+            done: false,
+        };
+        let Finishing {
+            ctx, shared, span, ..
+        } = &finishing;
         // Boxed: the setup stages (TLS handshake, detection, hyper's connection, the
         // upgrade) are freed when they hand over, so a WebSocket that stays open for hours
         // carries only its relay in this task.
-        let mut ws = match Box::pin(pipeline(tcp, &ctx, lsnap, &shared).instrument(span.clone()))
-            .await
-        {
-            Ok(Handoff::WebSocket(ws)) => ws,
-            Ok(Handoff::Finished(finish)) => return finish_conn(&ctx, &shared, &span, Ok(finish)),
-            Err(e) => return finish_conn(&ctx, &shared, &span, Err(e)),
-        };
+        let mut ws =
+            match Box::pin(pipeline(tcp, ctx, lsnap, shared).instrument(span.clone())).await {
+                Ok(Handoff::WebSocket(ws)) => ws,
+                Ok(Handoff::Finished(finish)) => return finishing.finish(Ok(finish)),
+                Err(e) => return finishing.finish(Err(e)),
+            };
         let end =
-            relay::websocket::relay(&mut ws.client, &mut ws.backend, &ws.session, &ctx, &shared)
+            relay::websocket::relay(&mut ws.client, &mut ws.backend, &ws.session, ctx, shared)
                 .instrument(span.clone())
                 .await;
         drop(ws);
-        finish_conn(&ctx, &shared, &span, Ok(Finish::WebSocket(end)));
-        drop(permit);
+        finishing.finish(Ok(Finish::WebSocket(end)));
     }
 }
 
-/// The connection has ended: out of the live table, metrics, the access log.
-fn finish_conn(
-    ctx: &ConnCtx,
-    shared: &Shared,
-    span: &tracing::Span,
-    outcome: Result<Finish, ConnError>,
-) {
-    shared.live.remove(ctx.id);
-    ctx.finish_metrics(&shared.metrics);
-    span.in_scope(|| access_log(ctx, &outcome));
+/// Finishes a connection exactly once: through [`Finishing::finish`], or on drop when the
+/// task unwinds from a panic or is dropped unfinished.
+struct Finishing {
+    ctx: Arc<ConnCtx>,
+    shared: Arc<Shared>,
+    span: tracing::Span,
+    /// The `max_connections` place, given back once the connection is finished.
+    #[expect(dead_code, reason = "held for its drop")]
+    permit: crate::listener::Permit,
+    done: bool,
+}
+
+impl Finishing {
+    /// The connection has ended: out of the live table, metrics, the access log.
+    fn finish(&mut self, outcome: Result<Finish, ConnError>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        self.shared.live.remove(self.ctx.id);
+        self.ctx.finish_metrics(&self.shared.metrics);
+        self.span.in_scope(|| access_log(&self.ctx, &outcome));
+    }
+}
+
+impl Drop for Finishing {
+    fn drop(&mut self) {
+        if !self.done {
+            if std::thread::panicking() {
+                tracing::error!(
+                    conn.id = self.ctx.id,
+                    "connection task panicked; its connection is closed"
+                );
+            }
+            self.finish(Err(ConnError::Aborted));
+        }
+    }
 }
 
 async fn pipeline(
@@ -193,16 +236,37 @@ async fn pipeline(
     let _ = tcp.set_nodelay(true);
     let client = match &listener.tls {
         // Boxed so the handshake's state is freed when it ends instead of sizing the task.
-        Some(config) => Box::pin(tls_handshake(tcp, config, &listener, ctx, shared)).await?,
+        Some(config) => {
+            unless_closed(
+                ctx,
+                Box::pin(tls_handshake(tcp, config, &listener, ctx, shared)),
+            )
+            .await?
+        }
         None => ClientStream::Plain(tcp),
     };
     let tls = matches!(client, ClientStream::Tls(_));
     let (detected, client) = if listener.detect {
-        detect::detect(client, listener.defaults.detect_timeout)
-            .await
-            .map_err(ConnError::Detect)?
+        unless_closed(ctx, async {
+            detect::detect(client, listener.defaults.detect_timeout)
+                .await
+                .map_err(ConnError::Detect)
+        })
+        .await?
     } else {
         (Detected::Tcp, Rewind::new(Bytes::new(), client))
+    };
+    // Routes are picked on the config in force now: a reload during the handshake or
+    // detection applies to this connection (the TLS certificate came from the one before).
+    let current = shared.snapshot().listener(&listener.name).cloned();
+    let listener = match current {
+        Some(current) => current,
+        None => {
+            // A reload removed the listener meanwhile.
+            let mut client = client;
+            close_gently(&mut client).await;
+            return Err(ConnError::NoRoute);
+        }
     };
     match detected {
         Detected::Http => {
@@ -286,11 +350,15 @@ async fn tcp_path(
         info.route = Some(route.name.clone());
         info.backend = Some(route.backend.name.clone());
     }
-    let (mut backend, server) = match route.backend.connect().await {
+    let connected = unless_closed(ctx, async {
+        route.backend.connect().await.map_err(ConnError::Connect)
+    })
+    .await;
+    let (mut backend, server) = match connected {
         Ok(connected) => connected,
         Err(e) => {
             close_gently(&mut client).await;
-            return Err(ConnError::Connect(e));
+            return Err(e);
         }
     };
     tracing::Span::current().record("upstream.address", server.address.as_str());
@@ -340,6 +408,20 @@ async fn tcp_path(
         close_gently(&mut client).await;
     }
     Ok(Finish::Relayed(end))
+}
+
+/// Runs a setup stage (TLS handshake, detection, backend connect) unless the connection is
+/// closed first: by the operator, or by a hard stop when `drain_timeout` runs out, which a
+/// stage waiting on a slow peer must not outlast.
+async fn unless_closed<T>(
+    ctx: &ConnCtx,
+    stage: impl Future<Output = Result<T, ConnError>>,
+) -> Result<T, ConnError> {
+    tokio::select! {
+        biased;
+        _ = ctx.cancel.cancelled() => Err(ConnError::Cancelled),
+        done = stage => done,
+    }
 }
 
 /// Ends the client's stream with a TLS `close_notify` and a FIN where the peer still
@@ -466,5 +548,79 @@ impl AsyncWrite for ClientStream {
             ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_connection_task_leaves_the_live_table_the_gauges_and_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::from_str(
+            r#"
+[defaults]
+max_connections = 1
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:0"
+route = [{ name = "r", backend = "b" }]
+[[backend]]
+name = "b"
+servers = ["127.0.0.1:9"]
+"#,
+            std::path::Path::new("sockgate.toml"),
+            dir.path(),
+        )
+        .unwrap();
+        let handle = crate::start(config).await.unwrap();
+        let shared = handle.shared().clone();
+        let permit = shared.conn_limit.try_acquire().unwrap();
+        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let ctx = Arc::new(ConnCtx::new(
+            shared.live.next_id(),
+            "edge".into(),
+            peer,
+            shared.shutdown.stop_token().child_token(),
+        ));
+        shared.live.insert(ctx.clone());
+        ctx.set_protocol(Protocol::Tcp, &shared.metrics);
+        let active = || {
+            shared
+                .metrics
+                .connections_active
+                .with_label_values(&["edge", "tcp"])
+                .get()
+        };
+        assert_eq!((shared.live.all().len(), active()), (1, 1));
+        assert!(shared.conn_limit.try_acquire().is_none());
+
+        let task = {
+            let finishing = Finishing {
+                ctx,
+                shared: shared.clone(),
+                span: tracing::Span::none(),
+                permit,
+                done: false,
+            };
+            tokio::spawn(async move {
+                let _finishing = finishing;
+                tokio::task::yield_now().await;
+                panic!("a bug in some stage");
+            })
+        };
+        let joined = task.await;
+        assert!(joined.is_err_and(|e| e.is_panic()));
+        assert!(
+            shared.live.all().is_empty(),
+            "the live table kept the connection"
+        );
+        assert_eq!(active(), 0, "the active gauge kept the connection");
+        assert!(
+            shared.conn_limit.try_acquire().is_some(),
+            "the place was not given back"
+        );
+        handle.stop();
     }
 }

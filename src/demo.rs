@@ -112,6 +112,7 @@ pub struct DemoFiles {
 }
 
 /// Writes the demo's certificate and config into `dir`, naming the two backends' addresses.
+/// The files must not exist yet: `dir` is meant to be a fresh private folder.
 pub fn write_files(
     dir: &Path,
     listen: SocketAddr,
@@ -119,13 +120,10 @@ pub fn write_files(
     ws_backend: SocketAddr,
     tcp_backend: SocketAddr,
 ) -> Result<DemoFiles, certgen::CertGenError> {
-    std::fs::create_dir_all(dir).map_err(|source| certgen::CertGenError::Write {
-        path: dir.to_owned(),
-        source,
-    })?;
+    certgen::create_private_dir_all(dir)?;
     let pair = certgen::self_signed(certgen::DEV_NAMES)?;
-    certgen::write_file(&dir.join("demo.crt"), &pair.cert)?;
-    certgen::write_file(&dir.join("demo.key"), &pair.key)?;
+    certgen::write_new_file(&dir.join("demo.crt"), &pair.cert)?;
+    certgen::write_new_file(&dir.join("demo.key"), &pair.key)?;
     let config = format!(
         r#"# Written by `sockgate demo`. Try: sockgate check --config {path}
 [admin]
@@ -169,10 +167,7 @@ servers = ["{tcp_backend}"]
         path = dir.join("sockgate.toml").display(),
     );
     let config_path = dir.join("sockgate.toml");
-    std::fs::write(&config_path, config).map_err(|source| certgen::CertGenError::Write {
-        path: config_path.clone(),
-        source,
-    })?;
+    certgen::write_new_file(&config_path, &config)?;
     Ok(DemoFiles {
         dir: dir.to_owned(),
         config: config_path,

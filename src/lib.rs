@@ -38,7 +38,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigErrors};
@@ -86,7 +85,7 @@ pub struct Shared {
     pub live: LiveTable,
     pub shutdown: Shutdown,
     ready: AtomicBool,
-    conn_limit: Option<Arc<Semaphore>>,
+    conn_limit: Arc<listener::ConnLimit>,
     /// Bound listeners by name, with the token that stops each accept loop.
     listeners: Mutex<HashMap<String, listener::Bound>>,
     /// Serializes reloads (SIGHUP and `POST /reload` may race).
@@ -213,6 +212,16 @@ impl Shared {
             tracing::info!(listener = %name, address = %b.local_addr, "listener removed by reload");
             b.stop.cancel();
         }
+        let max_connections =
+            listener::effective_max_connections(snapshot.config.defaults.max_connections);
+        if max_connections != self.conn_limit.max() {
+            tracing::info!(
+                max_connections,
+                previous = self.conn_limit.max(),
+                "connection limit changed by reload"
+            );
+            self.conn_limit.set_max(max_connections);
+        }
         let snapshot = Arc::new(snapshot);
         self.snapshot.store(snapshot.clone());
         self.close_removed(&snapshot);
@@ -280,10 +289,16 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
 /// runtime.
 pub async fn start_on(config: Config, workers: Workers) -> Result<Handle, StartError> {
     let metrics = Metrics::new();
-    let conn_limit = config
-        .defaults
-        .max_connections
-        .map(|n| Arc::new(Semaphore::new(n)));
+    let max_connections = listener::effective_max_connections(config.defaults.max_connections);
+    match config.defaults.max_connections {
+        Some(_) => tracing::info!(max_connections, "connection limit set by the config"),
+        None => tracing::info!(
+            max_connections,
+            open_files = listener::open_files_limit(),
+            "connection limit derived from the open-files limit (two per connection, plus headroom)"
+        ),
+    }
+    let conn_limit = listener::ConnLimit::new(max_connections);
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
     let snapshot = Snapshot::build(config, &metrics)?;
 

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -91,6 +92,9 @@ fn bind_socket(
     }
     if nodelay {
         socket.set_tcp_nodelay(true)?;
+        // Like TCP_NODELAY, Linux copies keepalive and its timings from the listening
+        // socket to each accepted one.
+        socket.set_tcp_keepalive(&crate::relay::tcp_keepalive())?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
@@ -147,21 +151,15 @@ async fn accept_loop(
                 continue;
             }
         };
-        let permit = match &shared.conn_limit {
-            None => None,
-            Some(limit) => match limit.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    shared
-                        .metrics
-                        .rejected_total
-                        .with_label_values(&[&name, "max_connections"])
-                        .inc();
-                    tracing::debug!(listener = %name, client = %peer, "max_connections reached; closed");
-                    drop(tcp);
-                    continue;
-                }
-            },
+        let Some(permit) = shared.conn_limit.try_acquire() else {
+            shared
+                .metrics
+                .rejected_total
+                .with_label_values(&[&name, "max_connections"])
+                .inc();
+            tracing::debug!(listener = %name, client = %peer, "max_connections reached; closed");
+            drop(tcp);
+            continue;
         };
         shared.shutdown.spawn(crate::conn::serve(
             tcp,
@@ -172,4 +170,137 @@ async fn accept_loop(
         ));
     }
     tracing::debug!(listener = %name, "stopped accepting");
+}
+
+/// The process-wide `max_connections`: a count of open client connections and a limit a
+/// reload can change. A lowered limit closes nothing: new connections wait for the count to
+/// fall below it.
+#[derive(Debug)]
+pub struct ConnLimit {
+    active: AtomicUsize,
+    max: AtomicUsize,
+}
+
+/// One client connection's place under the limit, given back on drop.
+#[derive(Debug)]
+pub struct Permit(Arc<ConnLimit>);
+
+impl ConnLimit {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(ConnLimit {
+            active: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+        })
+    }
+
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// A place for one more connection, unless the limit is reached.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        let before = self.active.fetch_add(1, Ordering::Relaxed);
+        if before >= self.max.load(Ordering::Relaxed) {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Permit(self.clone()))
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Open files a gateway process keeps beside its connections: listening sockets, the admin
+/// endpoint and its clients, log and config files, certificate reads on reload.
+const FD_HEADROOM: u64 = 128;
+
+/// The `max_connections` that fits the open-files limit: each client connection can hold two
+/// descriptors (the client's socket and the backend's; a splice relay's pipes are given up
+/// for the copy relay when descriptors run short), plus [`FD_HEADROOM`].
+pub fn default_max_connections(open_files: u64) -> usize {
+    let usable = open_files.saturating_sub(FD_HEADROOM) / 2;
+    usize::try_from(usable)
+        .unwrap_or(usize::MAX)
+        .clamp(1, crate::config::MAX_CONNECTIONS)
+}
+
+/// The soft open-files limit (`RLIMIT_NOFILE`), if it can be read.
+pub fn open_files_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+/// The limit in force for a config: the one it sets, or the one the open-files limit allows.
+pub fn effective_max_connections(configured: Option<usize>) -> usize {
+    configured.unwrap_or_else(|| default_max_connections(open_files_limit().unwrap_or(1024)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_sockets_inherit_nodelay_and_keepalive() {
+        let listener = bind_socket("127.0.0.1:0".parse().unwrap(), false, true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let sock = socket2::SockRef::from(&accepted);
+        assert!(sock.tcp_nodelay().unwrap());
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(60));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), 6);
+    }
+
+    #[test]
+    fn default_limit_leaves_two_descriptors_a_connection_and_headroom() {
+        assert_eq!(default_max_connections(20_000), 9_936);
+        assert_eq!(default_max_connections(1024), 448);
+        assert_eq!(default_max_connections(10), 1);
+        assert_eq!(
+            default_max_connections(u64::MAX),
+            crate::config::MAX_CONNECTIONS
+        );
+    }
+
+    #[test]
+    fn permits_count_and_a_changed_limit_applies_to_the_next_connection() {
+        let limit = ConnLimit::new(2);
+        let a = limit.try_acquire();
+        let b = limit.try_acquire();
+        assert!(a.is_some() && b.is_some());
+        assert!(limit.try_acquire().is_none());
+        assert_eq!(limit.active(), 2);
+        limit.set_max(3);
+        let c = limit.try_acquire();
+        assert!(c.is_some());
+        limit.set_max(1);
+        drop(a);
+        assert!(limit.try_acquire().is_none(), "2 open, limit 1");
+        drop((b, c));
+        assert_eq!(limit.active(), 0);
+        assert!(limit.try_acquire().is_some());
+    }
 }

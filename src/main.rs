@@ -182,9 +182,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (Some(cert), Some(key)) => Some((absolute(&cert)?, absolute(&key)?)),
                 _ if tls_self_signed => {
                     let pair = certgen::self_signed(certgen::DEV_NAMES)?;
-                    certgen::write_file(&dir.join("self-signed.crt"), &pair.cert)?;
-                    certgen::write_file(&dir.join("self-signed.key"), &pair.key)?;
-                    Some((dir.join("self-signed.crt"), dir.join("self-signed.key")))
+                    let (cert, key) = (dir.join("self-signed.crt"), dir.join("self-signed.key"));
+                    certgen::write_new_file(&cert, &pair.cert)?;
+                    certgen::write_new_file(&key, &pair.key)?;
+                    println!(
+                        "self-signed certificate for {}: {} (key {}; both removed at exit)\ntrust it in a client, e.g. curl --cacert {}",
+                        certgen::DEV_NAMES.join(", "),
+                        cert.display(),
+                        key.display(),
+                        cert.display()
+                    );
+                    Some((cert, key))
                 }
                 _ => None,
             };
@@ -195,10 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 source: None,
                 ..config
             };
-            let result =
-                control_runtime()?.block_on(run_gateway(config, cli.workers, cli.ready_file));
-            let _ = std::fs::remove_dir_all(&dir);
-            result
+            control_runtime()?.block_on(run_gateway(config, cli.workers, cli.ready_file))
         }
         Some(Command::Run) | None => {
             let Some(path) = cli.config else {
@@ -298,15 +303,63 @@ async fn run_demo(
     let files = demo::write_files(&dir, listen, admin, ws_addr, tcp_addr)?;
     let config = config::load(&files.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{}", demo::instructions(listen, admin, &files));
-    let result = run_gateway(config, workers, ready_file).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    run_gateway(config, workers, ready_file).await
 }
 
-fn scratch_dir(what: &str) -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("sockgate-{what}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    Ok(dir)
+/// A folder made by [`scratch_dir`], removed with what it holds when dropped.
+struct ScratchDir(PathBuf);
+
+impl std::ops::Deref for ScratchDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh owner-only (0700) folder in the temp dir, `sockgate-{what}-{pid}-{random}`.
+/// Never one that exists already: another user could have made it, or put a symlink there,
+/// to read or swap the keys written into it.
+fn scratch_dir(what: &str) -> anyhow::Result<ScratchDir> {
+    use ring::rand::SecureRandom;
+    let random = ring::rand::SystemRandom::new();
+    let pid = std::process::id();
+    create_fresh_dir(&std::env::temp_dir(), || {
+        let mut suffix = [0u8; 8];
+        random
+            .fill(&mut suffix)
+            .map_err(|_| anyhow::anyhow!("no random numbers from the OS"))?;
+        let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+        Ok(format!("sockgate-{what}-{pid}-{suffix}"))
+    })
+}
+
+/// Creates `base/NAME` with mode 0700 for the first `names()` that does not exist yet
+/// (`mkdir` fails on anything there, a symlink included); gives up after 16 tries.
+fn create_fresh_dir(
+    base: &Path,
+    mut names: impl FnMut() -> anyhow::Result<String>,
+) -> anyhow::Result<ScratchDir> {
+    use std::os::unix::fs::DirBuilderExt;
+    for _ in 0..16 {
+        let dir = base.join(names()?);
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(ScratchDir(dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot create {}", dir.display()));
+            }
+        }
+    }
+    anyhow::bail!(
+        "cannot create a fresh folder in {}: every name tried exists",
+        base.display()
+    )
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
@@ -360,11 +413,52 @@ fn write_ready_file(path: &Path, handle: &Handle) -> anyhow::Result<()> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a person at a terminal: a log file or a collector gets plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn scratch_dirs_skip_names_that_exist_and_are_owner_only() {
+        let base = tempfile::tempdir().expect("temp dir");
+        let planted = tempfile::tempdir().expect("temp dir");
+        std::os::unix::fs::symlink(planted.path(), base.path().join("taken-link"))
+            .expect("symlink");
+        std::fs::create_dir(base.path().join("taken-dir")).expect("mkdir");
+        let mut names = ["taken-link", "taken-dir", "fresh"].into_iter();
+        let dir = create_fresh_dir(base.path(), || Ok(names.next().unwrap_or("x").to_owned()))
+            .expect("a fresh dir");
+        assert_eq!(dir.0, base.path().join("fresh"));
+        let mode = std::fs::metadata(&dir.0)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let path = dir.0.clone();
+        std::fs::write(path.join("f"), "x").expect("write");
+        drop(dir);
+        assert!(!path.exists(), "removed when dropped");
+
+        let refused = create_fresh_dir(base.path(), || Ok("taken-dir".to_owned()));
+        assert!(refused.is_err());
+        assert_eq!(std::fs::read_dir(planted.path()).expect("ls").count(), 0);
+
+        let dir = scratch_dir("unit").expect("scratch dir");
+        let name = dir.0.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let prefix = format!("sockgate-unit-{}-", std::process::id());
+        assert!(name.starts_with(&prefix), "{name}");
+        assert_eq!(name.len(), prefix.len() + 16, "{name}");
     }
 }

@@ -133,7 +133,9 @@ where
             ws.next().await.unwrap().unwrap();
             open.push(ws);
         }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // Time for every connection's task to reach its idle state and give its buffers
+        // back, also on a loaded machine.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         open
     });
     let per_idle = (GATEWAY_LIVE_BYTES.load(Ordering::Relaxed) - live_before) as f64 / 100.0;
@@ -233,6 +235,9 @@ servers = ["{ws}"]
     let per_ws = (count() - before) as f64 / 100.0;
 
     // Heap held per idle WebSocket connection.
+    // Measured after a first round, as for wss below.
+    let _ = heap_per_idle(&peers, connect);
+    settle(&peers, &handle);
     let per_idle_ws = heap_per_idle(&peers, connect);
     println!("heap held per idle WebSocket connection: {per_idle_ws:.0} bytes");
     // Today about 2.6 KiB: the connection task (the WebSocket relay's state; the setup
@@ -330,11 +335,31 @@ servers = ["{ws}"]
     };
 
     let per_message = peers.block_on(async { allocations_per_echo(&mut connect().await).await });
+    // A first round grows the per-thread buffer free lists to what 100 connections opened at
+    // once need; what they keep is the process's, not the connections', so it is measured
+    // after.
+    let _ = heap_per_idle(&peers, connect);
+    settle(&peers, &handle);
     let per_idle_wss = heap_per_idle(&peers, connect);
     println!(
         "heap held per idle wss connection: {per_idle_wss:.0} bytes; \
          {per_message:.3} gateway allocations per wss echo"
     );
+    // A client that sends the start of a TLS record and stops holds what it sent, not a
+    // 33 KiB receive buffer, for as long as it stalls (up to `idle_timeout`).
+    settle(&peers, &handle);
+    let stalled = heap_per_stalled(&peers, || async {
+        let mut ws = connect().await;
+        ws.send(Message::text("x")).await.unwrap();
+        ws.next().await.unwrap().unwrap();
+        // An application-data record header declaring 16 KiB, and 100 bytes of it.
+        let tcp = ws.get_mut().get_mut().0;
+        let mut partial = vec![0x17, 0x03, 0x03, 0x40, 0x00];
+        partial.extend_from_slice(&[0xAB; 100]);
+        tcp.write_all(&partial).await.unwrap();
+        ws
+    });
+    println!("heap held per wss connection stalled inside a TLS record: {stalled:.0} bytes");
     // The plain WebSocket's ~2.6 KiB plus rustls' connection state and traffic keys. A TLS
     // stream that kept its 4 KiB receive buffer (rustls' buffered connection does) or a
     // lent record buffer while idle would be over this.
@@ -343,5 +368,30 @@ servers = ["{ws}"]
         "{per_idle_wss} bytes held per idle wss connection"
     );
     assert!(per_message < 2.05, "{per_message} allocations per wss echo");
+
+    assert!(
+        stalled < 7168.0 + 512.0,
+        "{stalled} bytes held per wss connection stalled inside a TLS record"
+    );
     handle.stop();
+}
+
+/// Gateway heap held per connection from `connect` once it has stalled: 100 of them.
+fn heap_per_stalled<T, F, Fut>(peers: &tokio::runtime::Runtime, connect: F) -> f64
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let live_before = GATEWAY_LIVE_BYTES.load(Ordering::Relaxed);
+    let stalled = peers.block_on(async {
+        let mut open = Vec::new();
+        for _ in 0..100 {
+            open.push(connect().await);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        open
+    });
+    let per_conn = (GATEWAY_LIVE_BYTES.load(Ordering::Relaxed) - live_before) as f64 / 100.0;
+    drop(stalled);
+    per_conn
 }

@@ -34,6 +34,7 @@ mod tests;
 pub use cidr::Cidr;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
+pub use validate::{MAX_CONNECTIONS, MAX_DURATION, MAX_WEIGHT};
 pub use values::{parse_duration, parse_size};
 
 use error::Report;
@@ -64,9 +65,10 @@ pub fn from_str(text: &str, file: &Path, base_dir: &Path) -> Result<Config, Conf
     let mut document = match DeTable::parse(text) {
         Ok(document) => document,
         Err(e) => {
-            report.bare(
+            report.error(
                 e.span().unwrap_or(0..0),
                 format!("invalid TOML: {}", e.message()),
+                TOML_FORMS,
             );
             return report.finish(None);
         }
@@ -83,6 +85,9 @@ pub fn from_str(text: &str, file: &Path, base_dir: &Path) -> Result<Config, Conf
     report.finish(config)
 }
 
+/// The hint under every TOML syntax error.
+const TOML_FORMS: &str = r#"each line is `key = value` with strings in double quotes ("edge", "30s"), tables as [name] and repeated ones as [[name]]; see config/edge.toml"#;
+
 /// A value of the wrong type, named by its key.
 fn type_error(text: &str, error: &toml::de::Error, report: &mut Report<'_>) {
     let span = error.span().unwrap_or(0..0);
@@ -95,10 +100,24 @@ fn type_error(text: &str, error: &toml::de::Error, report: &mut Report<'_>) {
         return;
     };
     let message = format!("`{path}`: {}", error.message());
-    if is_table && error.message().ends_with("expected a sequence") {
-        let hint = format!("write [[{path}]], with double brackets, once per entry");
-        report.error(span, message, hint);
+    let expected = error.message();
+    let hint = if is_table && expected.ends_with("expected a sequence") {
+        Some(format!(
+            "write [[{path}]], with double brackets, once per entry"
+        ))
+    } else if expected.ends_with("expected a string") {
+        Some(r#"write it in double quotes: names, addresses, durations ("30s") and sizes ("1MiB") are strings"#.to_owned())
+    } else if expected.ends_with("expected i64") || expected.contains("expected an integer") {
+        Some("write a whole number without quotes, as in max_connections = 10000".to_owned())
+    } else if expected.ends_with("expected a boolean") {
+        Some("write true or false, without quotes".to_owned())
+    } else if expected.ends_with("expected a sequence") {
+        Some(r#"write a list in brackets, as in servers = ["127.0.0.1:9001"]"#.to_owned())
     } else {
-        report.bare(span, message);
+        None
+    };
+    match hint {
+        Some(hint) => report.error(span, message, hint),
+        None => report.bare(span, message),
     }
 }

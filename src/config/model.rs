@@ -25,6 +25,70 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// From `token_file`: every request but `/healthz` and `/readyz` must carry it as
+    /// `Authorization: Bearer <token>`. `None` = no token asked for.
+    pub token: Option<AdminToken>,
+}
+
+/// The admin bearer token: printable ASCII, [`AdminToken::MIN_LEN`] to
+/// [`AdminToken::MAX_LEN`] bytes. Never printed: `Debug` shows only its length.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(Arc<[u8]>);
+
+impl AdminToken {
+    pub const MIN_LEN: usize = 16;
+    pub const MAX_LEN: usize = 1024;
+
+    /// The token file's text minus trailing line breaks, or why it cannot be a token.
+    pub fn parse(text: &[u8]) -> Result<AdminToken, String> {
+        let mut token = text;
+        while let [rest @ .., b'\n' | b'\r'] = token {
+            token = rest;
+        }
+        if token.is_empty() {
+            return Err("is empty".to_owned());
+        }
+        if let Some(bad) = token.iter().position(|b| !b.is_ascii_graphic()) {
+            return Err(format!(
+                "holds a byte that cannot be sent in an Authorization header (0x{:02x} at byte {}): tokens are printable ASCII without spaces",
+                token[bad],
+                bad + 1
+            ));
+        }
+        if token.len() < Self::MIN_LEN {
+            return Err(format!(
+                "holds a token of {} bytes, shorter than the {} a guess-resistant token needs",
+                token.len(),
+                Self::MIN_LEN
+            ));
+        }
+        if token.len() > Self::MAX_LEN {
+            return Err(format!(
+                "holds more than {} bytes, too long for a token",
+                Self::MAX_LEN
+            ));
+        }
+        Ok(AdminToken(token.into()))
+    }
+
+    /// Compares in time that depends on the lengths only, not on where the bytes differ.
+    pub fn matches(&self, offered: &[u8]) -> bool {
+        let expected: &[u8] = &self.0;
+        if offered.len() != expected.len() {
+            return false;
+        }
+        let diff = expected
+            .iter()
+            .zip(offered)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(diff) == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminToken({} bytes)", self.0.len())
+    }
 }
 
 /// `[defaults]`; every field has a default when the section or the key is absent.

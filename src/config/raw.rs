@@ -27,6 +27,7 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub listen: Text,
+    pub token_file: Text,
 }
 
 #[derive(Deserialize)]

@@ -192,7 +192,7 @@ listen = "0.0.0.0:8443"
     );
     assert_eq!(
         printed,
-        "sockgate.toml:2:8: invalid TOML: extra `=`, expected nothing\n"
+        "sockgate.toml:2:8: invalid TOML: extra `=`, expected nothing\n  hint: each line is `key = value` with strings in double quotes (\"edge\", \"30s\"), tables as [name] and repeated ones as [[name]]; see config/edge.toml\n"
     );
 }
 
@@ -206,7 +206,12 @@ name = 5
     );
     assert_eq!(
         printed,
-        "sockgate.toml:2:8: `listener.name`: invalid type: integer `5`, expected a string\n"
+        "sockgate.toml:2:8: `listener.name`: invalid type: integer `5`, expected a string\n  hint: write it in double quotes: names, addresses, durations (\"30s\") and sizes (\"1MiB\") are strings\n"
+    );
+    let printed = errors("[defaults]\nmax_connections = \"many\"\n");
+    assert_reports(
+        &printed,
+        "sockgate.toml:2:19: `defaults.max_connections`: invalid type: string \"many\", expected i64\n  hint: write a whole number without quotes",
     );
 }
 
@@ -346,7 +351,7 @@ route = [{ name = "all", backend = "chat" }]
     let printed = errors("[defaults]\nmax_connections = 0\n");
     assert_reports(
         &printed,
-        "sockgate.toml:2:19: `max_connections` must be at least 1, found 0: no connection would be accepted\n  hint: remove the key for no limit",
+        "sockgate.toml:2:19: `max_connections` must be at least 1, found 0: no connection would be accepted\n  hint: remove the key to derive the limit from the open-files limit",
     );
 }
 
@@ -385,7 +390,7 @@ servers = [{ address = "127.0.0.1:9002", weight = 0 }, { weight = 2 }]
     );
     assert_reports(
         &printed,
-        "sockgate.toml:3:51: `weight` must be between 1 and 4294967295, found 0\n",
+        "sockgate.toml:3:51: `weight` must be between 1 and 1000, found 0\n",
     );
     assert_reports(
         &printed,
@@ -475,6 +480,66 @@ servers = ["127.0.0.1:9009"]
         printed,
         "sockgate.toml:6:8: backend name `chat` is used twice; names of backends must be unique, as metrics and logs tell them apart by name\n  hint: rename this one or the one at 2:8\n"
     );
+}
+
+/// `[admin]` with `token_file = "admin.token"`, checked in a folder where that file holds
+/// `token` (or is absent).
+fn admin_token(token: Option<&[u8]>) -> Result<Config, ConfigErrors> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    if let Some(token) = token {
+        std::fs::write(dir.path().join("admin.token"), token).expect("write");
+    }
+    let text = "[admin]\nlisten = \"127.0.0.1:9901\"\ntoken_file = \"admin.token\"\n";
+    from_str(text, Path::new("sockgate.toml"), dir.path())
+}
+
+#[test]
+fn admin_token_file_is_read_and_its_line_break_trimmed() {
+    let config = admin_token(Some(b"0123456789abcdef-token\r\n")).expect("valid");
+    let token = config.admin.and_then(|a| a.token).expect("a token");
+    assert!(token.matches(b"0123456789abcdef-token"));
+    assert!(!token.matches(b"0123456789abcdef-tokem"));
+    assert!(!token.matches(b"0123456789abcdef-token\n"));
+    assert!(!token.matches(b""));
+    // Never printed whole, even in debug output.
+    assert_eq!(format!("{token:?}"), "AdminToken(22 bytes)");
+    let config = valid("[admin]\nlisten = \"127.0.0.1:9901\"\n");
+    assert!(config.admin.expect("admin").token.is_none());
+}
+
+#[test]
+fn admin_token_file_must_hold_a_usable_token() {
+    let hint = "\n  hint: write a random token into it, e.g. `head -c 32 /dev/urandom | base64 > admin.token` (relative paths start at the config file's folder), and make it readable by the gateway's user only\n";
+    let cases: [(Option<&[u8]>, &str); 5] = [
+        (None, "cannot read"),
+        (Some(b"\n"), "is empty"),
+        (
+            Some(b"fifteen-bytes!!"),
+            "holds a token of 15 bytes, shorter than the 16 a guess-resistant token needs",
+        ),
+        (
+            Some(b"sixteen bytes with\ttab"),
+            "cannot be sent in an Authorization header (0x20 at byte 8)",
+        ),
+        (Some(&[b'x'; 2000]), "holds more than 1024 bytes"),
+    ];
+    for (token, says) in cases {
+        let printed = match admin_token(token) {
+            Ok(_) => panic!("{says}: expected an error"),
+            Err(errors) => errors.to_string(),
+        };
+        assert!(
+            printed.starts_with("sockgate.toml:3:14: `token_file`: "),
+            "{printed}"
+        );
+        assert!(printed.contains(says), "{says}: {printed}");
+        assert!(
+            printed.contains("; the admin endpoint would have no usable token"),
+            "{printed}"
+        );
+        assert!(printed.ends_with(hint), "{printed}");
+        assert_eq!(printed.lines().count(), 2, "{printed}");
+    }
 }
 
 #[test]
@@ -1198,6 +1263,68 @@ fn parse_size_forms() {
 }
 
 #[test]
+fn weights_durations_and_max_connections_are_bounded() {
+    // Each of these passed `check` once and then ran the gateway out of memory (a schedule
+    // slot per unit of weight) or panicked at run time (`Instant + Duration`, a semaphore
+    // over its permit limit).
+    let printed = errors(
+        r#"
+[defaults]
+idle_timeout = "5124095576030431h"
+close_timeout = "8761h"
+max_connections = 4000000000000
+
+[[backend]]
+name = "chat"
+servers = [{ address = "127.0.0.1:9002", weight = 4000000000 }, { address = "127.0.0.1:9003", weight = 1001 }]
+"#,
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:2:16: `idle_timeout` = \"5124095576030431h\" is longer than 8760h (365 days), the longest duration the gateway takes\n  hint: for no practical limit, write \"8760h\"",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:3:17: `close_timeout` = \"8761h\" is longer than 8760h (365 days), the longest duration the gateway takes\n",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:4:19: `max_connections` must be at most 10000000, found 4000000000000\n  hint: each connection needs two open files",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:8:51: `weight` must be between 1 and 1000, found 4000000000\n  hint: weights are relative",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:8:104: `weight` must be between 1 and 1000, found 1001\n",
+    );
+
+    let config = valid(
+        r#"
+[defaults]
+idle_timeout = "8760h"
+max_connections = 10000000
+
+[[backend]]
+name = "chat"
+servers = [{ address = "127.0.0.1:9002", weight = 1000 }]
+
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8080"
+route = [{ name = "r", backend = "chat" }]
+"#,
+    );
+    assert_eq!(
+        config.defaults.idle_timeout,
+        Duration::from_secs(8760 * 3600)
+    );
+    assert_eq!(config.defaults.max_connections, Some(10_000_000));
+    assert_eq!(config.backends[0].servers[0].weight, 1000);
+}
+
+#[test]
 fn trusted_proxies_are_address_ranges() {
     let config = valid(&with_backend(
         r#"
@@ -1293,7 +1420,7 @@ listen = "127.0.0.1:8080"
 
   [[listener.route]]
   name = "forever"
-  request_timeout = "25h"
+  request_timeout = "8761h"
   backend = "chat"
 
   [[listener.route]]
@@ -1307,8 +1434,8 @@ listen = "127.0.0.1:8080"
         printed,
         r#"sockgate.toml:2:19: `request_timeout` must be longer than zero
   hint: write durations like "250ms", "30s", "5m" or "1h30m"
-sockgate.toml:10:21: `request_timeout` (1day 1h) is longer than 1day: a backend that never answers would hold the client and a backend connection that long
-  hint: use at most "24h"; long-polling backends should answer with a head first
+sockgate.toml:10:21: `request_timeout` = "8761h" is longer than 8760h (365 days), the longest duration the gateway takes
+  hint: for no practical limit, write "8760h"
 sockgate.toml:16:21: `request_timeout` on route `raw` has no effect: TCP connections carry no requests
   hint: remove `request_timeout` (`idle_timeout` in [defaults] ends silent TCP connections), or change `protocol`
 "#

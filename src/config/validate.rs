@@ -12,8 +12,8 @@ use toml::Spanned;
 use super::cidr::Cidr;
 use super::error::Report;
 use super::model::{
-    AdminConfig, BackendConfig, CertPair, Config, Defaults, ListenerConfig, Protocol, RouteConfig,
-    ServerConfig, SniCert, TlsConfig, WebSocketLimits,
+    AdminConfig, AdminToken, BackendConfig, CertPair, Config, Defaults, ListenerConfig, Protocol,
+    RouteConfig, ServerConfig, SniCert, TlsConfig, WebSocketLimits,
 };
 use super::raw::{
     RawAdmin, RawBackend, RawConfig, RawDefaults, RawListener, RawRoute, RawServer, RawSize,
@@ -26,12 +26,20 @@ use super::values::{
 use crate::tls::{self, CertLoadError};
 
 const DURATION_FORMS: &str = r#"write durations like "250ms", "30s", "5m" or "1h30m""#;
-/// The longest `request_timeout`: a backend may take long to answer, but a client waiting a
-/// day for a response head is a leak, not a request.
-const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 const GENERATE_PAIR: &str = "sockgate cert dev --out certs/dev";
 /// What `pong_timeout` is when only `ping_interval` is given.
 const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The longest duration any key takes: far beyond any sensible timeout, and far inside what
+/// `Instant + Duration` can hold (a few hundred billion years would panic there).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Server weights are relative shares, bounded like HAProxy's (0–256), so that a typo cannot
+/// ask for billions of turns.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// `max_connections` at most: ten million connections are twenty million open files.
+pub const MAX_CONNECTIONS: usize = 10_000_000;
 
 pub(super) fn validate(
     raw: &RawConfig,
@@ -147,12 +155,20 @@ impl Validator<'_, '_> {
         }
         let max_connections = present(raw.max_connections.as_ref(), |m| {
             match usize::try_from(*m.get_ref()) {
-                Ok(n) if n >= 1 => Some(n),
+                Ok(n) if (1..=MAX_CONNECTIONS).contains(&n) => Some(n),
+                Ok(n) if n > MAX_CONNECTIONS => {
+                    self.report.error(
+                        m.span(),
+                        format!("`max_connections` must be at most {MAX_CONNECTIONS}, found {n}"),
+                        "each connection needs two open files; remove the key to derive the limit from the open-files limit",
+                    );
+                    None
+                }
                 _ => {
                     self.report.error(
                         m.span(),
                         format!("`max_connections` must be at least 1, found {}: no connection would be accepted", m.get_ref()),
-                        "remove the key for no limit",
+                        "remove the key to derive the limit from the open-files limit",
                     );
                     None
                 }
@@ -195,6 +211,17 @@ impl Validator<'_, '_> {
                 );
                 None
             }
+            Ok(d) if d > MAX_DURATION => {
+                self.report.error(
+                    raw.span(),
+                    format!(
+                        "`{key}` = \"{}\" is longer than 8760h (365 days), the longest duration the gateway takes",
+                        raw.get_ref(),
+                    ),
+                    "for no practical limit, write \"8760h\"",
+                );
+                None
+            }
             Ok(d) => Some(d),
             Err(why) => {
                 self.report.error(
@@ -207,22 +234,9 @@ impl Validator<'_, '_> {
         }
     }
 
-    /// `request_timeout`, in [defaults] or on a route: more than zero, at most a day.
+    /// `request_timeout`, in [defaults] or on a route.
     fn request_timeout(&mut self, raw: &Spanned<String>) -> Option<Duration> {
-        let timeout = self.duration(raw, "request_timeout")?;
-        if timeout > MAX_REQUEST_TIMEOUT {
-            self.report.error(
-                raw.span(),
-                format!(
-                    "`request_timeout` ({}) is longer than {}: a backend that never answers would hold the client and a backend connection that long",
-                    humantime::format_duration(timeout),
-                    humantime::format_duration(MAX_REQUEST_TIMEOUT),
-                ),
-                r#"use at most "24h"; long-polling backends should answer with a head first"#,
-            );
-            return None;
-        }
-        Some(timeout)
+        self.duration(raw, "request_timeout")
     }
 
     /// `trusted_proxies`: addresses or CIDR ranges, IPv6 without brackets or with.
@@ -253,8 +267,38 @@ impl Validator<'_, '_> {
             "listen",
             r#""127.0.0.1:9901""#,
         )?;
-        let listen = self.listen_addr(listen, "the admin listener".to_owned())?;
-        Some(AdminConfig { listen })
+        let listen = self.listen_addr(listen, "the admin listener".to_owned());
+        let token = present(raw.get_ref().token_file.as_ref(), |t| self.admin_token(t));
+        Some(AdminConfig {
+            listen: listen?,
+            token: token?,
+        })
+    }
+
+    /// Reads `token_file` (relative to the config file's folder), at most a little more than
+    /// the longest token allowed, so a path like /dev/zero cannot stall the check.
+    fn admin_token(&mut self, raw: &Spanned<String>) -> Option<AdminToken> {
+        use std::io::Read;
+        const MAKE_ONE: &str = "write a random token into it, e.g. `head -c 32 /dev/urandom | base64 > admin.token` (relative paths start at the config file's folder), and make it readable by the gateway's user only";
+        let path = self.base_dir.join(raw.get_ref());
+        let mut text = Vec::new();
+        let read = std::fs::File::open(&path).and_then(|file| {
+            file.take(AdminToken::MAX_LEN as u64 + 3)
+                .read_to_end(&mut text)
+        });
+        let problem = match read {
+            Err(e) => format!("cannot read {}: {e}", path.display()),
+            Ok(_) => match AdminToken::parse(&text) {
+                Ok(token) => return Some(token),
+                Err(why) => format!("{} {why}", path.display()),
+            },
+        };
+        self.report.error(
+            raw.span(),
+            format!("`token_file`: {problem}; the admin endpoint would have no usable token"),
+            MAKE_ONE,
+        );
+        None
     }
 
     /// Parses a `listen` value and checks no one else listens there. Port 0 (any free port)
@@ -562,7 +606,7 @@ impl Validator<'_, '_> {
                             u32::MAX,
                             m.get_ref()
                         ),
-                        "remove the key for no limit",
+                        "remove the key to derive the limit from the open-files limit",
                     );
                     None
                 }
@@ -770,16 +814,26 @@ impl Validator<'_, '_> {
         let weight = match weight {
             None => Some(1),
             Some(w) => match u32::try_from(*w.get_ref()) {
-                Ok(n) if n >= 1 => Some(n),
+                Ok(n) if (1..=MAX_WEIGHT).contains(&n) => Some(n),
+                _ if *w.get_ref() < 1 => {
+                    self.report.error(
+                        w.span(),
+                        format!(
+                            "`weight` must be between 1 and {MAX_WEIGHT}, found {}",
+                            w.get_ref()
+                        ),
+                        "a server that should get no connections belongs out of `servers`",
+                    );
+                    None
+                }
                 _ => {
                     self.report.error(
                         w.span(),
                         format!(
-                            "`weight` must be between 1 and {}, found {}",
-                            u32::MAX,
+                            "`weight` must be between 1 and {MAX_WEIGHT}, found {}",
                             w.get_ref()
                         ),
-                        "a server that should get no connections belongs out of `servers`",
+                        "weights are relative: divide them all by a common factor, as in 3 and 1 rather than 3000 and 1000",
                     );
                     None
                 }

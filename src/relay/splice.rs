@@ -108,6 +108,9 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 struct Direction {
     reader: Side,
     splicing: bool,
+    /// `pipe2` failed (the open-files limit, most likely): copy for the rest of the
+    /// connection rather than end it or ask again on every bulk read.
+    no_pipes: bool,
     held: Held,
     pipe: Option<Pipe>,
     in_pipe: usize,
@@ -123,6 +126,7 @@ impl Direction {
         Direction {
             reader,
             splicing: false,
+            no_pipes: false,
             held: Held::default(),
             pipe: None,
             in_pipe: 0,
@@ -192,7 +196,15 @@ impl Direction {
                     return Poll::Pending;
                 }
                 if self.pipe.is_none() {
-                    self.pipe = Some(Pipe::take().map_err(|e| (self.reader, e))?);
+                    match Pipe::take() {
+                        Ok(pipe) => self.pipe = Some(pipe),
+                        Err(error) => {
+                            tracing::debug!(%error, "no pipe for splice; this direction copies instead");
+                            self.no_pipes = true;
+                            self.splicing = false;
+                            continue;
+                        }
+                    }
                 }
                 let Some(pipe) = &self.pipe else { continue };
                 let to = pipe.write.as_raw_fd();
@@ -210,7 +222,7 @@ impl Direction {
                 match self.held.poll_read_in(cx, Pin::new(&mut *src)) {
                     Poll::Ready(Ok(0)) => self.eof = true,
                     Poll::Ready(Ok(n)) => {
-                        self.splicing = n == buffer::SIZE;
+                        self.splicing = n == buffer::SIZE && !self.no_pipes;
                         *progressed = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err((self.reader, e))),

@@ -53,6 +53,11 @@ pub struct TlsStream {
     incoming: Slot,
     in_start: usize,
     in_end: usize,
+    /// The start of a record whose rest has not arrived, kept apart while the socket has
+    /// nothing more, so that a peer that sends a few bytes and stops pins those bytes, not a
+    /// whole receive buffer. Empty otherwise; it goes back to the front of `incoming` at the
+    /// next read.
+    tail: Box<[u8]>,
     /// Decrypted bytes a read had no room for: `plain[plain_pos..]`.
     plain: Vec<u8>,
     plain_pos: usize,
@@ -111,6 +116,7 @@ pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsS
         incoming: Slot::default(),
         in_start: 0,
         in_end: 0,
+        tail: Box::default(),
         plain: Vec::new(),
         plain_pos: 0,
         outgoing: Slot::default(),
@@ -322,7 +328,12 @@ impl TlsStream {
 
     /// Reads from the socket after what is already received; sets `eof` at EOF.
     fn poll_read_in(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.in_start > 0 {
+        if !self.tail.is_empty() {
+            let tail = std::mem::take(&mut self.tail);
+            self.incoming.get()[..tail.len()].copy_from_slice(&tail);
+            self.in_start = 0;
+            self.in_end = tail.len();
+        } else if self.in_start > 0 {
             // A partial record goes to the front.
             let (start, end) = (self.in_start, self.in_end);
             self.incoming.get().copy_within(start..end, 0);
@@ -336,7 +347,10 @@ impl TlsStream {
             )));
         }
         let mut rb = ReadBuf::new(&mut self.incoming.get()[self.in_end..]);
-        ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
+        if Pin::new(&mut self.io).poll_read(cx, &mut rb)?.is_pending() {
+            self.set_aside_partial_record();
+            return Poll::Pending;
+        }
         match rb.filled().len() {
             0 => self.eof = true,
             n => self.in_end += n,
@@ -372,6 +386,29 @@ impl TlsStream {
 
     fn has_queued(&self) -> bool {
         self.out_end > 0 || !self.spill.is_empty()
+    }
+
+    /// While waiting for the socket: when the received bytes are only the start of one record
+    /// (rustls has taken every whole one), moves them to `tail` and gives the receive buffer
+    /// back. Only after the handshake, and only a lone partial record, which rustls has not
+    /// looked into: bytes it has seen but not discarded (a handshake message spread over
+    /// records) must stay where it saw them.
+    fn set_aside_partial_record(&mut self) {
+        let held = self.in_end - self.in_start;
+        if held == 0 || self.conn.is_handshaking() {
+            return;
+        }
+        let bytes = &self.incoming.get()[self.in_start..self.in_end];
+        let lone_partial = match bytes {
+            [_, _, _, hi, lo, ..] => held < 5 + usize::from(u16::from_be_bytes([*hi, *lo])),
+            _ => true,
+        };
+        if lone_partial {
+            self.tail = bytes.into();
+            self.in_start = 0;
+            self.in_end = 0;
+            self.incoming.release();
+        }
     }
 
     /// Gives the receive buffer back when it holds no partial record.

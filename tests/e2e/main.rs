@@ -3,8 +3,10 @@
 //! made of modules, so it links once.
 #![allow(clippy::unwrap_used)]
 
+mod admin;
 mod cli;
 mod http;
+mod limits;
 mod python;
 mod reload;
 mod support;

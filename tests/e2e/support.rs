@@ -123,7 +123,8 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 pub async fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(
-        format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
     )
     .await
     .unwrap();
@@ -258,9 +259,23 @@ impl Binary {
 
     /// Starts `sockgate [args] --ready-file F` with stderr to a file in `dir`.
     pub fn spawn(args: &[&str], dir: tempfile::TempDir) -> Self {
+        Self::spawn_from(Self::command(), args, dir)
+    }
+
+    /// As [`Binary::spawn`], with the open-files limit (`RLIMIT_NOFILE`) set to `limit`.
+    pub fn spawn_with_open_files(limit: u64, args: &[&str], dir: tempfile::TempDir) -> Self {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_sockgate"));
+        Self::spawn_from(command, args, dir)
+    }
+
+    fn spawn_from(mut command: Command, args: &[&str], dir: tempfile::TempDir) -> Self {
         let stderr_path = dir.path().join("stderr.log");
         let ready = dir.path().join("ready.json");
-        let child = Self::command()
+        let child = command
             .args(args)
             .arg("--ready-file")
             .arg(&ready)
@@ -274,6 +289,37 @@ impl Binary {
             dir,
             stderr_path,
         }
+    }
+
+    /// Like [`Binary::spawn`], with extra environment variables, and stdout kept in
+    /// `dir/stdout.log` (see [`Binary::stdout`]).
+    pub fn spawn_with_env(
+        args: &[&str],
+        dir: tempfile::TempDir,
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
+        let stderr_path = dir.path().join("stderr.log");
+        let ready = dir.path().join("ready.json");
+        let child = Self::command()
+            .args(args)
+            .arg("--ready-file")
+            .arg(&ready)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
+            .unwrap();
+        Binary {
+            child: Some(child),
+            dir,
+            stderr_path,
+        }
+    }
+
+    /// What a child started by [`Binary::spawn_with_env`] printed so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
     }
 
     /// Waits for the ready file and returns it parsed.
