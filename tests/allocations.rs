@@ -395,3 +395,71 @@ where
     drop(stalled);
     per_conn
 }
+
+/// Gateway allocations per plain HTTP request on a kept-alive connection (hyper's own on
+/// both sides, routing, the forwarded headers), printed and bounded.
+#[test]
+fn allocations_per_keep_alive_http_request() {
+    use http_body_util::{BodyExt, Empty};
+
+    let _turn = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (gateway, peers) = runtimes();
+    let app = peers.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(sockgate::demo::ws_echo(listener));
+        addr
+    });
+    let (handle, _dir) = start(
+        &gateway,
+        format!(
+            r#"
+[[listener]]
+name = "http"
+listen = "127.0.0.1:0"
+  [[listener.route]]
+  name = "app"
+  protocol = "http"
+  host = "localhost"
+  backend = "app"
+
+[[backend]]
+name = "app"
+servers = ["{app}"]
+"#
+        ),
+    );
+    let addr = handle.local_addr("http").unwrap();
+    let per_request = peers.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut round = async |n: u32| {
+            for _ in 0..n {
+                let req = http::Request::get("/page")
+                    .header("host", "localhost")
+                    .body(Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                sender.ready().await.unwrap();
+                let response = sender.send_request(req).await.unwrap();
+                assert_eq!(response.status(), 200);
+                response.into_body().collect().await.unwrap();
+            }
+        };
+        round(100).await;
+        let before = count();
+        round(1000).await;
+        (count() - before) as f64 / 1000.0
+    });
+    println!("gateway allocations: {per_request:.1} per kept-alive HTTP request");
+    assert!(
+        per_request < 100.0,
+        "{per_request} allocations per HTTP request"
+    );
+    handle.stop();
+}
