@@ -159,10 +159,16 @@ pub fn serve(
             Ok(Handoff::Finished(finish)) => return finish_conn(&ctx, &shared, &span, Ok(finish)),
             Err(e) => return finish_conn(&ctx, &shared, &span, Err(e)),
         };
-        let end =
-            relay::websocket::relay(&mut ws.client, &mut ws.backend, &ws.session, &ctx, &shared)
-                .instrument(span.clone())
-                .await;
+        let end = relay::websocket::relay(
+            &mut ws.client,
+            &mut ws.backend,
+            &ws.session,
+            &ctx,
+            &shared.metrics,
+            &shared.shutdown,
+        )
+        .instrument(span.clone())
+        .await;
         drop(ws);
         finish_conn(&ctx, &shared, &span, Ok(Finish::WebSocket(end)));
         drop(permit);
