@@ -12,3 +12,4 @@ mod tcp;
 mod tls;
 mod websocket;
 mod ws_close;
+mod ws_hostile;
