@@ -938,12 +938,11 @@ impl Conn<'_> {
                 if reader == Side::Client
                     && !self.client.sent_close
                     && let Some(rate) = self.rate.as_mut()
+                    && rate.over(Instant::now())
                 {
-                    if rate.over(Instant::now()) {
-                        let reason = format!("more than {} messages per second", rate.max);
-                        self.up.refuse();
-                        self.handle(Side::Client, Note::Violation(code::POLICY, reason));
-                    }
+                    let reason = format!("more than {} messages per second", rate.max);
+                    self.up.refuse();
+                    self.handle(Side::Client, Note::Violation(code::POLICY, reason));
                 }
             }
             Note::Pong { start } => {
