@@ -153,10 +153,8 @@ where
         permessage_deflate: session.permessage_deflate,
     };
     let limit = limits.max_message_size;
-    let mut up = Dir::new(Tracker::new(Role::Client, extensions).message_size_limit(limit));
-    up.frames = limits.max_frames_per_second.map(Rate::new);
     let mut conn = Conn {
-        up,
+        up: Dir::new(Tracker::new(Role::Client, extensions).message_size_limit(limit)),
         down: Dir::new(Tracker::new(Role::Server, extensions).message_size_limit(limit)),
         up_flow: Flow {
             total: &ctx.bytes_client_to_backend,
@@ -174,6 +172,7 @@ where
         backend: Peer::default(),
         started: None,
         rate: limits.max_messages_per_second.map(Rate::new),
+        frames: limits.max_frames_per_second.map(Rate::new),
         keepalive: limits.ping_interval.map(|interval| {
             Box::new(Keepalive {
                 answered: false,
@@ -456,8 +455,6 @@ struct Dir {
     scan: usize,
     /// Bytes before this were read.
     end: usize,
-    /// `max_frames_per_second`, on the client's direction.
-    frames: Option<Rate>,
     /// The reader went over a rate limit: what it sent up to the end of the frame or message
     /// that did is forwarded, everything after is read and dropped.
     refused: bool,
@@ -499,7 +496,6 @@ impl Dir {
             safe_is_boundary: true,
             scan: 0,
             end: 0,
-            frames: None,
             refused: false,
             eof: false,
             dropping: false,
@@ -548,7 +544,7 @@ impl Dir {
     /// see, or at a boundary when a frame of the gateway's is waiting. Each whole frame
     /// becomes forwardable as soon as it has passed, so what stays held back is at most the
     /// one incomplete header or control frame at the end of what was read.
-    fn scan(&mut self, flow: &Flow<'_>) -> Option<Note> {
+    fn scan(&mut self, flow: &Flow<'_>, mut frames: Option<&mut Rate>) -> Option<Note> {
         if self.refused || self.tracker.error().is_some() {
             // Nothing after a violation can be trusted or forwarded; what came before it
             // still goes out, then the gateway's Close.
@@ -574,7 +570,7 @@ impl Dir {
             }
             if self.tracker.at_boundary()
                 && !self.dropping
-                && let Some(frames) = self.frames.as_mut()
+                && let Some(frames) = frames.as_deref_mut()
                 && frames.over(*now.get_or_insert_with(Instant::now))
             {
                 let reason = format!("more than {} frames per second", frames.max);
@@ -615,6 +611,7 @@ impl Dir {
         mut reader: Pin<&mut R>,
         mut writer: Pin<&mut W>,
         flow: &Flow<'_>,
+        mut frames: Option<&mut Rate>,
         progressed: &mut bool,
     ) -> Poll<Note>
     where
@@ -622,7 +619,7 @@ impl Dir {
         W: AsyncWrite + ?Sized,
     {
         loop {
-            if let Some(note) = self.scan(flow) {
+            if let Some(note) = self.scan(flow, frames.as_deref_mut()) {
                 return Poll::Ready(note);
             }
 
@@ -787,6 +784,8 @@ struct Conn<'a> {
     /// The Close that started the closing handshake: code and who sent it.
     started: Option<(u16, &'static str)>,
     rate: Option<Rate>,
+    /// `max_frames_per_second`, on the client's frames.
+    frames: Option<Rate>,
     /// Boxed: only routes with `ping_interval` have one.
     keepalive: Option<Box<Keepalive>>,
     rng: SystemRandom,
@@ -1035,6 +1034,7 @@ impl Conn<'_> {
             Pin::new(&mut *client),
             Pin::new(&mut *backend),
             &self.up_flow,
+            self.frames.as_mut(),
             progressed,
         );
         if let Poll::Ready(note) = up {
@@ -1046,6 +1046,7 @@ impl Conn<'_> {
             Pin::new(&mut *backend),
             Pin::new(&mut *client),
             &self.down_flow,
+            None,
             progressed,
         );
         // The ping went out: start its clock.
