@@ -107,10 +107,10 @@ fn thread_cpu() -> Duration {
     Duration::from_micros(ticks * 1_000_000 / hz)
 }
 
-/// Issue 10: a text message as 30,000 empty non-final fragments in one 180 KB write, then
-/// its final fragment. The gateway read it 32 KiB at a time, each read ending inside a
-/// header, held back everything since the last message, filled its buffer and then woke
-/// itself forever: 100% CPU and the final fragment never relayed.
+/// A text message as 30,000 empty non-final fragments in one 180 KB write, then its final
+/// fragment (issue 10). The gateway reads it 32 KiB at a time, each read ending inside a
+/// header: the message must reach the backend, and the worker must be idle afterwards
+/// rather than spinning on a full buffer.
 #[tokio::test]
 async fn thirty_thousand_empty_fragments_then_the_last_one_are_relayed_without_spinning() {
     let mut s = setup("").await;
@@ -148,9 +148,9 @@ async fn thirty_thousand_empty_fragments_then_the_last_one_are_relayed_without_s
     assert_eq!(m.get("sockgate_websocket_messages_total", &up), 1.0);
 }
 
-/// Issue 10: a non-final text fragment and the Pong answering the gateway's Ping, in one
-/// write. The Pong is swallowed; the fragment used to go with it, and the backend then got
-/// a bare continuation frame and failed the connection.
+/// A non-final text fragment and the Pong answering the gateway's Ping, in one write
+/// (issue 10). The Pong is swallowed, and only the Pong: had the fragment gone with it, the
+/// backend would get a bare continuation frame and fail the connection.
 #[tokio::test]
 async fn a_fragment_and_the_answering_pong_in_one_write_reach_the_backend_as_one_message() {
     let mut s = setup("ping_interval = \"200ms\"").await;

@@ -233,10 +233,10 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// The issue 10 stream: a text message as 30,000 empty non-final fragments (6 bytes each,
-/// masked) in one burst, then its final fragment. The relay reads 32 KiB at a time, so its
-/// reads end inside a header; it used to hold back everything since the last event, fill
-/// its buffer and wake itself forever.
+/// A text message as 30,000 empty non-final fragments (6 bytes each, masked) in one burst,
+/// then its final fragment (issue 10). The relay reads 32 KiB at a time, so its reads end
+/// inside a header: the frames before that header must go out at once, not wait behind it
+/// until the buffer is full.
 #[test]
 fn thirty_thousand_empty_fragments_in_one_burst_go_through_without_spinning() {
     let rt = runtime();
@@ -286,8 +286,8 @@ fn relay_idle_polls(driver: &mut Driver, relay: Pin<&mut impl Future<Output = Ws
     driver.polls - before
 }
 
-/// Issue 10, second case: a non-final text fragment and the answer to the gateway's Ping in
-/// one read. Only the Pong is swallowed; the fragment reaches the backend intact.
+/// A non-final text fragment and the answer to the gateway's Ping in one read (issue 10):
+/// only the Pong is swallowed; the fragment reaches the backend intact.
 #[test]
 fn a_swallowed_pong_leaves_the_fragment_read_with_it() {
     let rt = runtime();
