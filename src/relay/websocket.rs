@@ -445,6 +445,10 @@ struct Dir {
     tracker: Tracker,
     /// Held only while bytes are in flight (see [`buffer`](crate::relay::buffer)).
     buf: Slot,
+    /// While the reader is silent: the held-back start of a frame (`buf[..end]`, at most
+    /// one header or control frame), kept in an allocation of its own size so that a peer
+    /// that sends a byte and stops pins that byte, not a relay buffer. Empty otherwise.
+    tail: Box<[u8]>,
     /// Next byte to write.
     start: usize,
     /// Bytes before this may go out: whole frames, or data payload as it streams.
@@ -491,6 +495,7 @@ impl Dir {
         Dir {
             tracker,
             buf: Slot::default(),
+            tail: Box::default(),
             start: 0,
             safe: 0,
             safe_is_boundary: true,
@@ -518,6 +523,15 @@ impl Dir {
             written: 0,
             close,
         }));
+    }
+
+    /// Puts a set-aside frame start back at the front of the relay buffer, where `scan`,
+    /// `safe` and `end` expect it.
+    fn restore_tail(&mut self) {
+        if !self.tail.is_empty() {
+            let tail = std::mem::take(&mut self.tail);
+            self.buf.get()[..tail.len()].copy_from_slice(&tail);
+        }
     }
 
     /// Removes a held-back frame `[start, scan)` from the stream (a Pong the gateway answers
@@ -618,6 +632,7 @@ impl Dir {
         R: AsyncRead + ?Sized,
         W: AsyncWrite + ?Sized,
     {
+        self.restore_tail();
         loop {
             if let Some(note) = self.scan(flow, frames.as_deref_mut()) {
                 return Poll::Ready(note);
@@ -729,6 +744,10 @@ impl Dir {
                 Poll::Pending => {
                     if self.end == 0 {
                         // Idle with nothing held back: give the buffer back.
+                        self.buf.release();
+                    } else if self.start == 0 && self.end <= MAX_CONTROL_FRAME {
+                        // Only an incomplete frame start is held back: keep it apart.
+                        self.tail = self.buf.get()[..self.end].into();
                         self.buf.release();
                     }
                     if self.need_flush && !self.writer_gone {
