@@ -177,10 +177,16 @@ pub fn serve(
                 Ok(Handoff::Finished(finish)) => return finishing.finish(Ok(finish)),
                 Err(e) => return finishing.finish(Err(e)),
             };
-        let end =
-            relay::websocket::relay(&mut ws.client, &mut ws.backend, &ws.session, ctx, shared)
-                .instrument(span.clone())
-                .await;
+        let end = relay::websocket::relay(
+            &mut ws.client,
+            &mut ws.backend,
+            &ws.session,
+            ctx,
+            &shared.metrics,
+            &shared.shutdown,
+        )
+        .instrument(span.clone())
+        .await;
         drop(ws);
         finishing.finish(Ok(Finish::WebSocket(end)));
     }

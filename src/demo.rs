@@ -193,8 +193,11 @@ sockgate demo is running (config: {config}).
     curl http://{admin}/connections
     curl http://{admin}/readyz
 
-Ctrl-C drains and exits.
+Edit the config and reload it: curl -X POST http://{admin}/reload
+Ctrl-C drains and exits; the folder {dir} (config, certificate and key) is removed then:
+copy the config elsewhere to keep your edits.
 "#,
+        dir = files.dir.display(),
         config = files.config.display(),
         cert = files.dir.join("demo.crt").display(),
     )

@@ -124,6 +124,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// `1 listener`, `2 listeners`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn one_line(e: &anyhow::Error) -> String {
     e.chain()
         .map(|c| c.to_string())
@@ -134,16 +143,19 @@ fn one_line(e: &anyhow::Error) -> String {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Check) => {
-            let path = cli.config.context("check needs --config FILE")?;
+            let Some(path) = cli.config else {
+                eprintln!("sockgate: check needs --config FILE");
+                return Ok(ExitCode::from(2));
+            };
             match config::load(&path) {
                 Ok(config) => {
                     let routes: usize = config.listeners.iter().map(|l| l.routes.len()).sum();
                     println!(
-                        "{}: ok ({} listeners, {} routes, {} backends)",
+                        "{}: ok ({}, {}, {})",
                         path.display(),
-                        config.listeners.len(),
-                        routes,
-                        config.backends.len()
+                        count(config.listeners.len(), "listener"),
+                        count(routes, "route"),
+                        count(config.backends.len(), "backend")
                     );
                     Ok(ExitCode::SUCCESS)
                 }

@@ -240,6 +240,26 @@ servers = ["{ws}"]
     settle(&peers, &handle);
     let per_idle_ws = heap_per_idle(&peers, connect);
     println!("heap held per idle WebSocket connection: {per_idle_ws:.0} bytes");
+    // A client that sends the first byte of a frame header and stops holds that byte, not a
+    // 32 KiB relay buffer.
+    settle(&peers, &handle);
+    let stalled_ws = heap_per_stalled(&peers, || async {
+        let mut ws = connect().await;
+        ws.send(Message::text("x")).await.unwrap();
+        ws.next().await.unwrap().unwrap();
+        let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_mut() else {
+            unreachable!("a ws:// connection")
+        };
+        tcp.write_all(&[0x81]).await.unwrap();
+        ws
+    });
+    println!(
+        "heap held per WebSocket connection stalled inside a frame header: {stalled_ws:.0} bytes"
+    );
+    assert!(
+        stalled_ws < 3072.0 + 256.0,
+        "{stalled_ws} bytes held per WebSocket connection stalled inside a frame header"
+    );
     // Today about 2.6 KiB: the connection task (the WebSocket relay's state; the setup
     // stages are boxed and freed at the handoff) and its two streams. An idle connection
     // that kept a relay or hyper buffer, or a task that grew back to carrying the setup

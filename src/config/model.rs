@@ -210,6 +210,9 @@ pub struct WebSocketLimits {
     pub max_message_size: Option<u64>,
     /// Over it the sender gets Close 1008.
     pub max_messages_per_second: Option<u32>,
+    /// Every frame from the client, control frames and fragments included; over it the
+    /// client gets Close 1008.
+    pub max_frames_per_second: Option<u32>,
     /// Gateway-originated pings toward the client.
     pub ping_interval: Option<Duration>,
     /// Default 10s when `ping_interval` is set.

@@ -84,6 +84,7 @@ pub(super) struct RawRoute {
     pub request_timeout: Text,
     pub max_message_size: Option<Spanned<RawSize>>,
     pub max_messages_per_second: Option<Spanned<i64>>,
+    pub max_frames_per_second: Option<Spanned<i64>>,
     pub ping_interval: Text,
     pub pong_timeout: Text,
 }

@@ -265,7 +265,7 @@ servers = [{ address = "127.0.0.1:9001", wieght = 2 }]
     );
     assert_reports(
         &printed,
-        "sockgate.toml:13:3: unknown key `backnd` in [[listener.route]]\n  hint: valid keys: name, protocol, host, sni, path_prefix, backend, request_timeout, max_message_size, max_messages_per_second, ping_interval, pong_timeout; did you mean `backend`?",
+        "sockgate.toml:13:3: unknown key `backnd` in [[listener.route]]\n  hint: valid keys: name, protocol, host, sni, path_prefix, backend, request_timeout, max_message_size, max_messages_per_second, max_frames_per_second, ping_interval, pong_timeout; did you mean `backend`?",
     );
     assert_reports(
         &printed,
@@ -815,6 +815,7 @@ listen = "127.0.0.1:8080"
   protocol = "tcp"
   ping_interval = "30s"
   pong_timeout = "10s"
+  max_frames_per_second = 1000
   backend = "chat"
 "#,
     ));
@@ -834,7 +835,11 @@ listen = "127.0.0.1:8080"
         &printed,
         "sockgate.toml:14:18: `pong_timeout` only applies to WebSocket connections, but route `game` has protocol = \"tcp\"\n",
     );
-    assert_eq!(printed.matches("sockgate.toml:").count(), 4, "{printed}");
+    assert_reports(
+        &printed,
+        "sockgate.toml:15:27: `max_frames_per_second` only applies to WebSocket connections, but route `game` has protocol = \"tcp\"\n  hint: remove `max_frames_per_second`, or set protocol = \"websocket\"",
+    );
+    assert_eq!(printed.matches("sockgate.toml:").count(), 5, "{printed}");
 }
 
 #[test]
@@ -849,6 +854,7 @@ listen = "127.0.0.1:8080"
   protocol = "websocket"
   max_message_size = "64KiB"
   max_messages_per_second = 100
+  max_frames_per_second = 1000
   ping_interval = "30s"
   backend = "chat"
   [[listener.route]]
@@ -864,6 +870,8 @@ listen = "127.0.0.1:8080"
     };
     assert_eq!(chat.websocket.max_message_size, Some(64 * 1024));
     assert_eq!(chat.websocket.max_messages_per_second, Some(100));
+    assert_eq!(chat.websocket.max_frames_per_second, Some(1000));
+    assert_eq!(any.websocket.max_frames_per_second, None);
     assert_eq!(chat.websocket.ping_interval, Some(Duration::from_secs(30)));
     // `pong_timeout` defaults once pings are on.
     assert_eq!(chat.websocket.pong_timeout, Some(Duration::from_secs(10)));
@@ -893,6 +901,48 @@ route = [{ name = "chat", max_message_size = "0KiB", max_messages_per_second = 0
         &printed,
         "sockgate.toml:4:136: `max_message_size` is not a size: unknown unit `mile` (use B, KiB, MiB, GiB, or KB, MB, GB)\n  hint: write sizes like \"64KiB\", \"1MiB\" or a number of bytes",
     );
+}
+
+#[test]
+fn max_frames_per_second_must_be_between_1_and_u32_max() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:8080"
+  [[listener.route]]
+  name = "zero"
+  max_frames_per_second = 0
+  backend = "chat"
+  [[listener.route]]
+  name = "negative"
+  max_frames_per_second = -5
+  backend = "chat"
+  [[listener.route]]
+  name = "huge"
+  protocol = "websocket"
+  max_frames_per_second = 4294967296
+  backend = "chat"
+  [[listener.route]]
+  name = "largest"
+  protocol = "websocket"
+  max_frames_per_second = 4294967295
+  backend = "chat"
+"#,
+    ));
+    assert_reports(
+        &printed,
+        "sockgate.toml:6:27: `max_frames_per_second` must be between 1 and 4294967295, found 0\n  hint: remove the key for no limit",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:10:27: `max_frames_per_second` must be between 1 and 4294967295, found -5\n",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:15:27: `max_frames_per_second` must be between 1 and 4294967295, found 4294967296\n",
+    );
+    assert_eq!(printed.matches("sockgate.toml:").count(), 3, "{printed}");
 }
 
 #[test]

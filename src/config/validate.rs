@@ -596,21 +596,11 @@ impl Validator<'_, '_> {
         });
         let max_messages_per_second = present(r.max_messages_per_second.as_ref(), |m| {
             self.websocket_only("max_messages_per_second", m.span(), kind, route)?;
-            match u32::try_from(*m.get_ref()) {
-                Ok(n) if n >= 1 => Some(n),
-                _ => {
-                    self.report.error(
-                        m.span(),
-                        format!(
-                            "`max_messages_per_second` must be between 1 and {}, found {}",
-                            u32::MAX,
-                            m.get_ref()
-                        ),
-                        "remove the key to derive the limit from the open-files limit",
-                    );
-                    None
-                }
-            }
+            self.per_second(m, "max_messages_per_second")
+        });
+        let max_frames_per_second = present(r.max_frames_per_second.as_ref(), |m| {
+            self.websocket_only("max_frames_per_second", m.span(), kind, route)?;
+            self.per_second(m, "max_frames_per_second")
         });
         let ping_interval = present(r.ping_interval.as_ref(), |p| {
             self.websocket_only("ping_interval", p.span(), kind, route)?;
@@ -632,9 +622,29 @@ impl Validator<'_, '_> {
         Some(WebSocketLimits {
             max_message_size: max_message_size?,
             max_messages_per_second: max_messages_per_second?,
+            max_frames_per_second: max_frames_per_second?,
             ping_interval,
             pong_timeout: pong_timeout?.or(ping_interval.map(|_| DEFAULT_PONG_TIMEOUT)),
         })
+    }
+
+    /// A per-second rate limit: 1 to `u32::MAX`; `None` after reporting anything else.
+    fn per_second(&mut self, m: &Spanned<i64>, key: &str) -> Option<u32> {
+        match u32::try_from(*m.get_ref()) {
+            Ok(n) if n >= 1 => Some(n),
+            _ => {
+                self.report.error(
+                    m.span(),
+                    format!(
+                        "`{key}` must be between 1 and {}, found {}",
+                        u32::MAX,
+                        m.get_ref()
+                    ),
+                    "remove the key for no limit",
+                );
+                None
+            }
+        }
     }
 
     /// `None` (after reporting) when `key` is on a route that can never carry a WebSocket.

@@ -626,7 +626,9 @@ impl HttpConn {
             client: client_upgrade,
             backend: backend_upgrade,
             session: websocket::Session {
-                route,
+                route: route.name.clone(),
+                backend: route.backend.name.clone(),
+                limits: route.websocket.clone(),
                 permessage_deflate,
                 idle_timeout: listener.defaults.idle_timeout,
                 close_timeout: listener.defaults.close_timeout,

@@ -13,17 +13,24 @@
 //! - backend lost without a Close: Close 1014 to the client; client lost: Close 1001 to the
 //!   backend;
 //! - a protocol violation, a message over `max_message_size`, or client messages over
-//!   `max_messages_per_second`: Close 1002 / 1009 / 1008 to the offender, 1001 to the other
-//!   side;
+//!   `max_messages_per_second` or frames over `max_frames_per_second`: Close 1002 / 1009 /
+//!   1008 to the offender, 1001 to the other side;
 //! - keepalive: the gateway pings the client every `ping_interval`, swallows the answering
 //!   Pong, records the round trip, and closes a client that stays silent past `pong_timeout`.
 //!
 //! To always be able to stop a direction at a frame boundary, the relay holds back the bytes
 //! of an incomplete frame header or control frame (at most 131 bytes) until they are whole;
-//! data payload streams through as it arrives. Frames the gateway writes toward the backend
+//! data payload streams through as it arrives. The tracker is stepped to every frame end
+//! (not only to events), so a run of frames without events — empty fragments — never piles
+//! up behind a header cut by a read: the held-back bytes stay that one header or control
+//! frame. A relay never wakes itself: it is polled again only for new input, room to write,
+//! or a timer. Frames the gateway writes toward the backend
 //! are masked with a fresh key (RFC 6455 §5.3); toward the client they are not.
 
 pub mod tracker;
+
+#[cfg(test)]
+mod tests;
 
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
@@ -37,12 +44,13 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::Shared;
+use crate::config::WebSocketLimits;
 use crate::live::ConnCtx;
+use crate::metrics::Metrics;
 use crate::relay::Side;
 use crate::relay::buffer::{self, Slot};
 use crate::relay::tcp::idle_expired;
-use crate::route::Route;
+use crate::shutdown::Shutdown;
 use tracker::{Event, Extensions, MAX_CONTROL_FRAME, Role, Tracker};
 
 /// Whether a `Sec-WebSocket-Extensions` value agrees to permessage-deflate (RFC 7692).
@@ -56,16 +64,35 @@ pub fn permessage_deflate(extensions: &str) -> bool {
 pub mod code {
     pub const GOING_AWAY: u16 = 1001;
     pub const POLICY: u16 = 1008;
+    pub const INTERNAL_ERROR: u16 = 1011;
     pub const SERVICE_RESTART: u16 = 1012;
     pub const BAD_GATEWAY: u16 = 1014;
     /// Put in the metric when a peer's Close carried no code (RFC 6455 §7.1.5).
     pub const NO_STATUS: u16 = 1005;
+
+    /// The `code` label of `sockgate_websocket_closes_total`: the codes RFC 6455 and the
+    /// IANA registry define, 1000–1015 (1005 stands for a Close without a code), as their
+    /// number; every other code (3000–4999 for libraries and applications) as `other`, so a
+    /// peer cannot add thousands of series to the metric.
+    pub fn label(code: u16) -> &'static str {
+        const REGISTERED: [&str; 16] = [
+            "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010",
+            "1011", "1012", "1013", "1014", "1015",
+        ];
+        code.checked_sub(1000)
+            .and_then(|i| REGISTERED.get(usize::from(i)))
+            .copied()
+            .unwrap_or("other")
+    }
 }
 
 /// What the handshake agreed and the settings the connection runs with, from the snapshot
 /// it started with.
 pub struct Session {
-    pub route: Arc<Route>,
+    /// Route and backend names, for metric labels.
+    pub route: Arc<str>,
+    pub backend: Arc<str>,
+    pub limits: WebSocketLimits,
     /// The 101 response's `Sec-WebSocket-Extensions` agreed to permessage-deflate.
     pub permessage_deflate: bool,
     pub idle_timeout: Duration,
@@ -112,19 +139,20 @@ pub async fn relay<C, B>(
     backend: &mut B,
     session: &Session,
     ctx: &ConnCtx,
-    shared: &Shared,
+    m: &Metrics,
+    shutdown: &Shutdown,
 ) -> WsEnd
 where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
     let route = &session.route;
-    let m = &shared.metrics;
-    let bytes = m.route_counters(&ctx.listener, &route.name, &route.backend.name);
+    let limits = &session.limits;
+    let bytes = m.route_counters(&ctx.listener, route, &session.backend);
     let extensions = Extensions {
         permessage_deflate: session.permessage_deflate,
     };
-    let limit = route.websocket.max_message_size;
+    let limit = limits.max_message_size;
     let mut conn = Conn {
         up: Dir::new(Tracker::new(Role::Client, extensions).message_size_limit(limit)),
         down: Dir::new(Tracker::new(Role::Server, extensions).message_size_limit(limit)),
@@ -132,45 +160,37 @@ where
             total: &ctx.bytes_client_to_backend,
             counter: &bytes.client_to_backend,
             messages: &ctx.messages_client_to_backend,
-            meters: Meters::new(m, &route.name, "client_to_backend"),
+            meters: Meters::new(m, route, "client_to_backend"),
         },
         down_flow: Flow {
             total: &ctx.bytes_backend_to_client,
             counter: &bytes.backend_to_client,
             messages: &ctx.messages_backend_to_client,
-            meters: Meters::new(m, &route.name, "backend_to_client"),
+            meters: Meters::new(m, route, "backend_to_client"),
         },
         client: Peer::default(),
         backend: Peer::default(),
         started: None,
-        rate: route.websocket.max_messages_per_second.map(|max| Rate {
-            max,
-            window: Instant::now(),
-            count: 0,
-        }),
-        keepalive: route.websocket.ping_interval.map(|interval| {
+        rate: limits.max_messages_per_second.map(Rate::new),
+        frames: limits.max_frames_per_second.map(Rate::new),
+        keepalive: limits.ping_interval.map(|interval| {
             Box::new(Keepalive {
                 answered: false,
                 interval,
                 next_ping: Instant::now() + interval,
-                pong_timeout: route
-                    .websocket
-                    .pong_timeout
-                    .unwrap_or(Duration::from_secs(10)),
+                pong_timeout: limits.pong_timeout.unwrap_or(Duration::from_secs(10)),
                 outstanding: None,
-                rtt: m
-                    .websocket_ping_rtt_seconds
-                    .with_label_values(&[&route.name]),
+                rtt: m.websocket_ping_rtt_seconds.with_label_values(&[route]),
             })
         }),
         rng: SystemRandom::new(),
         finishing: false,
-        route: &route.name,
+        route,
         closes: &m.websocket_closes_total,
     };
 
-    let mut stopped = pin!(shared.shutdown.stop_token().cancelled());
-    let mut drained = pin!(shared.shutdown.drain_token().cancelled());
+    let mut stopped = pin!(shutdown.stop_token().cancelled());
+    let mut drained = pin!(shutdown.drain_token().cancelled());
     let mut operator = pin!(ctx.cancel.cancelled());
     let mut idle = pin!(tokio::time::sleep(session.idle_timeout));
     let mut w = Watch {
@@ -199,10 +219,10 @@ where
         let fired = |flag: &dyn Fn() -> bool, future, cx: &mut Context<'_>| {
             super::fired(register, flag, future, cx)
         };
-        if fired(&|| shared.shutdown.is_stopped(), stopped.as_mut(), cx) {
+        if fired(&|| shutdown.is_stopped(), stopped.as_mut(), cx) {
             return Poll::Ready(EndReason::Stopped);
         }
-        if !w.drain_seen && fired(&|| shared.shutdown.is_draining(), drained.as_mut(), cx) {
+        if !w.drain_seen && fired(&|| shutdown.is_draining(), drained.as_mut(), cx) {
             w.drain_seen = true;
             w.reload_close = false;
             // Spread the Close frames of all connections over the window, so clients do not
@@ -238,69 +258,73 @@ where
                 conn.initiate(code::GOING_AWAY, "gateway is shutting down");
             }
         }
-        if let Some(timer) = w.ping_timer.as_mut()
-            && timer.as_mut().poll(cx).is_ready()
-        {
-            match conn.keepalive_tick() {
-                Some(next) => {
-                    timer.as_mut().reset(next);
-                    cx.waker().wake_by_ref();
-                }
-                None => w.ping_timer = None,
-            }
-        }
-
+        // Runs again, instead of waking itself, when a timer it reset is already due or
+        // queued frames that only the directions can write.
         loop {
-            let mut progressed = false;
-            match conn.poll_directions(cx, client, backend, &mut progressed) {
-                Poll::Ready(()) => continue,
-                Poll::Pending => {}
-            }
-            if progressed {
-                w.last_progress = Instant::now();
-            }
-            break;
-        }
-        if let Some(keepalive) = conn.keepalive.as_mut()
-            && keepalive.answered
-            && let Some(timer) = w.ping_timer.as_mut()
-        {
-            keepalive.answered = false;
-            timer.as_mut().reset(keepalive.next_ping);
-            if timer.as_mut().poll(cx).is_ready() {
-                cx.waker().wake_by_ref();
-            }
-        }
-
-        if conn.started.is_some() && w.close_deadline.is_none() {
-            w.close_deadline = Some(Box::pin(tokio::time::sleep(session.close_timeout)));
-        }
-        if conn.finished() {
-            if !conn.finishing {
-                conn.finishing = true;
-            }
-            match conn.poll_shutdown(cx, client, backend) {
-                Poll::Ready(()) => {
-                    return Poll::Ready(if conn.client.gone || conn.backend.gone {
-                        EndReason::PeerLost
-                    } else {
-                        EndReason::Closed
-                    });
+            while let Some(timer) = w.ping_timer.as_mut()
+                && timer.as_mut().poll(cx).is_ready()
+            {
+                match conn.keepalive_tick() {
+                    // At least 1 ms ahead: polling it again registers it.
+                    Some(next) => timer.as_mut().reset(next),
+                    None => w.ping_timer = None,
                 }
-                Poll::Pending => {}
             }
-        }
-        if let Some(deadline) = w.close_deadline.as_mut()
-            && deadline.as_mut().poll(cx).is_ready()
-        {
-            return Poll::Ready(EndReason::CloseTimeout);
-        }
-        if idle_expired(idle.as_mut(), cx, w.last_progress + session.idle_timeout) {
-            // Idle: close properly rather than cut; close_timeout bounds it.
-            conn.initiate(code::GOING_AWAY, "idle timeout");
-            idle.as_mut()
-                .reset(Instant::now() + session.idle_timeout + session.close_timeout);
-            cx.waker().wake_by_ref();
+
+            loop {
+                let mut progressed = false;
+                match conn.poll_directions(cx, client, backend, &mut progressed) {
+                    Poll::Ready(()) => continue,
+                    Poll::Pending => {}
+                }
+                if progressed {
+                    w.last_progress = Instant::now();
+                }
+                break;
+            }
+            let mut again = false;
+            if let Some(keepalive) = conn.keepalive.as_mut()
+                && keepalive.answered
+                && let Some(timer) = w.ping_timer.as_mut()
+            {
+                keepalive.answered = false;
+                timer.as_mut().reset(keepalive.next_ping);
+                again = timer.as_mut().poll(cx).is_ready();
+            }
+
+            if conn.started.is_some() && w.close_deadline.is_none() {
+                w.close_deadline = Some(Box::pin(tokio::time::sleep(session.close_timeout)));
+            }
+            if conn.finished() {
+                if !conn.finishing {
+                    conn.finishing = true;
+                }
+                match conn.poll_shutdown(cx, client, backend) {
+                    Poll::Ready(()) => {
+                        return Poll::Ready(if conn.client.gone || conn.backend.gone {
+                            EndReason::PeerLost
+                        } else {
+                            EndReason::Closed
+                        });
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if let Some(deadline) = w.close_deadline.as_mut()
+                && deadline.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(EndReason::CloseTimeout);
+            }
+            if idle_expired(idle.as_mut(), cx, w.last_progress + session.idle_timeout) {
+                // Idle: close properly rather than cut; close_timeout bounds it.
+                conn.initiate(code::GOING_AWAY, "idle timeout");
+                idle.as_mut()
+                    .reset(Instant::now() + session.idle_timeout + session.close_timeout);
+                again = true;
+            }
+            if !again {
+                break;
+            }
         }
         Poll::Pending
     })
@@ -332,7 +356,7 @@ struct Meters {
 }
 
 impl Meters {
-    fn new(m: &crate::metrics::Metrics, route: &str, direction: &str) -> Meters {
+    fn new(m: &Metrics, route: &str, direction: &str) -> Meters {
         Meters {
             messages: m
                 .websocket_messages_total
@@ -369,10 +393,31 @@ impl Peer {
     }
 }
 
+/// A per-second limit, counted in fixed one-second windows.
 struct Rate {
     max: u32,
     window: Instant,
     count: u32,
+}
+
+impl Rate {
+    fn new(max: u32) -> Rate {
+        Rate {
+            max,
+            window: Instant::now(),
+            count: 0,
+        }
+    }
+
+    /// Counts one more at `now`; whether that went over the limit.
+    fn over(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.count = 0;
+        }
+        self.count = self.count.saturating_add(1);
+        self.count > self.max
+    }
 }
 
 struct Keepalive {
@@ -400,6 +445,10 @@ struct Dir {
     tracker: Tracker,
     /// Held only while bytes are in flight (see [`buffer`](crate::relay::buffer)).
     buf: Slot,
+    /// While the reader is silent: the held-back start of a frame (`buf[..end]`, at most
+    /// one header or control frame), kept in an allocation of its own size so that a peer
+    /// that sends a byte and stops pins that byte, not a relay buffer. Empty otherwise.
+    tail: Box<[u8]>,
     /// Next byte to write.
     start: usize,
     /// Bytes before this may go out: whole frames, or data payload as it streams.
@@ -410,6 +459,9 @@ struct Dir {
     scan: usize,
     /// Bytes before this were read.
     end: usize,
+    /// The reader went over a rate limit: what it sent up to the end of the frame or message
+    /// that did is forwarded, everything after is read and dropped.
+    refused: bool,
     eof: bool,
     /// Frames from the reader are dropped instead of forwarded: the writer already got the
     /// gateway's Close, or the reader broke the protocol.
@@ -443,11 +495,13 @@ impl Dir {
         Dir {
             tracker,
             buf: Slot::default(),
+            tail: Box::default(),
             start: 0,
             safe: 0,
             safe_is_boundary: true,
             scan: 0,
             end: 0,
+            refused: false,
             eof: false,
             dropping: false,
             inject: None,
@@ -471,6 +525,15 @@ impl Dir {
         }));
     }
 
+    /// Puts a set-aside frame start back at the front of the relay buffer, where `scan`,
+    /// `safe` and `end` expect it.
+    fn restore_tail(&mut self) {
+        if !self.tail.is_empty() {
+            let tail = std::mem::take(&mut self.tail);
+            self.buf.get()[..tail.len()].copy_from_slice(&tail);
+        }
+    }
+
     /// Removes a held-back frame `[start, scan)` from the stream (a Pong the gateway answers
     /// for itself).
     fn swallow(&mut self, start: usize) {
@@ -482,26 +545,51 @@ impl Dir {
         self.safe_is_boundary = true;
     }
 
-    /// Scans what was read, one tracker step at a time, stopping at an event the connection
-    /// must see, or at a boundary when a frame of the gateway's is waiting.
-    fn scan(&mut self, flow: &Flow<'_>) -> Option<Note> {
-        if self.tracker.error().is_some() {
+    /// The reader went over a rate limit at the frame end `scan` is at: what came before
+    /// goes out (whole frames, so the gateway's Close can follow), what was read after it
+    /// and everything the reader sends from here on is dropped.
+    fn refuse(&mut self) {
+        debug_assert!(self.safe == self.scan && self.safe_is_boundary);
+        self.refused = true;
+        self.end = self.scan;
+    }
+
+    /// Scans what was read, one frame at a time, stopping at an event the connection must
+    /// see, or at a boundary when a frame of the gateway's is waiting. Each whole frame
+    /// becomes forwardable as soon as it has passed, so what stays held back is at most the
+    /// one incomplete header or control frame at the end of what was read.
+    fn scan(&mut self, flow: &Flow<'_>, mut frames: Option<&mut Rate>) -> Option<Note> {
+        if self.refused || self.tracker.error().is_some() {
             // Nothing after a violation can be trusted or forwarded; what came before it
             // still goes out, then the gateway's Close.
             self.end = self.safe;
             self.scan = self.safe;
             return None;
         }
+        // Read at most once per call, and only by the frame limit: frames scanned together
+        // arrived together.
+        let mut now = None;
         while self.scan < self.end {
             if self.inject.is_some() && self.safe_is_boundary && self.safe == self.scan {
                 return None;
             }
             let before = self.safe;
-            let step = self.tracker.step(&self.buf.get()[self.scan..self.end]);
+            let step = self
+                .tracker
+                .step_frame(&self.buf.get()[self.scan..self.end]);
             self.scan += step.consumed;
             if self.tracker.forwardable() {
                 self.safe = self.scan;
                 self.safe_is_boundary = self.tracker.at_boundary();
+            }
+            if self.tracker.at_boundary()
+                && !self.dropping
+                && let Some(frames) = frames.as_deref_mut()
+                && frames.over(*now.get_or_insert_with(Instant::now))
+            {
+                let reason = format!("more than {} frames per second", frames.max);
+                self.refuse();
+                return Some(Note::Violation(code::POLICY, reason));
             }
             match step.event {
                 None | Some(Event::Ping { .. }) => {}
@@ -511,7 +599,13 @@ impl Dir {
                     flow.meters.sizes.observe(len as f64);
                     return Some(Note::Message);
                 }
-                Some(Event::Pong { .. }) => return Some(Note::Pong { start: before }),
+                Some(Event::Pong { .. }) => {
+                    // The Pong's frame, exactly: it ends here. Held back whole until now, it
+                    // began where forwarding stopped.
+                    let start = self.scan.saturating_sub(self.tracker.control_frame_len());
+                    debug_assert_eq!(start, before, "a Pong is held back from its first byte");
+                    return Some(Note::Pong { start });
+                }
                 Some(Event::Close(close)) => return Some(Note::Close(close.code())),
                 Some(Event::Error(error)) => {
                     // Drop the rest, including the held-back bytes of the offending frame.
@@ -531,14 +625,16 @@ impl Dir {
         mut reader: Pin<&mut R>,
         mut writer: Pin<&mut W>,
         flow: &Flow<'_>,
+        mut frames: Option<&mut Rate>,
         progressed: &mut bool,
     ) -> Poll<Note>
     where
         R: AsyncRead + ?Sized,
         W: AsyncWrite + ?Sized,
     {
+        self.restore_tail();
         loop {
-            if let Some(note) = self.scan(flow) {
+            if let Some(note) = self.scan(flow, frames.as_deref_mut()) {
                 return Poll::Ready(note);
             }
 
@@ -615,10 +711,20 @@ impl Dir {
                 self.start = 0;
             }
             if self.end == buffer::SIZE {
-                // Cannot happen: at most one held-back control frame stays unwritten. Yield
-                // rather than read zero bytes, which would look like EOF.
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
+                // Unreachable: `scan` releases every whole frame, so at most one incomplete
+                // header or control frame (131 bytes) is held back here. Should it happen
+                // anyway, this direction ends as a violation: waiting for room that no
+                // input can make would spin.
+                self.start = 0;
+                self.safe = 0;
+                self.scan = 0;
+                self.end = 0;
+                self.eof = true;
+                self.dropping = true;
+                return Poll::Ready(Note::Violation(
+                    code::INTERNAL_ERROR,
+                    "held-back bytes filled the relay buffer".to_owned(),
+                ));
             }
             let mut rb = ReadBuf::new(&mut self.buf.get()[self.end..]);
             match reader.as_mut().poll_read(cx, &mut rb) {
@@ -638,6 +744,10 @@ impl Dir {
                 Poll::Pending => {
                     if self.end == 0 {
                         // Idle with nothing held back: give the buffer back.
+                        self.buf.release();
+                    } else if self.start == 0 && self.end <= MAX_CONTROL_FRAME {
+                        // Only an incomplete frame start is held back: keep it apart.
+                        self.tail = self.buf.get()[..self.end].into();
                         self.buf.release();
                     }
                     if self.need_flush && !self.writer_gone {
@@ -693,6 +803,8 @@ struct Conn<'a> {
     /// The Close that started the closing handshake: code and who sent it.
     started: Option<(u16, &'static str)>,
     rate: Option<Rate>,
+    /// `max_frames_per_second`, on the client's frames.
+    frames: Option<Rate>,
     /// Boxed: only routes with `ping_interval` have one.
     keepalive: Option<Box<Keepalive>>,
     rng: SystemRandom,
@@ -739,7 +851,7 @@ impl Conn<'_> {
         if self.started.is_none() {
             self.started = Some((code, initiator));
             self.closes
-                .with_label_values(&[self.route, &code.to_string(), initiator])
+                .with_label_values(&[self.route, code::label(code), initiator])
                 .inc();
         }
     }
@@ -844,18 +956,11 @@ impl Conn<'_> {
                 if reader == Side::Client
                     && !self.client.sent_close
                     && let Some(rate) = self.rate.as_mut()
+                    && rate.over(Instant::now())
                 {
-                    let now = Instant::now();
-                    if now.duration_since(rate.window) >= Duration::from_secs(1) {
-                        rate.window = now;
-                        rate.count = 0;
-                    }
-                    rate.count += 1;
-                    if rate.count > rate.max {
-                        let reason = format!("more than {} messages per second", rate.max);
-                        self.up.dropping = true;
-                        self.handle(Side::Client, Note::Violation(code::POLICY, reason));
-                    }
+                    let reason = format!("more than {} messages per second", rate.max);
+                    self.up.refuse();
+                    self.handle(Side::Client, Note::Violation(code::POLICY, reason));
                 }
             }
             Note::Pong { start } => {
@@ -948,6 +1053,7 @@ impl Conn<'_> {
             Pin::new(&mut *client),
             Pin::new(&mut *backend),
             &self.up_flow,
+            self.frames.as_mut(),
             progressed,
         );
         if let Poll::Ready(note) = up {
@@ -959,6 +1065,7 @@ impl Conn<'_> {
             Pin::new(&mut *backend),
             Pin::new(&mut *client),
             &self.down_flow,
+            None,
             progressed,
         );
         // The ping went out: start its clock.

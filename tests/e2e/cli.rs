@@ -46,7 +46,18 @@ servers = ["127.0.0.1:9001"]
     .unwrap();
     let (code, stdout, stderr) = check(&good);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("ok"), "{stdout}");
+    assert!(
+        stdout.ends_with(": ok (1 listener, 1 route, 1 backend)\n"),
+        "{stdout}"
+    );
+
+    // Without --config: exit 2, as for an invalid config, with one line saying what is missing.
+    let out = Binary::command().arg("check").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "sockgate: check needs --config FILE\n"
+    );
 
     let broken = pki.path().join("broken.toml");
     std::fs::write(

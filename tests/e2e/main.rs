@@ -14,3 +14,4 @@ mod tcp;
 mod tls;
 mod websocket;
 mod ws_close;
+mod ws_hostile;

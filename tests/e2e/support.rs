@@ -522,6 +522,12 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> RawWs<S> {
         self.stream.flush().await.unwrap();
     }
 
+    /// Writes `bytes` as they are, in one write: frames the test built itself.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+        self.stream.flush().await.unwrap();
+    }
+
     async fn fill(&mut self, n: usize) {
         while self.buf.len() < n {
             let mut chunk = [0u8; 4096];

@@ -384,6 +384,25 @@ impl Tracker {
         self.advance(chunk, false)
     }
 
+    /// Follows `chunk` up to and including the byte that ends the first frame or completes
+    /// the first event, whichever comes first; without either it consumes the whole chunk.
+    /// The frame ended exactly when the tracker is [at a boundary](Self::at_boundary)
+    /// afterwards. Each call with a non-empty chunk consumes at least one byte. For a relay
+    /// that must know every frame boundary, e.g. to forward each whole frame as soon as it
+    /// has passed, or to count frames: unlike [`step`](Self::step), a run of frames without
+    /// events (empty fragments) is never taken in one go.
+    pub fn step_frame(&mut self, chunk: &[u8]) -> Step {
+        self.advance(chunk, true)
+    }
+
+    /// Bytes on the wire (header and payload) of the control frame that just ended: valid
+    /// right after a [`Event::Ping`], [`Event::Pong`] or [`Event::Close`], whose frame is
+    /// this many bytes ending at the event's offset.
+    pub fn control_frame_len(&self) -> usize {
+        let mask = if self.frame.mask.is_some() { 4 } else { 0 };
+        2 + mask + usize::from(self.control_len)
+    }
+
     /// Whether the stream is exactly between two frames, where the gateway may put a whole
     /// frame of its own (RFC 6455 §5.4 lets control frames go between the fragments of a
     /// message too). True at the start, false once failed.
@@ -1180,6 +1199,38 @@ mod tests {
                 remaining: (u64::MAX >> 1) - 100
             }
         );
+    }
+
+    #[test]
+    fn step_frame_stops_at_every_frame_end_even_without_an_event() {
+        let mut tracker = client();
+        // Text fragment, empty continuation, Pong (6 + 3 bytes), a header cut short.
+        let mut bytes = from_client(0x01, b"ab");
+        bytes.extend(from_client(0x00, b""));
+        bytes.extend(from_client(0x8A, b"xyz"));
+        bytes.extend_from_slice(&from_client(0x80, b"")[..3]);
+        let mut ends = Vec::new();
+        let mut at = 0;
+        while at < bytes.len() {
+            let step = tracker.step_frame(&bytes[at..]);
+            assert!(step.consumed > 0);
+            at += step.consumed;
+            if tracker.at_boundary() {
+                ends.push((at, step.event));
+                if let Some(Event::Pong { .. }) = step.event {
+                    assert_eq!(tracker.control_frame_len(), 9);
+                }
+            }
+        }
+        assert_eq!(
+            ends,
+            [(8, None), (14, None), (23, Some(Event::Pong { len: 3 })),]
+        );
+        assert!(!tracker.at_boundary(), "inside the last header");
+        // The server's frames are unmasked: a Pong is 2 bytes of header and its payload.
+        let mut tracker = server();
+        let step = tracker.step_frame(&frame(0x8A, b"pq", None));
+        assert_eq!((step.consumed, tracker.control_frame_len()), (4, 4));
     }
 
     #[test]
