@@ -323,6 +323,19 @@ async fn a_keep_alive_http_connection_routes_each_request_on_the_current_config(
     assert_eq!(get(&mut client, "/app/x").await.0, 404);
     assert_eq!(get(&mut client, "/new/y").await, (200, "one /new/y".into()));
     assert_eq!(get(&mut client, "/old/z").await, (200, "one /old/z".into()));
+    // A WebSocket upgrade would run under the close the reload requested: it is sent to a
+    // new connection instead.
+    let upgrade = http::Request::get("/old/ws")
+        .header("host", "localhost")
+        .header("upgrade", "websocket")
+        .header("connection", "upgrade")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = client.send_request(upgrade).await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["connection"], "close");
     let m = gw.metrics().await;
     assert_eq!(
         m.get("sockgate_connections_total", &[("listener", "edge")]),

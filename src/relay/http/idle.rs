@@ -77,6 +77,11 @@ where
                     .as_mut()
                     .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
                 if expired {
+                    if this.from == Side::Backend {
+                        // An upload that stalls is answered (408) and logged with the
+                        // request; a download that stalls ends the connection mid-response.
+                        tracing::info!(limit = ?this.limit, "backend body stalled (idle_timeout); ending the connection");
+                    }
                     return Poll::Ready(Some(Err(BodyError::Stalled {
                         from: this.from,
                         limit: this.limit,
