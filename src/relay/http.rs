@@ -327,70 +327,35 @@ impl HttpConn {
             Protocol::Http
         };
         self.ctx.set_protocol(protocol, &self.shared.metrics);
-        let listener = self.shared.snapshot().listener(&self.ctx.listener).cloned();
-        let mut route_name = None;
-        let result = match (target(&req), listener) {
-            (Err(bad), _) => Err(ProxyError::BadRequest(bad)),
-            // The reload kept this connection for plain requests (see `reload_close`); an
-            // operator's close since, or an upgrade, which would run under the spent token,
-            // is told to come back on a new connection.
-            _ if self.ctx.close_requested()
-                && (websocket || self.ctx.close_code() != websocket::code::SERVICE_RESTART) =>
-            {
-                Err(ProxyError::Closing)
-            }
-            (Ok(target), listener) => {
-                let sni = self.ctx.info().sni.clone();
-                let query = RouteQuery {
-                    protocol,
-                    sni: sni.as_deref(),
-                    host: target.host.as_deref(),
-                    path: Some(req.uri().path()),
-                };
-                let route = listener
-                    .as_ref()
-                    .and_then(|l| l.routes.find(&query).cloned());
-                route_name = route.as_ref().map(|r| r.name.clone());
-                match (route, listener) {
-                    (Some(route), Some(listener)) => {
-                        self.flush_bytes();
-                        self.attribute(&route);
-                        // One scan of a list that is usually empty.
-                        let trusted = listener
-                            .trusted_proxies
-                            .iter()
-                            .any(|c| c.contains(self.ctx.client.ip()));
-                        if websocket {
-                            self.websocket(req, route, &listener, trusted).await
-                        } else {
-                            self.forward(req, route, &listener, trusted).await
-                        }
-                    }
-                    _ => {
-                        self.shared
-                            .metrics
-                            .unrouted_total
-                            .with_label_values(&[&self.ctx.listener, protocol.as_str()])
-                            .inc();
-                        tracing::info!(
-                            method = %req.method(),
-                            host = target.host.as_deref().unwrap_or(""),
-                            path = req.uri().path(),
-                            protocol = protocol.as_str(),
-                            "no route matches"
-                        );
-                        Err(ProxyError::NoRoute)
-                    }
+        let routed = self.route(&req, protocol, websocket);
+        let route_name = routed.as_ref().ok().map(|(route, _)| route.name.clone());
+        let result = match routed {
+            Ok((route, listener)) => {
+                self.flush_bytes();
+                self.attribute(&route);
+                // One scan of a list that is usually empty.
+                let trusted = listener
+                    .trusted_proxies
+                    .iter()
+                    .any(|c| c.contains(self.ctx.client.ip()));
+                if websocket {
+                    self.websocket(req, route, &listener, trusted).await
+                } else {
+                    self.forward(req, route, &listener, trusted).await
                 }
             }
+            Err(e) => Err(e),
         };
         let response = result.unwrap_or_else(|e| {
             match &e {
+                // Logged where it was found, with what was asked for.
                 ProxyError::NoRoute => {}
                 ProxyError::BadRequest(_) | ProxyError::Closing | ProxyError::UploadStalled(_) => {
                     tracing::info!(error = %crate::error_chain(&e), "request refused")
                 }
-                _ => tracing::warn!(error = %crate::error_chain(&e), "request not forwarded"),
+                ProxyError::Connect(_) | ProxyError::Backend(_) | ProxyError::Timeout(_) => {
+                    tracing::warn!(error = %crate::error_chain(&e), "request not forwarded")
+                }
             }
             error_response(e.status(), e.closes())
         });
@@ -404,6 +369,56 @@ impl HttpConn {
             ])
             .inc();
         response
+    }
+
+    /// The route for a request on the config in force now (a reload applies from the next
+    /// request on), with that config's listener, or why it gets none.
+    fn route<B>(
+        &self,
+        req: &Request<B>,
+        protocol: Protocol,
+        websocket: bool,
+    ) -> Result<(Arc<Route>, Arc<ListenerSnap>), ProxyError> {
+        let target = target(req).map_err(ProxyError::BadRequest)?;
+        // The reload kept this connection for plain requests (see `reload_close`); an
+        // operator's close since, or an upgrade, which would run under the spent token, is
+        // told to come back on a new connection.
+        if self.ctx.close_requested()
+            && (websocket || self.ctx.close_code() != websocket::code::SERVICE_RESTART)
+        {
+            return Err(ProxyError::Closing);
+        }
+        // `None` when a reload removed the listener: it accepts no more, and what is still
+        // open on it finds no route.
+        let listener = self.shared.snapshot().listener(&self.ctx.listener).cloned();
+        let route = listener.as_ref().and_then(|listener| {
+            let info = self.ctx.info();
+            let query = RouteQuery {
+                protocol,
+                sni: info.sni.as_deref(),
+                host: target.host.as_deref(),
+                path: Some(req.uri().path()),
+            };
+            listener.routes.find(&query).cloned()
+        });
+        match (route, listener) {
+            (Some(route), Some(listener)) => Ok((route, listener)),
+            _ => {
+                self.shared
+                    .metrics
+                    .unrouted_total
+                    .with_label_values(&[&self.ctx.listener, protocol.as_str()])
+                    .inc();
+                tracing::info!(
+                    method = %req.method(),
+                    host = target.host.as_deref().unwrap_or(""),
+                    path = req.uri().path(),
+                    protocol = protocol.as_str(),
+                    "no route matches"
+                );
+                Err(ProxyError::NoRoute)
+            }
+        }
     }
 
     /// Records the route for `/connections` and the access log, and where the following
