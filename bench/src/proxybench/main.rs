@@ -509,6 +509,7 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                     connections,
                     stalled,
                     &instance,
+                    &mut configs,
                 );
                 progress(c, target, repeat, repeats, &result);
                 records.push(Record {
@@ -649,6 +650,7 @@ fn measured(load: Load, o: &Outcome) -> Measured {
 /// Scenario 5: a fresh proxy, warmed with a few connections that come and go; its memory
 /// before and after `n` WebSocket connections open and go idle (or, `stalled`, echo once
 /// and then stop in the middle of a TLS record).
+#[allow(clippy::too_many_arguments)]
 fn run_idle(
     runtime: &tokio::runtime::Runtime,
     target: Target,
@@ -657,8 +659,13 @@ fn run_idle(
     n: usize,
     stalled: bool,
     instance: &str,
+    configs: &mut BTreeMap<String, String>,
 ) -> anyhow::Result<Measured> {
     let mut running = proxies::start(target, setup, instance)?;
+    // For the report, when no other scenario ran: the same config as every instance's.
+    if let Some((name, text)) = &running.config {
+        configs.entry(name.clone()).or_insert_with(|| text.clone());
+    }
     let addr = running.frontends.wss;
     let Some(proc) = running.proc.as_ref() else {
         bail!("{target} has no process to measure");
