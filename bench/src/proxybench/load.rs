@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
@@ -108,11 +109,33 @@ async fn dial(addr: SocketAddr, tls: Option<&TlsConnector>) -> anyhow::Result<(S
 
 pub async fn dial_ws(addr: SocketAddr, clients: &Clients) -> anyhow::Result<(WsClient, String)> {
     let (stream, negotiated) = dial(addr, Some(&clients.ws)).await?;
+    Ok((ws_handshake(stream, addr).await?, negotiated))
+}
+
+async fn ws_handshake<S>(stream: S, addr: SocketAddr) -> anyhow::Result<WebSocketStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let url = format!("wss://{}:{}/bench", tls::SERVER_NAME, addr.port());
     let (ws, _) = tokio_tungstenite::client_async(url, stream)
         .await
         .with_context(|| format!("WebSocket handshake with {addr}"))?;
-    Ok((ws, negotiated))
+    Ok(ws)
+}
+
+/// A wss client whose TCP socket stays reachable under its TLS stream, so that bytes can be
+/// written past the TLS client (scenario 5's stalled row).
+pub type RawWsClient = WebSocketStream<TlsStream<TcpStream>>;
+
+async fn dial_ws_raw(addr: SocketAddr, clients: &Clients) -> anyhow::Result<RawWsClient> {
+    let tcp = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    tcp.set_nodelay(true)?;
+    let stream = tls::connect(&clients.ws, tcp)
+        .await
+        .with_context(|| format!("TLS handshake with {addr}"))?;
+    ws_handshake(stream, addr).await
 }
 
 #[derive(Clone, Copy)]
@@ -462,8 +485,67 @@ pub async fn open_idle(
     Ok(opened.into_iter().map(|(ws, _)| ws).collect())
 }
 
+/// Bytes of the stalled record that are sent: the rest of its 16 KiB never comes.
+pub const PARTIAL_RECORD_SENT: usize = 100;
+
+/// The start of a TLS 1.3 application-data record: its 5-byte header (type 23, legacy
+/// version 3.3, length 16,384) and the first [`PARTIAL_RECORD_SENT`] bytes of its body.
+fn partial_record() -> Vec<u8> {
+    let mut record = vec![0x17, 0x03, 0x03, 0x40, 0x00];
+    record.extend_from_slice(&pattern(PARTIAL_RECORD_SENT));
+    record
+}
+
+/// Opens `n` WebSocket connections that complete their handshakes and echo once, then
+/// writes the start of a TLS record straight onto each TCP socket, under the TLS client,
+/// and stops: the proxy holds a partial record on every connection.
+pub async fn open_stalled(
+    addr: SocketAddr,
+    clients: &Clients,
+    n: usize,
+) -> anyhow::Result<Vec<RawWsClient>> {
+    let mut opened = connect_all(n, || dial_ws_raw(addr, clients)).await?;
+    echo_once(&mut opened).await?;
+    let record = partial_record();
+    for ws in &mut opened {
+        let (tcp, _) = ws.get_mut().get_mut();
+        tcp.write_all(&record).await?;
+    }
+    Ok(opened)
+}
+
+/// How many stalled connections the proxy has closed, reset or sent anything on since they
+/// stalled: each socket is peeked without waiting, and only "nothing to read yet" counts as
+/// still held.
+pub fn stalled_dropped(clients: &[RawWsClient]) -> usize {
+    use std::os::fd::AsRawFd;
+    clients
+        .iter()
+        .filter(|ws| {
+            let fd = ws.get_ref().get_ref().0.as_raw_fd();
+            let mut byte = 0u8;
+            // SAFETY: `fd` is an open socket owned by `ws` for the whole call, and the buffer
+            // is one valid, writable byte.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    (&raw mut byte).cast(),
+                    1,
+                    libc::MSG_PEEK | libc::MSG_DONTWAIT,
+                )
+            };
+            let waiting =
+                n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock;
+            !waiting
+        })
+        .count()
+}
+
 /// One echo on each connection: the path is warm before memory is read.
-pub async fn echo_once(clients: &mut [WsClient]) -> anyhow::Result<()> {
+pub async fn echo_once<S>(clients: &mut [WebSocketStream<S>]) -> anyhow::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     for ws in clients.iter_mut() {
         ws.send(Message::Binary(Bytes::from_static(b"warm")))
             .await?;

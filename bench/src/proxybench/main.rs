@@ -6,9 +6,10 @@
 //! with 2 worker threads or processes. Everything stays on 127.0.0.1. Scenarios 1–4 and 6
 //! run against proxies started once; their order rotates in each repeat and the repeats
 //! go round all scenarios in turn, so drift on a shared machine lands on every proxy and
-//! every scenario alike. Scenario 5 (memory per idle connection) starts each proxy afresh
-//! for each repeat, so connections of earlier scenarios cannot leave memory behind that
-//! the new ones would reuse.
+//! every scenario alike. Scenario 5 (memory per idle connection, and per connection stalled
+//! in the middle of a TLS record) starts each proxy afresh for each repeat and row, so
+//! connections of earlier scenarios cannot leave memory behind that the new ones would
+//! reuse.
 
 mod backend;
 mod load;
@@ -112,6 +113,9 @@ pub enum Kind {
     /// Scenario 5: WebSocket connections over TLS that complete the handshake, then idle.
     Idle {
         connections: usize,
+        /// Each connection echoes once, then sends the start of a TLS record (its header
+        /// and 100 of its 16,384 bytes) and stops, so the proxy holds a partial record.
+        stalled: bool,
     },
 }
 
@@ -276,7 +280,22 @@ fn cases(smoke: bool, idle: usize, scenarios: &[u8]) -> Vec<Case> {
         5,
         format!("{} idle wss connections", report::thousands(idle as f64)),
         format!("idle wss, {} conns", report::thousands(idle as f64)),
-        Kind::Idle { connections: idle },
+        Kind::Idle {
+            connections: idle,
+            stalled: false,
+        },
+    );
+    add(
+        5,
+        format!(
+            "{} wss connections stalled mid-record",
+            report::thousands(idle as f64)
+        ),
+        format!("stalled wss, {} conns", report::thousands(idle as f64)),
+        Kind::Idle {
+            connections: idle,
+            stalled: true,
+        },
     );
     for tls in [false, true] {
         add(
@@ -466,15 +485,32 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
 
     // Scenario 5 against a fresh process for each run.
     for (case, c) in cases.iter().enumerate() {
-        let Kind::Idle { connections } = c.kind else {
+        let Kind::Idle {
+            connections,
+            stalled,
+        } = c.kind
+        else {
             continue;
         };
         let proxies: Vec<Target> = targets.iter().copied().filter(|t| t.is_proxy()).collect();
         for repeat in 0..repeats {
             for i in 0..proxies.len() {
                 let target = proxies[(i + repeat) % proxies.len()];
-                let instance = format!("idle-{}", repeat + 1);
-                let result = run_idle(runtime, target, &setup, &clients, connections, &instance);
+                let instance = format!(
+                    "{}-{}",
+                    if stalled { "stalled" } else { "idle" },
+                    repeat + 1
+                );
+                let result = run_idle(
+                    runtime,
+                    target,
+                    &setup,
+                    &clients,
+                    connections,
+                    stalled,
+                    &instance,
+                    &mut configs,
+                );
                 progress(c, target, repeat, repeats, &result);
                 records.push(Record {
                     case,
@@ -612,16 +648,24 @@ fn measured(load: Load, o: &Outcome) -> Measured {
 }
 
 /// Scenario 5: a fresh proxy, warmed with a few connections that come and go; its memory
-/// before and after `n` WebSocket connections open and go idle.
+/// before and after `n` WebSocket connections open and go idle (or, `stalled`, echo once
+/// and then stop in the middle of a TLS record).
+#[allow(clippy::too_many_arguments)]
 fn run_idle(
     runtime: &tokio::runtime::Runtime,
     target: Target,
     setup: &Setup,
     clients: &Clients,
     n: usize,
+    stalled: bool,
     instance: &str,
+    configs: &mut BTreeMap<String, String>,
 ) -> anyhow::Result<Measured> {
     let mut running = proxies::start(target, setup, instance)?;
+    // For the report, when no other scenario ran: the same config as every instance's.
+    if let Some((name, text)) = &running.config {
+        configs.entry(name.clone()).or_insert_with(|| text.clone());
+    }
     let addr = running.frontends.wss;
     let Some(proc) = running.proc.as_ref() else {
         bail!("{target} has no process to measure");
@@ -632,6 +676,20 @@ fn run_idle(
         drop(warm);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let before = proc.tree_rss_kib()?;
+        if stalled {
+            let held = load::open_stalled(addr, clients, n).await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let after = proc.tree_rss_kib()?;
+            let processes = proc.tree_len();
+            // Every connection is still held, and the proxy is still waiting for the rest
+            // of the record: none was closed or answered behind our back.
+            let dropped = load::stalled_dropped(&held);
+            if dropped > 0 {
+                bail!("the proxy closed or answered {dropped} of {n} stalled connections");
+            }
+            drop(held);
+            return anyhow::Ok((before, after, processes));
+        }
         let mut idle = load::open_idle(addr, clients, n).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let after = proc.tree_rss_kib()?;
