@@ -60,7 +60,7 @@ pip_install() {
 # --- tools -----------------------------------------------------------------------------
 debs=()
 command -v promtool >/dev/null || debs+=(prometheus)
-command -v podman >/dev/null || debs+=(podman buildah)
+command -v podman >/dev/null || debs+=(podman buildah crun fuse-overlayfs uidmap)
 # podman's default runtime (crun) cannot run containers on a cgroup v1/v2 hybrid host;
 # runc can. busybox-static stands in for the busybox image.
 command -v runc >/dev/null || debs+=(runc)
