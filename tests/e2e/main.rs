@@ -5,6 +5,7 @@
 
 mod admin;
 mod cli;
+mod deploy;
 mod http;
 mod limits;
 mod python;
