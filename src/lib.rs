@@ -221,6 +221,9 @@ impl Shared {
                 "connection limit changed by reload"
             );
             self.conn_limit.set_max(max_connections);
+            self.metrics
+                .max_connections
+                .set(i64::try_from(max_connections).unwrap_or(i64::MAX));
         }
         let snapshot = Arc::new(snapshot);
         self.snapshot.store(snapshot.clone());
@@ -299,6 +302,9 @@ pub async fn start_on(config: Config, workers: Workers) -> Result<Handle, StartE
         ),
     }
     let conn_limit = listener::ConnLimit::new(max_connections);
+    metrics
+        .max_connections
+        .set(i64::try_from(max_connections).unwrap_or(i64::MAX));
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
     let snapshot = Snapshot::build(config, &metrics)?;
 

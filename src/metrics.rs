@@ -28,6 +28,8 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     pub rejected_total: IntCounterVec,
     pub http_responses_total: IntCounterVec,
+    /// The `max_connections` in force (configured, or derived from the open-files limit).
+    pub max_connections: prometheus::IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -178,6 +180,16 @@ impl Metrics {
                 "Connections refused by a limit.",
                 &["listener", "reason"],
             ),
+            max_connections: {
+                let g = prometheus::IntGauge::new(
+                    "sockgate_max_connections",
+                    "The max_connections limit in force: configured, or derived from the open-files limit.",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
             http_responses_total: counter(
                 &r,
                 "sockgate_http_responses_total",

@@ -99,6 +99,7 @@ async fn max_connections_closes_the_one_over_and_a_reload_changes_the_limit() {
         )
     };
     assert_eq!(rejected(&gw.metrics().await), 1.0);
+    assert_eq!(gw.metrics().await.get("sockgate_max_connections", &[]), 2.0);
 
     // The new limit applies to the next connection; the open ones are untouched.
     let config_path = pki.path().join("sockgate.toml");
@@ -116,6 +117,7 @@ async fn max_connections_closes_the_one_over_and_a_reload_changes_the_limit() {
         "a fourth connection was served"
     );
     assert_eq!(rejected(&gw.metrics().await), 2.0);
+    assert_eq!(gw.metrics().await.get("sockgate_max_connections", &[]), 3.0);
     assert!(echoes(&mut first, b"still").await);
 
     // Without the key, the limit comes from the open-files limit: far more than 3 here.
