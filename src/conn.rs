@@ -418,15 +418,16 @@ async fn tcp_path(
 
 /// Runs a setup stage (TLS handshake, detection, backend connect) unless the connection is
 /// closed first: by the operator, or by a hard stop when `drain_timeout` runs out, which a
-/// stage waiting on a slow peer must not outlast.
+/// stage waiting on a slow peer must not outlast. The stage is polled first, so one that is
+/// done at once (a loopback connect) never registers with the token, which takes its lock.
 async fn unless_closed<T>(
     ctx: &ConnCtx,
     stage: impl Future<Output = Result<T, ConnError>>,
 ) -> Result<T, ConnError> {
     tokio::select! {
         biased;
-        _ = ctx.cancel.cancelled() => Err(ConnError::Cancelled),
         done = stage => done,
+        _ = ctx.cancel.cancelled() => Err(ConnError::Cancelled),
     }
 }
 

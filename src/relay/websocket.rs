@@ -599,13 +599,9 @@ impl Dir {
                     flow.meters.sizes.observe(len as f64);
                     return Some(Note::Message);
                 }
-                Some(Event::Pong { .. }) => {
-                    // The Pong's frame, exactly: it ends here. Held back whole until now, it
-                    // began where forwarding stopped.
-                    let start = self.scan.saturating_sub(self.tracker.control_frame_len());
-                    debug_assert_eq!(start, before, "a Pong is held back from its first byte");
-                    return Some(Note::Pong { start });
-                }
+                // The Pong's frame, exactly: stepped frame by frame and held back whole until
+                // it ended here, it began where forwarding stopped before this step.
+                Some(Event::Pong { .. }) => return Some(Note::Pong { start: before }),
                 Some(Event::Close(close)) => return Some(Note::Close(close.code())),
                 Some(Event::Error(error)) => {
                     // Drop the rest, including the held-back bytes of the offending frame.

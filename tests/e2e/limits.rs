@@ -9,29 +9,9 @@ use tokio::net::TcpStream;
 
 use crate::support::*;
 
+/// A plain listener with one TCP route to `backend`, and `defaults`.
 fn tcp_config(defaults: &str, backend: SocketAddr) -> String {
-    format!(
-        r#"
-[admin]
-listen = "127.0.0.1:0"
-
-[defaults]
-{defaults}
-
-[[listener]]
-name = "edge"
-listen = "127.0.0.1:0"
-
-  [[listener.route]]
-  name = "echo"
-  protocol = "tcp"
-  backend = "echo"
-
-[[backend]]
-name = "echo"
-servers = ["{backend}"]
-"#
-    )
+    crate::tcp::tcp_config(false, &format!("\"{backend}\""), defaults)
 }
 
 /// Sends `data` and reads it back from an echo backend.

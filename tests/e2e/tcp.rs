@@ -7,7 +7,7 @@ use tokio::net::TcpStream;
 
 use crate::support::*;
 
-fn tcp_config(tls: bool, servers: &str, extra_defaults: &str) -> String {
+pub(crate) fn tcp_config(tls: bool, servers: &str, extra_defaults: &str) -> String {
     let tls = if tls {
         r#"tls = { cert = "server.crt", key = "server.key" }"#
     } else {
