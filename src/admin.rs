@@ -527,7 +527,7 @@ async fn route(req: Request<()>, shared: &Arc<Shared>, peer: Peer) -> Response<F
             let mut closed = 0;
             for conn in shared.live.all() {
                 if matches(&conn) {
-                    conn.request_close(1001);
+                    conn.request_close(crate::live::CloseReason::Operator);
                     closed += 1;
                 }
             }
@@ -537,7 +537,7 @@ async fn route(req: Request<()>, shared: &Arc<Shared>, peer: Peer) -> Response<F
             let id = p["/connections/".len()..].parse::<u64>().ok();
             match id.and_then(|id| shared.live.get(id)) {
                 Some(conn) => {
-                    conn.request_close(1001);
+                    conn.request_close(crate::live::CloseReason::Operator);
                     json(StatusCode::OK, &serde_json::json!({ "closed": 1 }))
                 }
                 None => json(StatusCode::NOT_FOUND, &serde_json::json!({ "closed": 0 })),

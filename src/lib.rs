@@ -260,7 +260,7 @@ impl Shared {
                     .any(|r| r.name == route && *r.backend.name == *backend)
             });
             if !kept {
-                conn.request_close(relay::websocket::code::SERVICE_RESTART);
+                conn.request_close(live::CloseReason::Reload);
                 closed += 1;
             }
         }

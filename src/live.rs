@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
@@ -11,6 +11,17 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Protocol;
+
+/// Why the gateway closes a connection on purpose. Only the WebSocket relay turns it into a
+/// close code; a drain reaches every relay through `Shutdown` instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseReason {
+    /// `DELETE /connections`.
+    Operator,
+    /// A reload removed the connection's route or backend.
+    Reload,
+}
 
 /// What is learned about a connection stage by stage; read by the admin API and the
 /// access log. Written a few times per connection, never per byte.
@@ -39,8 +50,8 @@ pub struct ConnCtx {
     /// Fires when the gateway closes this connection on purpose (operator, reload), or on a
     /// hard stop.
     pub cancel: CancellationToken,
-    /// The WebSocket close code for `cancel`: 1001 (operator) or 1012 (reload).
-    close_code: AtomicU16,
+    /// Why `cancel` fired, as a [`CloseReason`]; the WebSocket relay turns it into a code.
+    close_reason: AtomicU8,
     /// Set by [`ConnCtx::request_close`] before `cancel` fires: a load where the token's own
     /// `is_cancelled` takes its lock, for relays that check on every wake-up. A hard stop
     /// fires `cancel` without it (see `Shutdown::is_stopped` for that).
@@ -61,15 +72,15 @@ impl ConnCtx {
             messages_client_to_backend: AtomicU64::new(0),
             messages_backend_to_client: AtomicU64::new(0),
             cancel,
-            close_code: AtomicU16::new(1001),
+            close_reason: AtomicU8::new(CloseReason::Operator as u8),
             close_requested: AtomicBool::new(false),
         }
     }
 
-    /// Asks the connection to close: WebSockets get a Close frame with `code`, other
+    /// Asks the connection to close: WebSockets get a Close frame that says why, other
     /// connections end.
-    pub fn request_close(&self, code: u16) {
-        self.close_code.store(code, Ordering::Relaxed);
+    pub fn request_close(&self, reason: CloseReason) {
+        self.close_reason.store(reason as u8, Ordering::Relaxed);
         self.close_requested.store(true, Ordering::Release);
         self.cancel.cancel();
     }
@@ -79,8 +90,12 @@ impl ConnCtx {
         self.close_requested.load(Ordering::Acquire)
     }
 
-    pub fn close_code(&self) -> u16 {
-        self.close_code.load(Ordering::Relaxed)
+    /// Why [`ConnCtx::request_close`] was called (`Operator` before it is).
+    pub fn close_reason(&self) -> CloseReason {
+        match self.close_reason.load(Ordering::Relaxed) {
+            r if r == CloseReason::Reload as u8 => CloseReason::Reload,
+            _ => CloseReason::Operator,
+        }
     }
 
     /// The info, even if a panicking holder poisoned the lock (the data is plain values).

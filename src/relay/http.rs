@@ -55,7 +55,7 @@ use crate::Shared;
 use crate::config::Protocol;
 use crate::conn::{ClientStream, ConnError, Finish, Handoff};
 use crate::detect::Rewind;
-use crate::live::ConnCtx;
+use crate::live::{CloseReason, ConnCtx};
 use crate::metrics::RouteCounters;
 use crate::relay::Side;
 use crate::relay::websocket;
@@ -179,7 +179,7 @@ pub async fn serve(
 /// WebSocket handshake in flight, an operator's close and a hard stop end it.
 fn reload_close(ctx: &ConnCtx, shared: &Shared) -> bool {
     ctx.close_requested()
-        && ctx.close_code() == websocket::code::SERVICE_RESTART
+        && ctx.close_reason() == CloseReason::Reload
         && !shared.shutdown.is_stopped()
         && ctx.info().protocol != Some(Protocol::WebSocket)
 }
@@ -384,7 +384,7 @@ impl HttpConn {
         // operator's close since, or an upgrade, which would run under the spent token, is
         // told to come back on a new connection.
         if self.ctx.close_requested()
-            && (websocket || self.ctx.close_code() != websocket::code::SERVICE_RESTART)
+            && (websocket || self.ctx.close_reason() != CloseReason::Reload)
         {
             return Err(ProxyError::Closing);
         }

@@ -45,7 +45,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::config::WebSocketLimits;
-use crate::live::ConnCtx;
+use crate::live::{CloseReason, ConnCtx};
 use crate::metrics::Metrics;
 use crate::relay::Side;
 use crate::relay::buffer::{self, Slot};
@@ -236,13 +236,15 @@ where
         }
         if !w.operator_seen && fired(&|| ctx.close_requested(), operator.as_mut(), cx) {
             w.operator_seen = true;
-            match ctx.close_code() {
-                code::SERVICE_RESTART => {
+            match ctx.close_reason() {
+                CloseReason::Reload => {
                     let delay = conn.jitter(session.drain_spread);
                     w.drain_timer = Some(Box::pin(tokio::time::sleep(delay)));
                     w.reload_close = true;
                 }
-                close => conn.initiate(close, "closed by the gateway operator"),
+                CloseReason::Operator => {
+                    conn.initiate(code::GOING_AWAY, "closed by the gateway operator")
+                }
             }
         }
         if let Some(timer) = w.drain_timer.as_mut()
