@@ -13,8 +13,8 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use sockgate::config::{self, Protocol};
 use sockgate::detect::{Detected, classify};
+use sockgate::io::buffer;
 use sockgate::metrics::Metrics;
-use sockgate::relay::buffer;
 use sockgate::relay::websocket::tracker::{Event, Extensions, Role, Tracker};
 use sockgate::route::RouteQuery;
 use sockgate::snapshot::Snapshot;

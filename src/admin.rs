@@ -549,7 +549,7 @@ async fn route(req: Request<()>, shared: &Arc<Shared>, peer: Peer) -> Response<F
                 Err(ReloadError::Invalid(errors)) => {
                     errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>()
                 }
-                Err(e) => vec![crate::error_chain(&e)],
+                Err(e) => vec![crate::error::error_chain(&e)],
             };
             // As SIGHUP's refusal is: the running config stays, and the log says why.
             for e in &errors {

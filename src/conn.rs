@@ -10,33 +10,25 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::Shared;
 use crate::config::Protocol;
-use crate::detect::{self, DetectError, Detected, Rewind};
+use crate::detect::{self, DetectError, Detected};
+use crate::io::{ClientStream, Rewind};
 use crate::live::ConnCtx;
 use crate::relay::tcp::{self as tcp_relay, Flow};
 use crate::relay::{self, RelayEnd, Side};
 use crate::route::RouteQuery;
 use crate::snapshot::ListenerSnap;
-use crate::tls::stream::TlsStream;
 use crate::upstream::ConnectError;
-
-/// The client's stream after the TLS stage.
-pub enum ClientStream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream>),
-}
 
 /// How a connection ended when no stage failed.
 #[derive(Debug)]
@@ -473,7 +465,7 @@ fn access_log(ctx: &ConnCtx, outcome: &Result<Finish, ConnError>) {
             end.close.map_or("", |(_, by)| by),
             None,
         ),
-        Err(e) => (e.stage(), e.side(), Some(crate::error_chain(e))),
+        Err(e) => (e.stage(), e.side(), Some(crate::error::error_chain(e))),
     };
     tracing::info!(
         target: "sockgate::access",
@@ -498,64 +490,6 @@ fn access_log(ctx: &ConnCtx, outcome: &Result<Finish, ConnError>) {
         websocket.close_code = websocket_close,
         "connection finished"
     );
-}
-
-impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            ClientStream::Plain(s) => s.is_write_vectored(),
-            ClientStream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
 }
 
 #[cfg(test)]

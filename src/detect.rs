@@ -11,12 +11,12 @@
 //! protocol in practice begins with.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::io::Rewind;
 
 /// What the first bytes said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,86 +91,6 @@ where
         }
     };
     Ok((detected, Rewind::new(buf.freeze(), io)))
-}
-
-/// A stream that first replays `prefix`, then reads from `inner`. Writes go straight through.
-#[derive(Debug)]
-pub struct Rewind<S> {
-    pub prefix: Bytes,
-    pub inner: S,
-}
-
-impl<S> Rewind<S> {
-    /// `prefix` is copied out of a larger buffer it may share (hyper's read buffer after an
-    /// upgrade, the detection buffer), so the stream keeps only the bytes it will replay.
-    pub fn new(prefix: Bytes, inner: S) -> Self {
-        let prefix = if prefix.is_empty() {
-            Bytes::new()
-        } else {
-            Bytes::copy_from_slice(&prefix)
-        };
-        Rewind { prefix, inner }
-    }
-
-    /// The bytes not yet replayed, and the inner stream.
-    pub fn into_parts(self) -> (Bytes, S) {
-        (self.prefix, self.inner)
-    }
-
-    pub fn inner(&self) -> &S {
-        &self.inner
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            if self.prefix.is_empty() {
-                // An emptied `Bytes` still holds its whole allocation (a detection or hyper
-                // read buffer): let it go, a long-lived connection should not keep it.
-                self.prefix = Bytes::new();
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

@@ -21,6 +21,8 @@ pub mod config;
 pub mod conn;
 pub mod demo;
 pub mod detect;
+pub mod error;
+pub mod io;
 pub mod listener;
 pub mod live;
 pub mod metrics;
@@ -432,19 +434,4 @@ impl Handle {
         self.admin_stop.cancel();
         self.shared.workers.exit();
     }
-}
-
-/// `error: cause: cause` on one line, for logs and stderr.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
 }

@@ -94,7 +94,7 @@ fn bind_socket(
         socket.set_tcp_nodelay(true)?;
         // Like TCP_NODELAY, Linux copies keepalive and its timings from the listening
         // socket to each accepted one.
-        socket.set_tcp_keepalive(&crate::relay::tcp_keepalive())?;
+        socket.set_tcp_keepalive(&crate::io::tcp_keepalive())?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;

@@ -280,7 +280,7 @@ async fn run_gateway(
                         tracing::error!("reload refused: {}", e.to_string().replace('\n', " "));
                     }
                 }
-                Err(e) => tracing::error!(error = %sockgate::error_chain(&e), "reload refused"),
+                Err(e) => tracing::error!(error = %sockgate::error::error_chain(&e), "reload refused"),
             },
         }
     }

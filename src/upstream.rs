@@ -97,7 +97,7 @@ impl Pool {
                 Ok(stream) => return Ok((stream, server)),
                 Err(e) => {
                     self.connect_errors.inc();
-                    tracing::debug!(backend = %self.name, server = %server.address, error = %crate::error_chain(&e), "backend connect failed");
+                    tracing::debug!(backend = %self.name, server = %server.address, error = %crate::error::error_chain(&e), "backend connect failed");
                     last_error = Some(e);
                 }
             }
@@ -138,8 +138,7 @@ impl Pool {
         let _ = stream.set_nodelay(true);
         if server.literal.is_none_or(|addr| !addr.ip().is_loopback()) {
             // A loopback server's socket got it before connecting.
-            let _ =
-                socket2::SockRef::from(&stream).set_tcp_keepalive(&crate::relay::tcp_keepalive());
+            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&crate::io::tcp_keepalive());
         }
         Ok(stream)
     }
@@ -224,7 +223,7 @@ impl Schedule {
 async fn connect_loopback(addr: SocketAddr) -> io::Result<TcpStream> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), None)?;
-    socket.set_tcp_keepalive(&crate::relay::tcp_keepalive())?;
+    socket.set_tcp_keepalive(&crate::io::tcp_keepalive())?;
     let established = match socket.connect(&addr.into()) {
         Ok(()) => true,
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => socket.peer_addr().is_ok(),

@@ -479,7 +479,10 @@ impl Validator<'_, '_> {
         };
         self.report.error(
             at,
-            format!("{}; {listener} cannot serve TLS", error_chain(&error)),
+            format!(
+                "{}; {listener} cannot serve TLS",
+                crate::error::error_chain(&error)
+            ),
             hint,
         );
         None
@@ -923,16 +926,4 @@ fn label(what: &str, name: &Option<Spanned<String>>) -> String {
         Some(name) => format!("{what} `{}`", name.get_ref()),
         None => format!("the unnamed {what}"),
     }
-}
-
-/// An error and its causes on one line, as in "cannot read …: I/O error: No such file".
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

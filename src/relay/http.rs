@@ -53,8 +53,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 use crate::config::Protocol;
-use crate::conn::{ClientStream, ConnError, Finish, Handoff};
-use crate::detect::Rewind;
+use crate::conn::{ConnError, Finish, Handoff};
+use crate::io::{ClientStream, Rewind};
 use crate::live::{CloseReason, ConnCtx};
 use crate::metrics::RouteCounters;
 use crate::relay::Side;
@@ -351,10 +351,10 @@ impl HttpConn {
                 // Logged where it was found, with what was asked for.
                 ProxyError::NoRoute => {}
                 ProxyError::BadRequest(_) | ProxyError::Closing | ProxyError::UploadStalled(_) => {
-                    tracing::info!(error = %crate::error_chain(&e), "request refused")
+                    tracing::info!(error = %crate::error::error_chain(&e), "request refused")
                 }
                 ProxyError::Connect(_) | ProxyError::Backend(_) | ProxyError::Timeout(_) => {
-                    tracing::warn!(error = %crate::error_chain(&e), "request not forwarded")
+                    tracing::warn!(error = %crate::error::error_chain(&e), "request not forwarded")
                 }
             }
             error_response(e.status(), e.closes())
@@ -676,7 +676,7 @@ impl HttpConn {
                 _ = stop.cancelled() => Ok(()),
             };
             if let Err(e) = result {
-                tracing::debug!(error = %crate::error_chain(&e), "backend HTTP connection ended");
+                tracing::debug!(error = %crate::error::error_chain(&e), "backend HTTP connection ended");
             }
         });
         Ok(sender)
@@ -699,7 +699,7 @@ impl HttpConn {
                 _ = stop.cancelled() => Ok(()),
             };
             if let Err(e) = result {
-                tracing::debug!(error = %crate::error_chain(&e), "backend HTTP connection ended");
+                tracing::debug!(error = %crate::error::error_chain(&e), "backend HTTP connection ended");
             }
         });
         Ok(sender)

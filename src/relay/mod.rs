@@ -1,6 +1,5 @@
 //! Relays: what runs between a routed client and its backend until either side ends.
 
-pub mod buffer;
 pub mod http;
 #[cfg(target_os = "linux")]
 pub mod splice;
@@ -14,17 +13,6 @@ use std::pin::Pin;
 use std::task::Context;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
-
-/// TCP keepalive for client and backend sockets: a peer that vanished without a FIN or a
-/// reset (a powered-off device, a NAT that forgot the flow) is found after about two minutes
-/// of silence (60 s idle, then 6 probes 10 s apart) instead of holding the connection until
-/// `idle_timeout`, which long-lived WebSockets set to hours.
-pub fn tcp_keepalive() -> socket2::TcpKeepalive {
-    socket2::TcpKeepalive::new()
-        .with_time(std::time::Duration::from_secs(60))
-        .with_interval(std::time::Duration::from_secs(10))
-        .with_retries(6)
-}
 
 /// Whether this wake-up of a relay registers its waker with the tokens that can end it.
 /// Polling a token's future takes its lock (twice: the state, then the waiter list), and a

@@ -19,8 +19,9 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::Cancel;
 use super::tcp::{Flow, Held, RelayEnd, Side, idle_expired};
-use super::{Cancel, buffer};
+use crate::io::buffer;
 
 /// Bytes a lent pipe can hold, asked of the kernel (the default is 64 KiB).
 const PIPE_SIZE: libc::c_int = 512 * 1024;

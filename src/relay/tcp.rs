@@ -19,8 +19,8 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::io::buffer::Slot;
 use crate::relay::Cancel;
-use crate::relay::buffer::Slot;
 
 /// Which peer of the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -45,10 +45,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::config::WebSocketLimits;
+use crate::io::buffer::{self, Slot};
 use crate::live::{CloseReason, ConnCtx};
 use crate::metrics::Metrics;
 use crate::relay::Side;
-use crate::relay::buffer::{self, Slot};
 use crate::relay::tcp::idle_expired;
 use crate::shutdown::Shutdown;
 use tracker::{Event, Extensions, MAX_CONTROL_FRAME, Role, Tracker};
@@ -445,7 +445,7 @@ struct Injected {
 /// One direction: frames sent by `reader`, relayed to the other peer.
 struct Dir {
     tracker: Tracker,
-    /// Held only while bytes are in flight (see [`buffer`](crate::relay::buffer)).
+    /// Held only while bytes are in flight (see [`buffer`](crate::io::buffer)).
     buf: Slot,
     /// While the reader is silent: the held-back start of a frame (`buf[..end]`, at most
     /// one header or control frame), kept in an allocation of its own size so that a peer

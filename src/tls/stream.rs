@@ -3,7 +3,7 @@
 //!
 //! rustls' buffered `ServerConnection` keeps a 4 KiB receive buffer for the connection's whole
 //! life and reads the socket 4 KiB at a time. Here received TLS bytes go into a buffer taken
-//! from a per-thread pool ([`crate::relay::buffer`]) for the read and given back as soon as
+//! from a per-thread pool ([`crate::io::buffer`]) for the read and given back as soon as
 //! no partial record is left in it; encrypted bytes go into another, given back once written.
 //! An idle connection holds neither; a bulk upload is read two full records per syscall, and
 //! a relay's 32 KiB read goes out as two records in one write.
@@ -25,7 +25,7 @@ use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedS
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::relay::buffer::{self, Sealed};
+use crate::io::buffer::{self, Sealed};
 
 type Slot = buffer::Slot<Sealed>;
 
