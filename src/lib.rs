@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod certgen;
+pub mod certs;
 pub mod config;
 pub mod conn;
 pub mod demo;

@@ -18,7 +18,7 @@ static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "{} (rustls with {})",
         env!("CARGO_PKG_VERSION"),
-        sockgate::tls::BACKEND
+        sockgate::certs::BACKEND
     )
 });
 

@@ -338,7 +338,7 @@ servers = ["{ws}"]
         .add(CertificateDer::from_pem_slice(pki.ca.cert.as_bytes()).unwrap())
         .unwrap();
     let client = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
-        rustls::ClientConfig::builder_with_provider(sockgate::tls::provider())
+        rustls::ClientConfig::builder_with_provider(sockgate::certs::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(roots)

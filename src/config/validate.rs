@@ -23,7 +23,7 @@ use super::values::{
     check_cert_name, check_dns_name, check_server_address, closest, normal_host, parse_duration,
     parse_size,
 };
-use crate::tls::{self, CertLoadError};
+use crate::certs::{self, CertLoadError};
 
 const DURATION_FORMS: &str = r#"write durations like "250ms", "30s", "5m" or "1h30m""#;
 const GENERATE_PAIR: &str = "sockgate cert dev --out certs/dev";
@@ -441,7 +441,7 @@ impl Validator<'_, '_> {
         let (cert, key) = (cert?, key?);
         let cert_path = self.base_dir.join(cert.get_ref());
         let key_path = self.base_dir.join(key.get_ref());
-        let error = match tls::load_cert_pair(&cert_path, &key_path) {
+        let error = match certs::load_cert_pair(&cert_path, &key_path) {
             Ok(certified) => {
                 return Some(CertPair {
                     cert: cert_path,

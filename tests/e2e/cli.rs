@@ -118,7 +118,7 @@ fn cert_dev_writes_a_ca_and_a_server_pair_that_check_accepts() {
         let text = std::fs::read_to_string(dir.path().join("dev").join(f)).unwrap();
         assert!(text.starts_with("-----BEGIN"), "{f}");
     }
-    sockgate::tls::load_cert_pair(
+    sockgate::certs::load_cert_pair(
         &dir.path().join("dev/server.crt"),
         &dir.path().join("dev/server.key"),
     )
@@ -381,7 +381,7 @@ fn insecure_client() -> std::sync::Arc<rustls::ClientConfig> {
             self.0.signature_verification_algorithms.supported_schemes()
         }
     }
-    let provider = sockgate::tls::provider();
+    let provider = sockgate::certs::provider();
     std::sync::Arc::new(
         rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()

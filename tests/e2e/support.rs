@@ -55,7 +55,7 @@ pub fn client_config(cas: &[&str], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> 
             roots.add(cert.unwrap()).unwrap();
         }
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(sockgate::tls::provider())
+    let mut config = rustls::ClientConfig::builder_with_provider(sockgate::certs::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)

@@ -105,7 +105,7 @@ async fn tcp_only_listener_offers_no_alpn_and_only_tls12_and_13() {
     ));
 
     // TLS 1.2 only: still accepted, with an ECDHE AEAD suite.
-    let mut tls12 = rustls::ClientConfig::builder_with_provider(sockgate::tls::provider())
+    let mut tls12 = rustls::ClientConfig::builder_with_provider(sockgate::certs::provider())
         .with_protocol_versions(&[&rustls::version::TLS12])
         .unwrap()
         .with_root_certificates({
@@ -191,7 +191,7 @@ fn resuming_client(
 ) -> std::sync::Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(leaf(&pki.pki.ca.cert)).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(sockgate::tls::provider())
+    let mut config = rustls::ClientConfig::builder_with_provider(sockgate::certs::provider())
         .with_protocol_versions(&[version])
         .unwrap()
         .with_root_certificates(roots)
