@@ -35,8 +35,37 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AdminToken;
-use crate::{ReloadError, Shared};
+use crate::config::{AdminConfig, AdminToken};
+use crate::live::ConnSummary;
+
+/// What the admin endpoint asks of the gateway. The gateway answers; the endpoint never
+/// holds the data plane.
+pub trait Control: Send + Sync + 'static {
+    /// `[admin]` of the config in force.
+    fn admin_config(&self) -> Option<AdminConfig>;
+    fn readiness(&self) -> Readiness;
+    /// `/metrics` in the Prometheus text format.
+    fn metrics_text(&self) -> String;
+    fn connections(&self) -> Vec<ConnSummary>;
+    /// Closes the connections picked (WebSockets with a Close frame); how many.
+    fn close(&self, which: Which<'_>) -> usize;
+    /// Reloads the config file; on refusal, one line per problem.
+    fn reload(&self) -> impl Future<Output = Result<(), Vec<String>>> + Send;
+}
+
+/// What `/readyz` answers.
+pub enum Readiness {
+    Ready,
+    Starting,
+    Draining,
+}
+
+/// Which connections an operator's close picks.
+pub enum Which<'a> {
+    Id(u64),
+    Route(&'a str),
+    Backend(&'a str),
+}
 
 /// Admin connections open at once; more are answered 503 and closed.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -59,8 +88,8 @@ const FORM_TYPES: &[&str] = &[
     "text/plain",
 ];
 
-struct Admin {
-    shared: Arc<Shared>,
+struct Admin<G> {
+    gateway: Arc<G>,
     /// The configured and the bound listen address: `Host` may name either.
     addrs: Vec<SocketAddr>,
     /// The token at start, used if a reload removes `[admin]` (the listener stays until a
@@ -76,12 +105,12 @@ struct Peer {
     local: Option<SocketAddr>,
 }
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    let admin_config = shared.snapshot().config.admin.clone();
+pub async fn serve<G: Control>(listener: TcpListener, gateway: Arc<G>, stop: CancellationToken) {
+    let admin_config = gateway.admin_config();
     let mut addrs: Vec<SocketAddr> = admin_config.iter().map(|a| a.listen).collect();
     addrs.extend(listener.local_addr().ok());
     let admin = Arc::new(Admin {
-        shared,
+        gateway,
         addrs,
         start_token: admin_config.and_then(|a| a.token),
     });
@@ -139,7 +168,12 @@ fn refuse_busy(tcp: TcpStream) {
     let _ = tcp.try_write(response.as_bytes());
 }
 
-async fn serve_connection(tcp: TcpStream, peer: Peer, admin: Arc<Admin>, stop: CancellationToken) {
+async fn serve_connection<G: Control>(
+    tcp: TcpStream,
+    peer: Peer,
+    admin: Arc<Admin<G>>,
+    stop: CancellationToken,
+) {
     // Requests seen on this connection: a head timeout after one is a kept-alive
     // connection going idle (Prometheus between scrapes), not a slow client.
     let served = Arc::new(AtomicU64::new(0));
@@ -192,11 +226,11 @@ async fn serve_connection(tcp: TcpStream, peer: Peer, admin: Arc<Admin>, stop: C
     }
 }
 
-impl Admin {
+impl<G: Control> Admin<G> {
     /// The token in force: the running config's, or the start one if `[admin]` went away.
     fn token(&self) -> Option<AdminToken> {
-        match &self.shared.snapshot().config.admin {
-            Some(admin) => admin.token.clone(),
+        match self.gateway.admin_config() {
+            Some(admin) => admin.token,
             None => self.start_token.clone(),
         }
     }
@@ -225,7 +259,7 @@ impl Admin {
             );
             return response;
         }
-        route(Request::from_parts(parts, ()), &self.shared, peer).await
+        route(Request::from_parts(parts, ()), &*self.gateway, peer).await
     }
 
     /// The Host, token and web-form rules.
@@ -485,38 +519,31 @@ fn truncated(s: &str) -> String {
     s.chars().take(100).collect()
 }
 
-async fn route(req: Request<()>, shared: &Arc<Shared>, peer: Peer) -> Response<Full<Bytes>> {
+async fn route<G: Control>(req: Request<()>, gateway: &G, peer: Peer) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or("");
     match (req.method(), path) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => {
-            if shared.is_ready() {
-                text(StatusCode::OK, "ready\n")
-            } else if shared.shutdown.is_draining() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "starting\n")
-            }
-        }
+        (&Method::GET, "/readyz") => match gateway.readiness() {
+            Readiness::Ready => text(StatusCode::OK, "ready\n"),
+            Readiness::Draining => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+            Readiness::Starting => text(StatusCode::SERVICE_UNAVAILABLE, "starting\n"),
+        },
         (&Method::GET, "/metrics") => {
-            let mut response = Response::new(Full::new(Bytes::from(shared.metrics.render())));
+            let mut response = Response::new(Full::new(Bytes::from(gateway.metrics_text())));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             response
         }
-        (&Method::GET, "/connections") => {
-            let rows: Vec<_> = shared.live.all().iter().map(|c| c.snapshot()).collect();
-            json(StatusCode::OK, &rows)
-        }
+        (&Method::GET, "/connections") => json(StatusCode::OK, &gateway.connections()),
         (&Method::DELETE, "/connections") => {
             let (key, value) = query.split_once('=').unwrap_or((query, ""));
             let value = percent_decode(value);
-            let matches: Box<dyn Fn(&crate::live::ConnCtx) -> bool> = match key {
-                "backend" => Box::new(|c| c.info().backend.as_deref() == Some(value.as_str())),
-                "route" => Box::new(|c| c.info().route.as_deref() == Some(value.as_str())),
+            let which = match key {
+                "backend" => Which::Backend(&value),
+                "route" => Which::Route(&value),
                 _ => {
                     return json(
                         StatusCode::BAD_REQUEST,
@@ -524,32 +551,19 @@ async fn route(req: Request<()>, shared: &Arc<Shared>, peer: Peer) -> Response<F
                     );
                 }
             };
-            let mut closed = 0;
-            for conn in shared.live.all() {
-                if matches(&conn) {
-                    conn.request_close(crate::live::CloseReason::Operator);
-                    closed += 1;
-                }
-            }
+            let closed = gateway.close(which);
             json(StatusCode::OK, &serde_json::json!({ "closed": closed }))
         }
         (&Method::DELETE, p) if p.starts_with("/connections/") => {
             let id = p["/connections/".len()..].parse::<u64>().ok();
-            match id.and_then(|id| shared.live.get(id)) {
-                Some(conn) => {
-                    conn.request_close(crate::live::CloseReason::Operator);
-                    json(StatusCode::OK, &serde_json::json!({ "closed": 1 }))
-                }
-                None => json(StatusCode::NOT_FOUND, &serde_json::json!({ "closed": 0 })),
+            match id.map_or(0, |id| gateway.close(Which::Id(id))) {
+                0 => json(StatusCode::NOT_FOUND, &serde_json::json!({ "closed": 0 })),
+                closed => json(StatusCode::OK, &serde_json::json!({ "closed": closed })),
             }
         }
         (&Method::POST, "/reload") => {
-            let errors = match shared.reload_from_source().await {
-                Ok(()) => return json(StatusCode::OK, &serde_json::json!({ "result": "ok" })),
-                Err(ReloadError::Invalid(errors)) => {
-                    errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>()
-                }
-                Err(e) => vec![crate::error::error_chain(&e)],
+            let Err(errors) = gateway.reload().await else {
+                return json(StatusCode::OK, &serde_json::json!({ "result": "ok" }));
             };
             // As SIGHUP's refusal is: the running config stays, and the log says why.
             for e in &errors {

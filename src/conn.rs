@@ -19,16 +19,52 @@ use tokio::net::TcpStream;
 use tracing::Instrument;
 use tracing::field::Empty;
 
-use crate::Shared;
+pub mod http;
+
+use arc_swap::ArcSwap;
+
 use crate::config::Protocol;
 use crate::detect::{self, DetectError, Detected};
 use crate::io::{ClientStream, Rewind};
-use crate::live::ConnCtx;
+use crate::live::{ConnCtx, LiveTable, Permit};
+use crate::metrics::Metrics;
 use crate::relay::tcp::{self as tcp_relay, Flow};
 use crate::relay::{self, RelayEnd, Side};
 use crate::route::RouteQuery;
-use crate::snapshot::ListenerSnap;
+use crate::shutdown::Shutdown;
+use crate::snapshot::{ListenerSnap, Snapshot};
 use crate::upstream::ConnectError;
+
+/// What every connection shares: the config in force, the metrics, the live table and the
+/// drain signal. The gateway publishes new snapshots into it; nothing here can reload,
+/// bind or stop a listener.
+pub struct Services {
+    snapshot: ArcSwap<Snapshot>,
+    pub metrics: Metrics,
+    pub live: LiveTable,
+    pub shutdown: Shutdown,
+}
+
+impl Services {
+    pub fn new(snapshot: Arc<Snapshot>, metrics: Metrics) -> Self {
+        Services {
+            snapshot: ArcSwap::new(snapshot),
+            metrics,
+            live: LiveTable::default(),
+            shutdown: Shutdown::new(),
+        }
+    }
+
+    /// The config in force now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Puts a validated snapshot in force for new connections and requests, in one store.
+    pub fn publish(&self, snapshot: Arc<Snapshot>) {
+        self.snapshot.store(snapshot);
+    }
+}
 
 /// How a connection ended when no stage failed.
 #[derive(Debug)]
@@ -56,14 +92,8 @@ pub enum ConnError {
     NoRoute,
     #[error("backend unreachable")]
     Connect(#[source] ConnectError),
-    #[error("HTTP connection failed")]
-    Http(#[source] hyper::Error),
-    #[error("HTTP request head not received in time")]
-    HttpTimeout,
-    #[error("WebSocket upgrade failed")]
-    Upgrade(#[source] hyper::Error),
-    #[error("upgraded {} stream could not be taken over", .0.as_str())]
-    UpgradeLost(Side),
+    #[error(transparent)]
+    Http(#[from] http::Error),
     #[error("closed by the gateway before the connection was set up")]
     Cancelled,
     #[error("the connection's task ended abnormally")]
@@ -77,8 +107,8 @@ impl ConnError {
             ConnError::Detect(_) => "detect",
             ConnError::NoRoute => "route",
             ConnError::Connect(_) => "connect",
-            ConnError::Http(_) | ConnError::HttpTimeout => "http",
-            ConnError::Upgrade(_) | ConnError::UpgradeLost(_) => "upgrade",
+            ConnError::Http(http::Error::Http(_) | http::Error::HeadTimeout) => "http",
+            ConnError::Http(http::Error::Upgrade(_) | http::Error::UpgradeLost(_)) => "upgrade",
             ConnError::Cancelled => "cancelled",
             ConnError::Aborted => "aborted",
         }
@@ -90,11 +120,10 @@ impl ConnError {
             ConnError::Tls(_)
             | ConnError::TlsTimeout
             | ConnError::Detect(_)
-            | ConnError::Http(_)
-            | ConnError::HttpTimeout => "client",
-            ConnError::Connect(_) | ConnError::Upgrade(_) => "backend",
+            | ConnError::Http(http::Error::Http(_) | http::Error::HeadTimeout) => "client",
+            ConnError::Connect(_) | ConnError::Http(http::Error::Upgrade(_)) => "backend",
             ConnError::NoRoute | ConnError::Cancelled | ConnError::Aborted => "gateway",
-            ConnError::UpgradeLost(side) => side.as_str(),
+            ConnError::Http(http::Error::UpgradeLost(side)) => side.as_str(),
         }
     }
 }
@@ -105,7 +134,7 @@ pub enum Handoff {
     Finished(Finish),
     /// A WebSocket upgrade went through: both streams, ready for the relay.
     /// Boxed, so that holding it beside the relay's future costs the task a pointer.
-    WebSocket(Box<relay::http::Upgraded>),
+    WebSocket(Box<http::Upgraded>),
 }
 
 /// Runs one accepted connection through the whole pipeline. `permit` (the `max_connections`
@@ -121,23 +150,23 @@ pub fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     listener: Arc<str>,
-    shared: Arc<Shared>,
-    permit: crate::listener::Permit,
+    services: Arc<Services>,
+    permit: Permit,
 ) -> impl Future<Output = ()> + Send {
     async move {
         // The TLS configuration comes from the snapshot in force now; the route is picked on
         // the one in force when detection is done (see `pipeline`).
-        let Some(lsnap) = shared.snapshot().listener(&listener).cloned() else {
+        let Some(lsnap) = services.snapshot().listener(&listener).cloned() else {
             drop(permit);
             return;
         };
         let ctx = Arc::new(ConnCtx::new(
-            shared.live.next_id(),
+            services.live.next_id(),
             listener,
             peer,
-            shared.shutdown.stop_token().child_token(),
+            services.shutdown.stop_token().child_token(),
         ));
-        shared.live.insert(ctx.clone());
+        services.live.insert(ctx.clone());
         let span = tracing::info_span!(
             "conn",
             conn.id = ctx.id,
@@ -152,30 +181,34 @@ pub fn serve(
         // The guard owns what it needs, so it costs the task one flag.
         let mut finishing = Finishing {
             ctx,
-            shared,
+            services,
             span,
             permit,
             done: false,
         };
         let Finishing {
-            ctx, shared, span, ..
+            ctx,
+            services,
+            span,
+            ..
         } = &finishing;
         // Boxed: the setup stages (TLS handshake, detection, hyper's connection, the
         // upgrade) are freed when they hand over, so a WebSocket that stays open for hours
         // carries only its relay in this task.
         let mut ws =
-            match Box::pin(pipeline(tcp, ctx, lsnap, shared).instrument(span.clone())).await {
+            match Box::pin(pipeline(tcp, ctx, lsnap, services).instrument(span.clone())).await {
                 Ok(Handoff::WebSocket(ws)) => ws,
                 Ok(Handoff::Finished(finish)) => return finishing.finish(Ok(finish)),
                 Err(e) => return finishing.finish(Err(e)),
             };
+        let session = websocket_session(&ws);
         let end = relay::websocket::relay(
             &mut ws.client,
             &mut ws.backend,
-            &ws.session,
+            &session,
             ctx,
-            &shared.metrics,
-            &shared.shutdown,
+            &services.metrics,
+            &services.shutdown,
         )
         .instrument(span.clone())
         .await;
@@ -188,11 +221,11 @@ pub fn serve(
 /// task unwinds from a panic or is dropped unfinished.
 struct Finishing {
     ctx: Arc<ConnCtx>,
-    shared: Arc<Shared>,
+    services: Arc<Services>,
     span: tracing::Span,
     /// The `max_connections` place, given back once the connection is finished.
     #[expect(dead_code, reason = "held for its drop")]
-    permit: crate::listener::Permit,
+    permit: Permit,
     done: bool,
 }
 
@@ -202,8 +235,8 @@ impl Finishing {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        self.shared.live.remove(self.ctx.id);
-        self.ctx.finish_metrics(&self.shared.metrics);
+        self.services.live.remove(self.ctx.id);
+        self.ctx.finish_metrics(&self.services.metrics);
         self.span.in_scope(|| access_log(&self.ctx, &outcome));
     }
 }
@@ -226,7 +259,7 @@ async fn pipeline(
     tcp: TcpStream,
     ctx: &Arc<ConnCtx>,
     listener: Arc<ListenerSnap>,
-    shared: &Arc<Shared>,
+    services: &Arc<Services>,
 ) -> Result<Handoff, ConnError> {
     // On Linux the socket has it already, copied from the listening socket at accept (see
     // `listener::bind`).
@@ -237,7 +270,7 @@ async fn pipeline(
         Some(config) => {
             unless_closed(
                 ctx,
-                Box::pin(tls_handshake(tcp, config, &listener, ctx, shared)),
+                Box::pin(tls_handshake(tcp, config, &listener, ctx, services)),
             )
             .await?
         }
@@ -256,7 +289,7 @@ async fn pipeline(
     };
     // Routes are picked on the config in force now: a reload during the handshake or
     // detection applies to this connection (the TLS certificate came from the one before).
-    let current = shared.snapshot().listener(&listener.name).cloned();
+    let current = services.snapshot().listener(&listener.name).cloned();
     let listener = match current {
         Some(current) => current,
         None => {
@@ -268,9 +301,13 @@ async fn pipeline(
     };
     match detected {
         Detected::Http => {
-            relay::http::serve(client, ctx.clone(), listener, shared.clone(), tls).await
+            match http::serve(client, ctx.clone(), listener, services.clone(), tls).await? {
+                http::End::Closed => Ok(Handoff::Finished(Finish::Http)),
+                http::End::Cancelled => Ok(Handoff::Finished(Finish::Cancelled)),
+                http::End::Upgraded(ws) => Ok(Handoff::WebSocket(ws)),
+            }
         }
-        Detected::Tcp => tcp_path(client, ctx, &listener, shared)
+        Detected::Tcp => tcp_path(client, ctx, &listener, services)
             .await
             .map(Handoff::Finished),
     }
@@ -281,7 +318,7 @@ async fn tls_handshake(
     config: &Arc<rustls::ServerConfig>,
     listener: &ListenerSnap,
     ctx: &ConnCtx,
-    shared: &Shared,
+    services: &Services,
 ) -> Result<ClientStream, ConnError> {
     let started = Instant::now();
     let result = tokio::time::timeout(
@@ -290,7 +327,7 @@ async fn tls_handshake(
     )
     .await;
     let ok = matches!(result, Ok(Ok(_)));
-    shared
+    services
         .metrics
         .tls_handshakes_total
         .with_label_values(&[&*listener.name, if ok { "ok" } else { "error" }])
@@ -300,7 +337,7 @@ async fn tls_handshake(
         Ok(Err(e)) => return Err(ConnError::Tls(e)),
         Ok(Ok(stream)) => stream,
     };
-    shared
+    services
         .metrics
         .tls_handshake_duration_seconds
         .with_label_values(&[&listener.name])
@@ -323,9 +360,9 @@ async fn tcp_path(
     mut client: Rewind<ClientStream>,
     ctx: &ConnCtx,
     listener: &ListenerSnap,
-    shared: &Shared,
+    services: &Services,
 ) -> Result<Finish, ConnError> {
-    ctx.set_protocol(Protocol::Tcp, &shared.metrics);
+    ctx.set_protocol(Protocol::Tcp, &services.metrics);
     let sni = ctx.info().sni.clone();
     let query = RouteQuery {
         protocol: Protocol::Tcp,
@@ -334,7 +371,7 @@ async fn tcp_path(
         path: None,
     };
     let Some(route) = listener.routes.find(&query).cloned() else {
-        shared
+        services
             .metrics
             .unrouted_total
             .with_label_values(&[&listener.name, Protocol::Tcp.as_str()])
@@ -342,12 +379,7 @@ async fn tcp_path(
         close_gently(&mut client).await;
         return Err(ConnError::NoRoute);
     };
-    tracing::Span::current().record("route", &*route.name);
-    {
-        let mut info = ctx.info();
-        info.route = Some(route.name.clone());
-        info.backend = Some(route.backend.name.clone());
-    }
+    ctx.set_route(&route.name, &route.backend.name);
     let connected = unless_closed(ctx, async {
         route.backend.connect().await.map_err(ConnError::Connect)
     })
@@ -359,12 +391,12 @@ async fn tcp_path(
             return Err(e);
         }
     };
-    tracing::Span::current().record("upstream.address", server.address.as_str());
-    ctx.info().server = Some(server.address.clone());
+    ctx.set_server(&server.address);
 
-    let counters = shared
-        .metrics
-        .route_counters(&listener.name, &route.name, &route.backend.name);
+    let counters =
+        services
+            .metrics
+            .route_counters(&listener.name, &route.name, &route.backend.name);
     let up = Flow {
         total: &ctx.bytes_client_to_backend,
         counter: &counters.client_to_backend,
@@ -376,7 +408,7 @@ async fn tcp_path(
     let idle = listener.defaults.idle_timeout;
     // The connection's token fires on `request_close` or on a hard stop (its parent), each of
     // which sets its flag first.
-    let close = || ctx.close_requested() || shared.shutdown.is_stopped();
+    let close = || ctx.close_requested() || services.shutdown.is_stopped();
     let cancel = relay::Cancel::new(&ctx.cancel, &close);
 
     // Plain on both sides: splice(2), the bytes never enter user space.
@@ -406,6 +438,22 @@ async fn tcp_path(
         close_gently(&mut client).await;
     }
     Ok(Finish::Relayed(end))
+}
+
+/// What the WebSocket relay runs with: names for its metric labels, the route's limits and
+/// the listener's timers, from the snapshot the upgrade request was routed on.
+fn websocket_session(ws: &http::Upgraded) -> relay::websocket::Session {
+    let defaults = &ws.listener.defaults;
+    relay::websocket::Session {
+        route: ws.route.name.clone(),
+        backend: ws.route.backend.name.clone(),
+        limits: ws.route.websocket.clone(),
+        permessage_deflate: ws.permessage_deflate,
+        idle_timeout: defaults.idle_timeout,
+        close_timeout: defaults.close_timeout,
+        drain_spread: defaults.drain_spread,
+        drain_timeout: defaults.drain_timeout,
+    }
 }
 
 /// Runs a setup stage (TLS handshake, detection, backend connect) unless the connection is
@@ -501,8 +549,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = crate::config::from_str(
             r#"
-[defaults]
-max_connections = 1
 [[listener]]
 name = "edge"
 listen = "127.0.0.1:0"
@@ -515,32 +561,34 @@ servers = ["127.0.0.1:9"]
             dir.path(),
         )
         .unwrap();
-        let handle = crate::start(config).await.unwrap();
-        let shared = handle.shared().clone();
-        let permit = shared.conn_limit.try_acquire().unwrap();
+        let metrics = Metrics::new();
+        let snapshot = Arc::new(Snapshot::build(config, &metrics).unwrap());
+        let services = Arc::new(Services::new(snapshot, metrics));
+        let limit = crate::live::ConnLimit::new(1);
+        let permit = limit.try_acquire().unwrap();
         let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let ctx = Arc::new(ConnCtx::new(
-            shared.live.next_id(),
+            services.live.next_id(),
             "edge".into(),
             peer,
-            shared.shutdown.stop_token().child_token(),
+            services.shutdown.stop_token().child_token(),
         ));
-        shared.live.insert(ctx.clone());
-        ctx.set_protocol(Protocol::Tcp, &shared.metrics);
+        services.live.insert(ctx.clone());
+        ctx.set_protocol(Protocol::Tcp, &services.metrics);
         let active = || {
-            shared
+            services
                 .metrics
                 .connections_active
                 .with_label_values(&["edge", "tcp"])
                 .get()
         };
-        assert_eq!((shared.live.all().len(), active()), (1, 1));
-        assert!(shared.conn_limit.try_acquire().is_none());
+        assert_eq!((services.live.all().len(), active()), (1, 1));
+        assert!(limit.try_acquire().is_none());
 
         let task = {
             let finishing = Finishing {
                 ctx,
-                shared: shared.clone(),
+                services: services.clone(),
                 span: tracing::Span::none(),
                 permit,
                 done: false,
@@ -554,14 +602,13 @@ servers = ["127.0.0.1:9"]
         let joined = task.await;
         assert!(joined.is_err_and(|e| e.is_panic()));
         assert!(
-            shared.live.all().is_empty(),
+            services.live.all().is_empty(),
             "the live table kept the connection"
         );
         assert_eq!(active(), 0, "the active gauge kept the connection");
         assert!(
-            shared.conn_limit.try_acquire().is_some(),
+            limit.try_acquire().is_some(),
             "the place was not given back"
         );
-        handle.stop();
     }
 }

@@ -60,7 +60,12 @@ fn ws_echo_request(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
         .headers()
         .get(header::SEC_WEBSOCKET_KEY)
         .map(|k| tungstenite::handshake::derive_accept_key(k.as_bytes()));
-    let Some(accept) = key.filter(|_| crate::relay::http::is_websocket_upgrade(&req)) else {
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("websocket"));
+    let Some(accept) = key.filter(|_| upgrade) else {
         let mut page = format!("{} {}\n", req.method(), req.uri());
         for (name, value) in req.headers() {
             page.push_str(&format!(

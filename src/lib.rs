@@ -40,26 +40,20 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigErrors};
-use crate::live::LiveTable;
+use crate::conn::Services;
+use crate::live::ConnLimit;
 use crate::metrics::Metrics;
-use crate::shutdown::Shutdown;
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::workers::Workers;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("listener `{listener}` cannot listen on {addr}")]
-    Bind {
-        listener: String,
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] listener::BindError),
     #[error("admin endpoint cannot listen on {addr}")]
     AdminBind {
         addr: SocketAddr,
@@ -81,14 +75,12 @@ pub enum ReloadError {
     Start(#[from] StartError),
 }
 
-/// State every connection and the admin endpoint share.
-pub struct Shared {
-    snapshot: ArcSwap<Snapshot>,
-    pub metrics: Metrics,
-    pub live: LiveTable,
-    pub shutdown: Shutdown,
+/// The control plane: publishes snapshots, binds and stops listeners, reloads, and answers
+/// the admin endpoint. Connections see only its [`Services`].
+pub struct Gateway {
+    services: Arc<Services>,
     ready: AtomicBool,
-    conn_limit: Arc<listener::ConnLimit>,
+    conn_limit: Arc<ConnLimit>,
     /// Bound listeners by name, with the token that stops each accept loop.
     listeners: Mutex<HashMap<String, listener::Bound>>,
     /// Serializes reloads (SIGHUP and `POST /reload` may race).
@@ -96,18 +88,18 @@ pub struct Shared {
     workers: Workers,
 }
 
-impl Shared {
+impl Gateway {
     /// The current config snapshot.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.services.snapshot()
     }
 
     /// Every listener bound and not draining.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && !self.shutdown.is_draining()
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.services.shutdown.is_draining()
     }
 
-    pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
+    fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
         let mut addrs: Vec<(String, SocketAddr)> = self
             .listeners
             .lock()
@@ -121,11 +113,12 @@ impl Shared {
 
     /// Validates and applies a new config: binds listeners it adds, stops those it removes,
     /// then swaps the snapshot in one store. On any error nothing changes.
-    pub async fn reload(self: &Arc<Self>, config: Config) -> Result<(), ReloadError> {
+    async fn reload(&self, config: Config) -> Result<(), ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
         let result = self.apply(config).await;
         let label = if result.is_ok() { "ok" } else { "error" };
-        self.metrics
+        self.services
+            .metrics
             .config_reloads_total
             .with_label_values(&[label])
             .inc();
@@ -133,7 +126,7 @@ impl Shared {
     }
 
     /// Reloads the file the running config came from.
-    pub async fn reload_from_source(self: &Arc<Self>) -> Result<(), ReloadError> {
+    async fn reload_from_source(&self) -> Result<(), ReloadError> {
         let source = self
             .snapshot()
             .config
@@ -147,7 +140,8 @@ impl Shared {
         match config {
             Ok(config) => self.reload(config).await,
             Err(e) => {
-                self.metrics
+                self.services
+                    .metrics
                     .config_reloads_total
                     .with_label_values(&["error"])
                     .inc();
@@ -156,14 +150,14 @@ impl Shared {
         }
     }
 
-    async fn apply(self: &Arc<Self>, config: Config) -> Result<(), ReloadError> {
+    async fn apply(&self, config: Config) -> Result<(), ReloadError> {
         let old = self.snapshot();
         if old.config.admin.as_ref().map(|a| a.listen) != config.admin.as_ref().map(|a| a.listen) {
             tracing::warn!(
                 "the admin address changed in the config; it takes effect at the next restart"
             );
         }
-        let snapshot = Snapshot::build(config, &self.metrics).map_err(StartError::from)?;
+        let snapshot = Snapshot::build(config, &self.services.metrics).map_err(StartError::from)?;
         let wanted: HashMap<String, SocketAddr> = snapshot
             .config
             .listeners
@@ -202,12 +196,13 @@ impl Shared {
             match listener::bind(&l.name, l.listen, self.workers.sockets_per_listener()) {
                 Ok(pending) => new_bound.push(pending),
                 Err(e) => {
+                    let e = StartError::from(e);
                     // Put the stopped listeners back: the old config keeps running whole.
                     let mut bound = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
                     for (name, b) in stopped {
                         bound.insert(name, b);
                     }
-                    return Err(e.into());
+                    return Err(ReloadError::Start(e));
                 }
             }
         }
@@ -224,15 +219,16 @@ impl Shared {
                 "connection limit changed by reload"
             );
             self.conn_limit.set_max(max_connections);
-            self.metrics
+            self.services
+                .metrics
                 .max_connections
                 .set(i64::try_from(max_connections).unwrap_or(i64::MAX));
         }
         let snapshot = Arc::new(snapshot);
-        self.snapshot.store(snapshot.clone());
+        self.services.publish(snapshot.clone());
         self.close_removed(&snapshot);
         for pending in new_bound {
-            let bound = pending.spawn(self.clone(), &self.workers);
+            let bound = pending.spawn(&self.services, &self.conn_limit, &self.workers);
             tracing::info!(listener = %bound.0, address = %bound.1.local_addr, "listener added by reload");
             self.listeners
                 .lock()
@@ -244,12 +240,12 @@ impl Shared {
     }
 }
 
-impl Shared {
+impl Gateway {
     /// Closes the connections whose route or backend the new snapshot no longer has
     /// (WebSockets get Close 1012, spread over `drain_spread`); the rest run on untouched.
     fn close_removed(&self, snapshot: &Snapshot) {
         let mut closed = 0;
-        for conn in self.live.all() {
+        for conn in self.services.live.all() {
             let (route, backend) = {
                 let info = conn.info();
                 (info.route.clone(), info.backend.clone())
@@ -279,7 +275,7 @@ impl Shared {
 /// Controls a running gateway.
 #[derive(Clone)]
 pub struct Handle {
-    shared: Arc<Shared>,
+    gateway: Arc<Gateway>,
     admin_addr: Option<SocketAddr>,
     admin_stop: CancellationToken,
 }
@@ -304,12 +300,12 @@ pub async fn start_on(config: Config, workers: Workers) -> Result<Handle, StartE
             "connection limit derived from the open-files limit (two per connection, plus headroom)"
         ),
     }
-    let conn_limit = listener::ConnLimit::new(max_connections);
+    let conn_limit = ConnLimit::new(max_connections);
     metrics
         .max_connections
         .set(i64::try_from(max_connections).unwrap_or(i64::MAX));
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
-    let snapshot = Snapshot::build(config, &metrics)?;
+    let snapshot = Arc::new(Snapshot::build(config, &metrics)?);
 
     let mut pending = Vec::new();
     for l in &snapshot.config.listeners {
@@ -327,11 +323,8 @@ pub async fn start_on(config: Config, workers: Workers) -> Result<Handle, StartE
         ),
     };
 
-    let shared = Arc::new(Shared {
-        snapshot: ArcSwap::from_pointee(snapshot),
-        metrics,
-        live: LiveTable::default(),
-        shutdown: Shutdown::new(),
+    let gateway = Arc::new(Gateway {
+        services: Arc::new(Services::new(snapshot, metrics)),
         ready: AtomicBool::new(false),
         conn_limit,
         listeners: Mutex::new(HashMap::new()),
@@ -339,9 +332,9 @@ pub async fn start_on(config: Config, workers: Workers) -> Result<Handle, StartE
         workers,
     });
     for p in pending {
-        let (name, bound) = p.spawn(shared.clone(), &shared.workers);
+        let (name, bound) = p.spawn(&gateway.services, &gateway.conn_limit, &gateway.workers);
         tracing::info!(listener = %name, address = %bound.local_addr, "listening");
-        shared
+        gateway
             .listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -355,26 +348,27 @@ pub async fn start_on(config: Config, workers: Workers) -> Result<Handle, StartE
             if let Some(addr) = addr {
                 tracing::info!(address = %addr, "admin listening");
             }
-            tokio::spawn(admin::serve(l, shared.clone(), admin_stop.clone()));
+            tokio::spawn(admin::serve(l, gateway.clone(), admin_stop.clone()));
             addr
         }
     };
-    shared.ready.store(true, Ordering::Relaxed);
+    gateway.ready.store(true, Ordering::Relaxed);
     Ok(Handle {
-        shared,
+        gateway,
         admin_addr,
         admin_stop,
     })
 }
 
 impl Handle {
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.gateway.services.live.len()
     }
 
     /// The bound address of a listener (useful with port 0).
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
-        self.shared
+        self.gateway
             .listener_addrs()
             .into_iter()
             .find(|(name, _)| name == listener)
@@ -382,7 +376,7 @@ impl Handle {
     }
 
     pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.shared.listener_addrs()
+        self.gateway.listener_addrs()
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -390,18 +384,18 @@ impl Handle {
     }
 
     pub fn metrics(&self) -> &Metrics {
-        &self.shared.metrics
+        &self.gateway.services.metrics
     }
 
     /// Starts a drain: stop accepting, `/readyz` 503, let connections finish; after
     /// `drain_timeout` whatever is left is stopped.
     pub fn drain(&self) {
-        if self.shared.shutdown.is_draining() {
+        if self.gateway.services.shutdown.is_draining() {
             return;
         }
-        self.shared.shutdown.drain();
-        let timeout = self.shared.snapshot().config.defaults.drain_timeout;
-        let shutdown = self.shared.shutdown.clone();
+        self.gateway.services.shutdown.drain();
+        let timeout = self.gateway.snapshot().config.defaults.drain_timeout;
+        let shutdown = self.gateway.services.shutdown.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = tokio::time::sleep(timeout) => {
@@ -417,22 +411,87 @@ impl Handle {
 
     /// Ends every connection now.
     pub fn stop(&self) {
-        self.shared.shutdown.stop();
+        self.gateway.services.shutdown.stop();
     }
 
     pub async fn reload(&self, config: Config) -> Result<(), ReloadError> {
-        self.shared.reload(config).await
+        self.gateway.reload(config).await
     }
 
     pub async fn reload_from_source(&self) -> Result<(), ReloadError> {
-        self.shared.reload_from_source().await
+        self.gateway.reload_from_source().await
     }
 
     /// Waits until every listener and connection task has ended (after `drain` or `stop`),
     /// then closes the admin endpoint and ends the worker threads.
     pub async fn wait(&self) {
-        self.shared.shutdown.wait().await;
+        self.gateway.services.shutdown.wait().await;
         self.admin_stop.cancel();
-        self.shared.workers.exit();
+        self.gateway.workers.exit();
+    }
+}
+
+/// What the admin endpoint may ask: it reads and closes through these answers and never
+/// holds the data plane itself.
+impl admin::Control for Gateway {
+    fn admin_config(&self) -> Option<config::AdminConfig> {
+        self.snapshot().config.admin.clone()
+    }
+
+    fn readiness(&self) -> admin::Readiness {
+        if self.is_ready() {
+            admin::Readiness::Ready
+        } else if self.services.shutdown.is_draining() {
+            admin::Readiness::Draining
+        } else {
+            admin::Readiness::Starting
+        }
+    }
+
+    fn metrics_text(&self) -> String {
+        self.services.metrics.render()
+    }
+
+    fn connections(&self) -> Vec<live::ConnSummary> {
+        self.services
+            .live
+            .all()
+            .iter()
+            .map(|c| c.snapshot())
+            .collect()
+    }
+
+    fn close(&self, which: admin::Which<'_>) -> usize {
+        let picked: Vec<_> = match which {
+            admin::Which::Id(id) => self.services.live.get(id).into_iter().collect(),
+            admin::Which::Route(name) => self
+                .services
+                .live
+                .all()
+                .into_iter()
+                .filter(|c| c.info().route.as_deref() == Some(name))
+                .collect(),
+            admin::Which::Backend(name) => self
+                .services
+                .live
+                .all()
+                .into_iter()
+                .filter(|c| c.info().backend.as_deref() == Some(name))
+                .collect(),
+        };
+        for conn in &picked {
+            conn.request_close(live::CloseReason::Operator);
+        }
+        picked.len()
+    }
+
+    async fn reload(&self) -> Result<(), Vec<String>> {
+        match self.reload_from_source().await {
+            Ok(()) => Ok(()),
+            Err(ReloadError::Invalid(errors)) => {
+                Err(errors.0.iter().map(|e| e.to_string()).collect())
+            }
+            Err(e) => Err(vec![error::error_chain(&e)]),
+        }
     }
 }

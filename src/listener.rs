@@ -7,14 +7,24 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::conn::Services;
+use crate::live::ConnLimit;
 use crate::workers::Workers;
-use crate::{Shared, StartError};
+
+/// A listener's address could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("listener `{listener}` cannot listen on {addr}")]
+pub struct BindError {
+    pub listener: String,
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
 
 /// Bound sockets not yet accepting.
 pub struct Pending {
@@ -38,8 +48,8 @@ pub struct Bound {
 }
 
 /// Binds `count` sockets to `addr` (with port 0, the port the first one got).
-pub fn bind(name: &str, addr: SocketAddr, count: usize) -> Result<Pending, StartError> {
-    let error = |source| StartError::Bind {
+pub fn bind(name: &str, addr: SocketAddr, count: usize) -> Result<Pending, BindError> {
+    let error = |source| BindError {
         listener: name.to_owned(),
         addr,
         source,
@@ -104,12 +114,23 @@ fn bind_socket(
 
 impl Pending {
     /// Starts one accept loop per socket, each a tracked task on its worker.
-    pub fn spawn(self, shared: Arc<Shared>, workers: &Workers) -> (String, Bound) {
+    pub fn spawn(
+        self,
+        services: &Arc<Services>,
+        limit: &Arc<ConnLimit>,
+        workers: &Workers,
+    ) -> (String, Bound) {
         let stop = CancellationToken::new();
         let name: Arc<str> = self.name.as_str().into();
         for (i, socket) in self.sockets.into_iter().enumerate() {
-            let accept = accept_loop(socket, name.clone(), shared.clone(), stop.clone());
-            shared.shutdown.spawn_on(accept, workers.runtime(i));
+            let accept = accept_loop(
+                socket,
+                name.clone(),
+                services.clone(),
+                limit.clone(),
+                stop.clone(),
+            );
+            services.shutdown.spawn_on(accept, workers.runtime(i));
         }
         (
             self.name,
@@ -125,7 +146,8 @@ impl Pending {
 async fn accept_loop(
     socket: std::net::TcpListener,
     name: Arc<str>,
-    shared: Arc<Shared>,
+    services: Arc<Services>,
+    limit: Arc<ConnLimit>,
     stop: CancellationToken,
 ) {
     let socket = match TcpListener::from_std(socket) {
@@ -138,7 +160,7 @@ async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             accepted = socket.accept() => accepted,
-            _ = shared.shutdown.drained() => break,
+            _ = services.shutdown.drained() => break,
             _ = stop.cancelled() => break,
         };
         let (tcp, peer) = match accepted {
@@ -151,8 +173,8 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Some(permit) = shared.conn_limit.try_acquire() else {
-            shared
+        let Some(permit) = limit.try_acquire() else {
+            services
                 .metrics
                 .rejected_total
                 .with_label_values(&[&name, "max_connections"])
@@ -161,65 +183,15 @@ async fn accept_loop(
             drop(tcp);
             continue;
         };
-        shared.shutdown.spawn(crate::conn::serve(
+        services.shutdown.spawn(crate::conn::serve(
             tcp,
             peer,
             name.clone(),
-            shared.clone(),
+            services.clone(),
             permit,
         ));
     }
     tracing::debug!(listener = %name, "stopped accepting");
-}
-
-/// The process-wide `max_connections`: a count of open client connections and a limit a
-/// reload can change. A lowered limit closes nothing: new connections wait for the count to
-/// fall below it.
-#[derive(Debug)]
-pub struct ConnLimit {
-    active: AtomicUsize,
-    max: AtomicUsize,
-}
-
-/// One client connection's place under the limit, given back on drop.
-#[derive(Debug)]
-pub struct Permit(Arc<ConnLimit>);
-
-impl ConnLimit {
-    pub fn new(max: usize) -> Arc<Self> {
-        Arc::new(ConnLimit {
-            active: AtomicUsize::new(0),
-            max: AtomicUsize::new(max),
-        })
-    }
-
-    pub fn set_max(&self, max: usize) {
-        self.max.store(max, Ordering::Relaxed);
-    }
-
-    pub fn max(&self) -> usize {
-        self.max.load(Ordering::Relaxed)
-    }
-
-    pub fn active(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
-    }
-
-    /// A place for one more connection, unless the limit is reached.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
-        let before = self.active.fetch_add(1, Ordering::Relaxed);
-        if before >= self.max.load(Ordering::Relaxed) {
-            self.active.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(Permit(self.clone()))
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// Open files a gateway process keeps beside its connections: listening sockets, the admin
@@ -283,24 +255,5 @@ mod tests {
             default_max_connections(u64::MAX),
             crate::config::MAX_CONNECTIONS
         );
-    }
-
-    #[test]
-    fn permits_count_and_a_changed_limit_applies_to_the_next_connection() {
-        let limit = ConnLimit::new(2);
-        let a = limit.try_acquire();
-        let b = limit.try_acquire();
-        assert!(a.is_some() && b.is_some());
-        assert!(limit.try_acquire().is_none());
-        assert_eq!(limit.active(), 2);
-        limit.set_max(3);
-        let c = limit.try_acquire();
-        assert!(c.is_some());
-        limit.set_max(1);
-        drop(a);
-        assert!(limit.try_acquire().is_none(), "2 open, limit 1");
-        drop((b, c));
-        assert_eq!(limit.active(), 0);
-        assert!(limit.try_acquire().is_some());
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
@@ -96,6 +96,23 @@ impl ConnCtx {
             r if r == CloseReason::Reload as u8 => CloseReason::Reload,
             _ => CloseReason::Operator,
         }
+    }
+
+    /// The route picked (HTTP: for the latest request), for `/connections`, the access log
+    /// and the connection's span.
+    pub fn set_route(&self, route: &Arc<str>, backend: &Arc<str>) {
+        {
+            let mut info = self.info();
+            info.route = Some(route.clone());
+            info.backend = Some(backend.clone());
+        }
+        tracing::Span::current().record("route", &**route);
+    }
+
+    /// The backend server connected to, likewise.
+    pub fn set_server(&self, address: &str) {
+        self.info().server = Some(address.to_owned());
+        tracing::Span::current().record("upstream.address", address);
     }
 
     /// The info, even if a panicking holder poisoned the lock (the data is plain values).
@@ -242,5 +259,79 @@ impl ConnCtx {
             .connection_duration_seconds
             .with_label_values(&labels)
             .observe(self.started_at.elapsed().as_secs_f64());
+    }
+}
+
+/// The process-wide `max_connections`: a count of open client connections and a limit a
+/// reload can change. A lowered limit closes nothing: new connections wait for the count to
+/// fall below it.
+#[derive(Debug)]
+pub struct ConnLimit {
+    active: AtomicUsize,
+    max: AtomicUsize,
+}
+
+/// One client connection's place under the limit, given back on drop.
+#[derive(Debug)]
+pub struct Permit(Arc<ConnLimit>);
+
+impl ConnLimit {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(ConnLimit {
+            active: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+        })
+    }
+
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    pub fn max(&self) -> usize {
+        self.max.load(Ordering::Relaxed)
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// A place for one more connection, unless the limit is reached.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        let before = self.active.fetch_add(1, Ordering::Relaxed);
+        if before >= self.max.load(Ordering::Relaxed) {
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Permit(self.clone()))
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permits_count_and_a_changed_limit_applies_to_the_next_connection() {
+        let limit = ConnLimit::new(2);
+        let a = limit.try_acquire();
+        let b = limit.try_acquire();
+        assert!(a.is_some() && b.is_some());
+        assert!(limit.try_acquire().is_none());
+        assert_eq!(limit.active(), 2);
+        limit.set_max(3);
+        let c = limit.try_acquire();
+        assert!(c.is_some());
+        limit.set_max(1);
+        drop(a);
+        assert!(limit.try_acquire().is_none(), "2 open, limit 1");
+        drop((b, c));
+        assert_eq!(limit.active(), 0);
+        assert!(limit.try_acquire().is_some());
     }
 }

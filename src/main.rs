@@ -291,7 +291,7 @@ async fn run_gateway(
             tracing::info!("drained");
         }
         _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} } } => {
-            tracing::warn!(remaining = handle.shared().live.len(), "second signal: stopping now");
+            tracing::warn!(remaining = handle.connections(), "second signal: stopping now");
             handle.stop();
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), handle.wait()).await;
         }

@@ -91,7 +91,7 @@ fn start(gateway: &tokio::runtime::Runtime, toml: String) -> (sockgate::Handle, 
 fn settle(peers: &tokio::runtime::Runtime, handle: &sockgate::Handle) {
     peers.block_on(async {
         for _ in 0..500 {
-            if handle.shared().live.is_empty() {
+            if handle.connections() == 0 {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;

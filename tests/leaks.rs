@@ -77,7 +77,7 @@ servers = ["{echo}"]
     ws.close(None).await.unwrap();
     while let Some(Ok(_)) = ws.next().await {}
     eventually("warm-up connection gone", || async {
-        gw.handle.shared().live.is_empty()
+        gw.handle.connections() == 0
     })
     .await;
     let baseline = open_fds();
@@ -107,7 +107,7 @@ servers = ["{echo}"]
     drop(held);
 
     eventually("every connection ended", || async {
-        gw.handle.shared().live.is_empty()
+        gw.handle.connections() == 0
     })
     .await;
     let m = gw.metrics().await;

@@ -1,6 +1,5 @@
 //! Relays: what runs between a routed client and its backend until either side ends.
 
-pub mod http;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod tcp;

@@ -275,6 +275,13 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: String) {
     }
 }
 
+/// Whether a `Sec-WebSocket-Extensions` value agrees to permessage-deflate (RFC 7692).
+pub(super) fn permessage_deflate(extensions: &str) -> bool {
+    extensions
+        .split([',', ';'])
+        .any(|t| t.trim().eq_ignore_ascii_case("permessage-deflate"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

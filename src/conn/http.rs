@@ -51,14 +51,12 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::Shared;
 use crate::config::Protocol;
-use crate::conn::{ConnError, Finish, Handoff};
+use crate::conn::Services;
 use crate::io::{ClientStream, Rewind};
 use crate::live::{CloseReason, ConnCtx};
 use crate::metrics::RouteCounters;
 use crate::relay::Side;
-use crate::relay::websocket;
 use crate::route::{Route, RouteQuery};
 use crate::snapshot::ListenerSnap;
 use crate::upstream::Pool;
@@ -66,7 +64,9 @@ use crate::upstream::Pool;
 mod headers;
 mod idle;
 
-use headers::{BadRequest, add_forwarding, origin_form, strip_hop_by_hop, target};
+use headers::{
+    BadRequest, add_forwarding, origin_form, permessage_deflate, strip_hop_by_hop, target,
+};
 use idle::{Idle, stalled};
 
 /// Largest request head accepted; hyper answers 431 beyond it.
@@ -77,18 +77,42 @@ type Body = Either<Idle<Incoming>, Full<Bytes>>;
 /// A request body on its way to the backend.
 type Upload = Idle<Incoming>;
 
+/// How the HTTP stage ended.
+pub enum End {
+    /// The client connection closed after its requests.
+    Closed,
+    /// An operator or a hard stop closed it.
+    Cancelled,
+    /// A WebSocket upgrade went through. Boxed, so that holding it beside the relay's
+    /// future costs the task a pointer.
+    Upgraded(Box<Upgraded>),
+}
+
+/// Why the HTTP stage failed; conn says which stage and side each is.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("HTTP connection failed")]
+    Http(#[source] hyper::Error),
+    #[error("HTTP request head not received in time")]
+    HeadTimeout,
+    #[error("WebSocket upgrade failed")]
+    Upgrade(#[source] hyper::Error),
+    #[error("upgraded {} stream could not be taken over", .0.as_str())]
+    UpgradeLost(Side),
+}
+
 /// Serves HTTP on one client connection until it closes, drains, or upgrades (then hands
 /// both upgraded streams back for the WebSocket relay).
 pub async fn serve(
     client: Rewind<ClientStream>,
     ctx: Arc<ConnCtx>,
     listener: Arc<ListenerSnap>,
-    shared: Arc<Shared>,
+    services: Arc<Services>,
     tls: bool,
-) -> Result<Handoff, ConnError> {
+) -> Result<End, Error> {
     let state = Arc::new(HttpConn {
         ctx: ctx.clone(),
-        shared: shared.clone(),
+        services: services.clone(),
         tls,
         session: tokio::sync::Mutex::new(None),
         session_stale: AtomicBool::new(false),
@@ -127,36 +151,36 @@ pub async fn serve(
     let served = loop {
         tokio::select! {
             res = conn.as_mut() => break res,
-            _ = shared.shutdown.drained(), if !draining => {
+            _ = services.shutdown.drained(), if !draining => {
                 // Finish the request in flight, then close instead of keeping alive.
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
             _ = ctx.cancel.cancelled(), if !reload_seen => {
-                if reload_close(&ctx, &shared) {
+                if reload_close(&ctx, &services) {
                     reload_seen = true;
                     state.close_idle_backend();
                     continue;
                 }
                 state.flush_bytes();
-                return Ok(Handoff::Finished(Finish::Cancelled));
+                return Ok(End::Cancelled);
             }
             // With the token spent on the reload, a hard stop is heard here.
-            _ = shared.shutdown.stopped(), if reload_seen => {
+            _ = services.shutdown.stopped(), if reload_seen => {
                 state.flush_bytes();
-                return Ok(Handoff::Finished(Finish::Cancelled));
+                return Ok(End::Cancelled);
             }
         }
     };
     drop(conn);
     state.flush_bytes();
     // A connection that ended before any request (bad request, early close) is still HTTP.
-    ctx.set_protocol(Protocol::Http, &shared.metrics);
+    ctx.set_protocol(Protocol::Http, &services.metrics);
     if let Err(e) = served {
         return Err(if e.is_timeout() {
-            ConnError::HttpTimeout
+            Error::HeadTimeout
         } else {
-            ConnError::Http(e)
+            Error::Http(e)
         });
     }
 
@@ -167,50 +191,56 @@ pub async fn serve(
         .take();
     drop(state);
     match pending {
-        None => Ok(Handoff::Finished(Finish::Http)),
+        None => Ok(End::Closed),
         Some(upgrade) => take_upgraded(upgrade)
             .await
-            .map(|upgraded| Handoff::WebSocket(Box::new(upgraded))),
+            .map(|upgraded| End::Upgraded(Box::new(upgraded))),
     }
 }
 
 /// Whether the connection's close request came from a reload (route or backend removed)
 /// while it is plain HTTP: such a connection keeps serving, each request routed anew. A
 /// WebSocket handshake in flight, an operator's close and a hard stop end it.
-fn reload_close(ctx: &ConnCtx, shared: &Shared) -> bool {
+fn reload_close(ctx: &ConnCtx, services: &Services) -> bool {
     ctx.close_requested()
         && ctx.close_reason() == CloseReason::Reload
-        && !shared.shutdown.is_stopped()
+        && !services.shutdown.is_stopped()
         && ctx.info().protocol != Some(Protocol::WebSocket)
 }
 
-/// Both streams of a WebSocket upgrade, out of hyper's hands, with what the relay needs.
+/// Both streams of a WebSocket upgrade, out of hyper's hands, with the route and listener
+/// settings of the request it answered.
 pub struct Upgraded {
     pub client: Rewind<ClientStream>,
     pub backend: Rewind<TcpStream>,
-    pub session: websocket::Session,
+    pub route: Arc<Route>,
+    pub listener: Arc<ListenerSnap>,
+    /// The 101 response's `Sec-WebSocket-Extensions` agreed to permessage-deflate.
+    pub permessage_deflate: bool,
 }
 
 /// Waits for hyper to hand over both upgraded streams and takes the raw streams back out of
 /// hyper's wrappers (so the relay reads sockets, not trait objects).
-async fn take_upgraded(pending: PendingUpgrade) -> Result<Upgraded, ConnError> {
-    let client = pending.client.await.map_err(ConnError::Upgrade)?;
-    let backend = pending.backend.await.map_err(ConnError::Upgrade)?;
+async fn take_upgraded(pending: PendingUpgrade) -> Result<Upgraded, Error> {
+    let client = pending.client.await.map_err(Error::Upgrade)?;
+    let backend = pending.backend.await.map_err(Error::Upgrade)?;
     let client = match client.downcast::<TokioIo<ClientIo>>() {
         Ok(parts) => {
             let (unread, stream) = parts.io.into_inner().inner.into_parts();
             Rewind::new(join(parts.read_buf, unread), stream)
         }
-        Err(_) => return Err(ConnError::UpgradeLost(Side::Client)),
+        Err(_) => return Err(Error::UpgradeLost(Side::Client)),
     };
     let backend = match backend.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => Rewind::new(parts.read_buf, parts.io.into_inner()),
-        Err(_) => return Err(ConnError::UpgradeLost(Side::Backend)),
+        Err(_) => return Err(Error::UpgradeLost(Side::Backend)),
     };
     Ok(Upgraded {
         client,
         backend,
-        session: pending.session,
+        route: pending.route,
+        listener: pending.listener,
+        permessage_deflate: pending.permessage_deflate,
     })
 }
 
@@ -230,7 +260,9 @@ fn join(first: Bytes, second: Bytes) -> Bytes {
 struct PendingUpgrade {
     client: OnUpgrade,
     backend: OnUpgrade,
-    session: websocket::Session,
+    route: Arc<Route>,
+    listener: Arc<ListenerSnap>,
+    permessage_deflate: bool,
 }
 
 /// A reusable connection to one backend server, for plain HTTP keep-alive. Dropping it lets
@@ -254,7 +286,7 @@ struct Flushed {
 /// State shared by the requests of one client connection (handled one at a time).
 struct HttpConn {
     ctx: Arc<ConnCtx>,
-    shared: Arc<Shared>,
+    services: Arc<Services>,
     tls: bool,
     session: tokio::sync::Mutex<Option<BackendSession>>,
     /// A reload removed the session's backend while a request was using it: the session
@@ -326,7 +358,7 @@ impl HttpConn {
         } else {
             Protocol::Http
         };
-        self.ctx.set_protocol(protocol, &self.shared.metrics);
+        self.ctx.set_protocol(protocol, &self.services.metrics);
         let routed = self.route(&req, protocol, websocket);
         let route_name = routed.as_ref().ok().map(|(route, _)| route.name.clone());
         let result = match routed {
@@ -359,7 +391,7 @@ impl HttpConn {
             }
             error_response(e.status(), e.closes())
         });
-        self.shared
+        self.services
             .metrics
             .http_responses_total
             .with_label_values(&[
@@ -390,7 +422,11 @@ impl HttpConn {
         }
         // `None` when a reload removed the listener: it accepts no more, and what is still
         // open on it finds no route.
-        let listener = self.shared.snapshot().listener(&self.ctx.listener).cloned();
+        let listener = self
+            .services
+            .snapshot()
+            .listener(&self.ctx.listener)
+            .cloned();
         let route = listener.as_ref().and_then(|listener| {
             let info = self.ctx.info();
             let query = RouteQuery {
@@ -404,7 +440,7 @@ impl HttpConn {
         match (route, listener) {
             (Some(route), Some(listener)) => Ok((route, listener)),
             _ => {
-                self.shared
+                self.services
                     .metrics
                     .unrouted_total
                     .with_label_values(&[&self.ctx.listener, protocol.as_str()])
@@ -424,14 +460,9 @@ impl HttpConn {
     /// Records the route for `/connections` and the access log, and where the following
     /// bytes are counted.
     fn attribute(&self, route: &Arc<Route>) {
-        {
-            let mut info = self.ctx.info();
-            info.route = Some(route.name.clone());
-            info.backend = Some(route.backend.name.clone());
-        }
-        tracing::Span::current().record("route", &*route.name);
+        self.ctx.set_route(&route.name, &route.backend.name);
         let mut flushed = self.flushed.lock().unwrap_or_else(|p| p.into_inner());
-        flushed.counters = Some(self.shared.metrics.route_counters(
+        flushed.counters = Some(self.services.metrics.route_counters(
             &self.ctx.listener,
             &route.name,
             &route.backend.name,
@@ -464,14 +495,9 @@ impl HttpConn {
         }
     }
 
-    fn set_server(&self, server: &str) {
-        self.ctx.info().server = Some(server.to_owned());
-        tracing::Span::current().record("upstream.address", server);
-    }
-
     async fn connect(&self, route: &Route) -> Result<TcpStream, ProxyError> {
         let (stream, server) = route.backend.connect().await.map_err(ProxyError::Connect)?;
-        self.set_server(&server.address);
+        self.ctx.set_server(&server.address);
         Ok(stream)
     }
 
@@ -593,7 +619,7 @@ impl HttpConn {
         &self,
         mut req: Request<Incoming>,
         route: Arc<Route>,
-        listener: &ListenerSnap,
+        listener: &Arc<ListenerSnap>,
         trusted: bool,
     ) -> Result<Response<Body>, ProxyError> {
         let stream = self.connect(&route).await?;
@@ -636,20 +662,13 @@ impl HttpConn {
             .headers()
             .get(header::SEC_WEBSOCKET_EXTENSIONS)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(websocket::permessage_deflate);
+            .is_some_and(permessage_deflate);
         *self.upgrade.lock().unwrap_or_else(|p| p.into_inner()) = Some(PendingUpgrade {
             client: client_upgrade,
             backend: backend_upgrade,
-            session: websocket::Session {
-                route: route.name.clone(),
-                backend: route.backend.name.clone(),
-                limits: route.websocket.clone(),
-                permessage_deflate,
-                idle_timeout: listener.defaults.idle_timeout,
-                close_timeout: listener.defaults.close_timeout,
-                drain_spread: listener.defaults.drain_spread,
-                drain_timeout: listener.defaults.drain_timeout,
-            },
+            route,
+            listener: listener.clone(),
+            permessage_deflate,
         });
         let (parts, _) = response.into_parts();
         Ok(Response::from_parts(parts, Either::Right(Full::default())))
@@ -668,8 +687,8 @@ impl HttpConn {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ProxyError::Backend)?;
-        let stop = self.shared.shutdown.stop_token().clone();
-        self.shared.shutdown.spawn(async move {
+        let stop = self.services.shutdown.stop_token().clone();
+        self.services.shutdown.spawn(async move {
             let result = tokio::select! {
                 r = conn => r,
                 _ = abort.cancelled() => Ok(()),
@@ -693,7 +712,7 @@ impl HttpConn {
             .await
             .map_err(ProxyError::Backend)?;
         let stop = self.ctx.cancel.clone();
-        self.shared.shutdown.spawn(async move {
+        self.services.shutdown.spawn(async move {
             let result = tokio::select! {
                 r = conn.with_upgrades() => r,
                 _ = stop.cancelled() => Ok(()),
