@@ -21,50 +21,16 @@ use tracing::field::Empty;
 
 pub mod http;
 
-use arc_swap::ArcSwap;
-
 use crate::config::Protocol;
 use crate::detect::{self, DetectError, Detected};
 use crate::io::{ClientStream, Rewind};
-use crate::live::{ConnCtx, LiveTable, Permit};
-use crate::metrics::Metrics;
+use crate::live::{ConnCtx, Permit};
 use crate::relay::tcp::{self as tcp_relay, Flow};
 use crate::relay::{self, RelayEnd, Side};
 use crate::route::RouteQuery;
-use crate::shutdown::Shutdown;
-use crate::snapshot::{ListenerSnap, Snapshot};
+use crate::services::Services;
+use crate::snapshot::ListenerSnap;
 use crate::upstream::ConnectError;
-
-/// What every connection shares: the config in force, the metrics, the live table and the
-/// drain signal. The gateway publishes new snapshots into it; nothing here can reload,
-/// bind or stop a listener.
-pub struct Services {
-    snapshot: ArcSwap<Snapshot>,
-    pub metrics: Metrics,
-    pub live: LiveTable,
-    pub shutdown: Shutdown,
-}
-
-impl Services {
-    pub fn new(snapshot: Arc<Snapshot>, metrics: Metrics) -> Self {
-        Services {
-            snapshot: ArcSwap::new(snapshot),
-            metrics,
-            live: LiveTable::default(),
-            shutdown: Shutdown::new(),
-        }
-    }
-
-    /// The config in force now.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
-    }
-
-    /// Puts a validated snapshot in force for new connections and requests, in one store.
-    pub fn publish(&self, snapshot: Arc<Snapshot>) {
-        self.snapshot.store(snapshot);
-    }
-}
 
 /// How a connection ended when no stage failed.
 #[derive(Debug)]
@@ -543,6 +509,8 @@ fn access_log(ctx: &ConnCtx, outcome: &Result<Finish, ConnError>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
+    use crate::snapshot::Snapshot;
 
     #[tokio::test]
     async fn a_panicking_connection_task_leaves_the_live_table_the_gauges_and_its_place() {

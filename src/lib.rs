@@ -29,6 +29,7 @@ pub mod live;
 pub mod metrics;
 pub mod relay;
 pub mod route;
+pub mod services;
 pub mod shutdown;
 pub mod snapshot;
 pub mod tls;
@@ -43,9 +44,9 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigErrors};
-use crate::conn::Services;
 use crate::live::ConnLimit;
 use crate::metrics::Metrics;
+use crate::services::Services;
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::workers::Workers;
 

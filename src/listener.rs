@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::conn::Services;
 use crate::live::ConnLimit;
+use crate::services::Services;
 use crate::workers::Workers;
 
 /// A listener's address could not be bound.
