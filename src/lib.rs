@@ -16,11 +16,9 @@
 //! stop, reload and wait for the gateway.
 
 pub mod admin;
-pub mod certgen;
 pub mod certs;
 pub mod config;
 pub mod conn;
-pub mod demo;
 pub mod detect;
 pub mod error;
 pub mod io;

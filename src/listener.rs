@@ -208,15 +208,9 @@ pub fn default_max_connections(open_files: u64) -> usize {
         .clamp(1, crate::config::MAX_CONNECTIONS)
 }
 
-/// The soft open-files limit (`RLIMIT_NOFILE`), if it can be read.
+/// The soft open-files limit (`RLIMIT_NOFILE`); `None` when unlimited.
 pub fn open_files_limit() -> Option<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into the struct we own.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
 /// The limit in force for a config: the one it sets, or the one the open-files limit allows.

@@ -9,9 +9,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 
+use sockgate::Handle;
 use sockgate::config::{self, Config};
 use sockgate::workers::Workers;
-use sockgate::{Handle, certgen, demo};
+
+mod certgen;
+mod demo;
 
 /// `--version`: the package version and the TLS crypto backend built in (cargo features).
 static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {

@@ -4,6 +4,14 @@
 //! the machine's load, so they are asserted.
 #![allow(clippy::unwrap_used)]
 
+// The binary's dev certificates and demo echo backends, reused as test fixtures.
+#[allow(dead_code)]
+#[path = "../src/certgen.rs"]
+mod certgen;
+#[allow(dead_code)]
+#[path = "../src/demo.rs"]
+mod demo;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +30,8 @@ thread_local! {
     static ON_GATEWAY_THREAD: Cell<bool> = const { Cell::new(false) };
 }
 
+// A counting allocator is unsafe code by nature: it is the test, not the gateway.
+#[allow(unsafe_code)]
 // SAFETY: forwards to the system allocator unchanged; only counts.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -153,8 +163,8 @@ fn allocations_per_tcp_connection_and_per_websocket_message() {
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let ws = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addrs = (tcp.local_addr().unwrap(), ws.local_addr().unwrap());
-        tokio::spawn(sockgate::demo::tcp_echo(tcp));
-        tokio::spawn(sockgate::demo::ws_echo(ws));
+        tokio::spawn(demo::tcp_echo(tcp));
+        tokio::spawn(demo::ws_echo(ws));
         addrs
     });
     let (handle, _dir) = start(
@@ -300,17 +310,17 @@ fn heap_per_idle_wss_connection_and_allocations_per_wss_message() {
     let ws = peers.block_on(async {
         let ws = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = ws.local_addr().unwrap();
-        tokio::spawn(sockgate::demo::ws_echo(ws));
+        tokio::spawn(demo::ws_echo(ws));
         addr
     });
     let pki_dir = tempfile::tempdir().unwrap();
-    let pki = sockgate::certgen::dev_pki(sockgate::certgen::DEV_NAMES).unwrap();
+    let pki = certgen::dev_pki(certgen::DEV_NAMES).unwrap();
     let (cert, key) = (
         pki_dir.path().join("tls.crt"),
         pki_dir.path().join("tls.key"),
     );
-    sockgate::certgen::write_file(&cert, &pki.server.cert).unwrap();
-    sockgate::certgen::write_file(&key, &pki.server.key).unwrap();
+    certgen::write_file(&cert, &pki.server.cert).unwrap();
+    certgen::write_file(&key, &pki.server.key).unwrap();
     let (handle, _dir) = start(
         &gateway,
         format!(
@@ -429,7 +439,7 @@ fn allocations_per_keep_alive_http_request() {
     let app = peers.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(sockgate::demo::ws_echo(listener));
+        tokio::spawn(demo::ws_echo(listener));
         addr
     });
     let (handle, _dir) = start(

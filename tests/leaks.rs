@@ -7,6 +7,13 @@
 #[path = "e2e/support.rs"]
 #[allow(dead_code)]
 mod support;
+// The binary's dev certificates and demo echo backends, which support.rs uses.
+#[allow(dead_code)]
+#[path = "../src/certgen.rs"]
+mod certgen;
+#[allow(dead_code)]
+#[path = "../src/demo.rs"]
+mod demo;
 
 use std::time::Duration;
 

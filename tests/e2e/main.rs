@@ -3,6 +3,14 @@
 //! made of modules, so it links once.
 #![allow(clippy::unwrap_used)]
 
+// The binary's dev certificates and demo echo backends, reused as test fixtures.
+#[allow(dead_code)]
+#[path = "../../src/certgen.rs"]
+mod certgen;
+#[allow(dead_code)]
+#[path = "../../src/demo.rs"]
+mod demo;
+
 mod admin;
 mod cli;
 mod deploy;

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use sockgate::certgen::{self, DevPki};
+use crate::certgen::{self, DevPki};
 
 /// A temp folder with a dev CA and a server certificate for localhost, as files.
 pub struct Pki {
@@ -227,14 +227,14 @@ pub async fn listen() -> (TcpListener, SocketAddr) {
 /// The demo's TCP echo server on a fresh port.
 pub async fn tcp_echo() -> SocketAddr {
     let (listener, addr) = listen().await;
-    tokio::spawn(sockgate::demo::tcp_echo(listener));
+    tokio::spawn(crate::demo::tcp_echo(listener));
     addr
 }
 
 /// The demo's WebSocket echo / header-echo HTTP server on a fresh port.
 pub async fn ws_echo() -> SocketAddr {
     let (listener, addr) = listen().await;
-    tokio::spawn(sockgate::demo::ws_echo(listener));
+    tokio::spawn(crate::demo::ws_echo(listener));
     addr
 }
 

@@ -62,9 +62,9 @@ fn leaf(pem: &str) -> CertificateDer<'static> {
 #[tokio::test]
 async fn sni_picks_the_certificate_by_server_name() {
     let pki = Pki::new();
-    let chat = sockgate::certgen::dev_pki(&["chat.example.com", "*.games.example.com"]).unwrap();
-    sockgate::certgen::write_file(&pki.path().join("chat.crt"), &chat.server.cert).unwrap();
-    sockgate::certgen::write_file(&pki.path().join("chat.key"), &chat.server.key).unwrap();
+    let chat = crate::certgen::dev_pki(&["chat.example.com", "*.games.example.com"]).unwrap();
+    crate::certgen::write_file(&pki.path().join("chat.crt"), &chat.server.cert).unwrap();
+    crate::certgen::write_file(&pki.path().join("chat.key"), &chat.server.key).unwrap();
     let echo = tcp_echo().await;
     let gw = Gateway::start(pki.path(), &sni_config(echo, "")).await;
     let client = client_config(&[&pki.pki.ca.cert, &chat.ca.cert], &[]);

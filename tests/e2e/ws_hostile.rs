@@ -102,8 +102,7 @@ fn thread_cpu() -> Duration {
     let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf reads a constant of the system; no memory is passed.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    let hz = rustix::param::clock_ticks_per_second();
     Duration::from_micros(ticks * 1_000_000 / hz)
 }
 
