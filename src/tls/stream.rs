@@ -1,5 +1,6 @@
-//! The client's TLS stream: rustls' unbuffered connection over a `TcpStream`, with its record
-//! buffers lent from the relay buffer pool.
+//! The client's TLS stream: rustls' unbuffered connection over a `TcpStream` (or any byte
+//! stream: the unit tests run it over memory), with its record buffers lent from the relay
+//! buffer pool.
 //!
 //! rustls' buffered `ServerConnection` keeps a 4 KiB receive buffer for the connection's whole
 //! life and reads the socket 4 KiB at a time. Here received TLS bytes go into a buffer taken
@@ -46,8 +47,8 @@ pub(crate) fn note_sni(name: Option<&str>) {
 }
 
 /// A server-side TLS stream whose handshake has completed.
-pub struct TlsStream {
-    io: TcpStream,
+pub struct TlsStream<IO = TcpStream> {
+    io: IO,
     conn: UnbufferedServerConnection,
     /// Received TLS bytes not yet processed: `incoming[in_start..in_end]`.
     incoming: Slot,
@@ -108,7 +109,10 @@ enum Drive {
 }
 
 /// Completes a TLS handshake on an accepted connection.
-pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsStream> {
+pub async fn accept<IO>(io: IO, config: Arc<ServerConfig>) -> io::Result<TlsStream<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
     let mut stream = TlsStream {
         io,
@@ -137,7 +141,7 @@ pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsS
     Ok(stream)
 }
 
-impl TlsStream {
+impl<IO> TlsStream<IO> {
     /// The server name the client asked for (lowercase), taken out of the stream.
     pub fn take_sni(&mut self) -> Option<String> {
         self.sni.take()
@@ -147,7 +151,9 @@ impl TlsStream {
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
     }
+}
 
+impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             HELLO_SNI.with(|sni| sni.borrow_mut().take());
@@ -535,7 +541,7 @@ fn invalid_data(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-impl AsyncRead for TlsStream {
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -548,7 +554,7 @@ impl AsyncRead for TlsStream {
     }
 }
 
-impl AsyncWrite for TlsStream {
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
