@@ -584,3 +584,6 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
