@@ -75,6 +75,8 @@ pub struct TlsStream<IO = TcpStream> {
     eof: bool,
     /// `close_notify` is queued.
     close_sent: bool,
+    /// rustls reported an error; the kind every later call returns.
+    failed: Option<io::ErrorKind>,
 }
 
 /// Where decrypted application data goes while [`TlsStream::drive`] runs.
@@ -131,6 +133,7 @@ where
         peer_closed: false,
         eof: false,
         close_sent: false,
+        failed: None,
     };
     poll_fn(|cx| {
         let polled = stream.poll_handshake(cx);
@@ -183,6 +186,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
     /// records rustls wants sent are queued for [`Self::poll_write_out`], decrypted data goes
     /// to `sink`, and `act` is done once application data may be sent.
     fn drive(&mut self, mut sink: Sink<'_, '_>, mut act: Act<'_>) -> io::Result<Drive> {
+        // The unbuffered connection does not remember its error where input is concerned:
+        // called again, it deframes the same bad record again and queues a second fatal
+        // alert (a debug assertion in rustls), so a failed stream stays failed here.
+        if let Some(kind) = self.failed {
+            return Err(io::Error::new(kind, "TLS connection failed earlier"));
+        }
         // Bytes put into the sink by this call.
         let mut put = 0;
         loop {
@@ -309,6 +318,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
     /// After rustls reported an error: queue the alert it has for the peer, try once to
     /// send it, and hand back the error.
     fn failed(&mut self, cx: &mut Context<'_>, error: io::Error) -> io::Error {
+        self.failed.get_or_insert(error.kind());
         // While rustls has records to send, `process_tls_records` hands them out before it
         // looks at input again (which would only repeat the error).
         while self.conn.wants_write() {
@@ -571,7 +581,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.close_sent {
+        // After a fatal alert no other record may follow (RFC 8446 §6.2): only the FIN.
+        if !this.close_sent && this.failed.is_none() {
             this.close_sent = true;
             if let Err(e) = this.drive(Sink::Spill, Act::Close) {
                 return Poll::Ready(Err(this.failed(cx, e)));

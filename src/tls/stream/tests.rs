@@ -747,6 +747,20 @@ fn read_fails(
     assert!(expected(inner), "unexpected error {inner:?}");
     client.settle();
     assert_eq!(client.error, Some(rustls::Error::AlertReceived(alert)));
+    // The stream stays failed, sends nothing more (one alert), and shutting down sends only
+    // the FIN.
+    for _ in 0..2 {
+        let again = run(client, AsyncReadExt::read(server, &mut [0; 1024])).unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::InvalidData);
+        let again = run(client, server.write_all(b"late")).unwrap_err();
+        assert_eq!(again.kind(), io::ErrorKind::InvalidData);
+    }
+    run(client, server.shutdown()).unwrap();
+    assert!(
+        client.wire.borrow().written.is_empty(),
+        "a record after the fatal alert"
+    );
+    assert!(client.wire.borrow().shut);
 }
 
 #[test]
