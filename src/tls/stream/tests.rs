@@ -482,13 +482,30 @@ fn exchange(
     buf: usize,
     write_first: bool,
 ) {
+    exchange_updating(client, server, up, &[], down, buf, write_first);
+}
+
+/// [`exchange`], with a key update from the client before each message of `up` whose flag in
+/// `update` is set.
+fn exchange_updating(
+    client: &mut Client,
+    server: &mut TlsStream<ServerIo>,
+    up: &[usize],
+    update: &[bool],
+    down: &[usize],
+    buf: usize,
+    write_first: bool,
+) {
     let up: Vec<Vec<u8>> = up.iter().zip(1..).map(|(&n, s)| pattern(n, s)).collect();
     let down: Vec<Vec<u8>> = down
         .iter()
         .zip(100..)
         .map(|(&n, s)| pattern(n, s))
         .collect();
-    for message in &up {
+    for (i, message) in up.iter().enumerate() {
+        if update.get(i) == Some(&true) {
+            client.conn.refresh_traffic_keys().unwrap();
+        }
         client.send(message);
     }
     let up = up.concat();
@@ -921,4 +938,32 @@ fn sni_and_alpn_are_reported() {
     let mut client = Client::new(client_config(TLS13, true, &[]), "localhost");
     let server = handshake(&mut client, &PKI.tcp);
     assert_eq!(server.sni.as_deref(), Some("localhost"));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Any cuts of the client's bytes, any read and write sizes, a writer held back or not,
+    /// key updates anywhere (TLS 1.3): the handshake completes and both directions arrive
+    /// whole and in order, then close cleanly.
+    #[test]
+    fn any_cuts_deliver_whole_and_in_order(
+        tls13 in any::<bool>(),
+        release in prop::collection::vec(1..3_000usize, 1..6),
+        read in prop::collection::vec(1..20_000usize, 1..5),
+        grant in prop::option::of(prop::collection::vec(1..5_000usize, 1..5)),
+        write in prop::collection::vec(1..20_000usize, 1..4),
+        up in prop::collection::vec(1..40_000usize, 1..4),
+        update in prop::collection::vec(any::<bool>(), 4),
+        down in prop::collection::vec(1..40_000usize, 1..4),
+        buf in 1..40_000usize,
+        write_first in any::<bool>(),
+    ) {
+        let version = if tls13 { TLS13 } else { TLS12 };
+        let mut client = Client::new(client_config(version, true, &[]), "localhost");
+        cut(&client, &release, &read, grant.as_deref(), &write);
+        let mut server = handshake(&mut client, &PKI.tcp);
+        let update = if tls13 { &update[..] } else { &[] };
+        exchange_updating(&mut client, &mut server, &up, update, &down, buf, write_first);
+    }
 }
