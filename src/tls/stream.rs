@@ -1,5 +1,6 @@
-//! The client's TLS stream: rustls' unbuffered connection over a `TcpStream`, with its record
-//! buffers lent from the relay buffer pool.
+//! The client's TLS stream: rustls' unbuffered connection over a `TcpStream` (or any byte
+//! stream: the unit tests run it over memory), with its record buffers lent from the relay
+//! buffer pool.
 //!
 //! rustls' buffered `ServerConnection` keeps a 4 KiB receive buffer for the connection's whole
 //! life and reads the socket 4 KiB at a time. Here received TLS bytes go into a buffer taken
@@ -46,8 +47,8 @@ pub(crate) fn note_sni(name: Option<&str>) {
 }
 
 /// A server-side TLS stream whose handshake has completed.
-pub struct TlsStream {
-    io: TcpStream,
+pub struct TlsStream<IO = TcpStream> {
+    io: IO,
     conn: UnbufferedServerConnection,
     /// Received TLS bytes not yet processed: `incoming[in_start..in_end]`.
     incoming: Slot,
@@ -74,6 +75,8 @@ pub struct TlsStream {
     eof: bool,
     /// `close_notify` is queued.
     close_sent: bool,
+    /// rustls reported an error; the kind every later call returns.
+    failed: Option<io::ErrorKind>,
 }
 
 /// Where decrypted application data goes while [`TlsStream::drive`] runs.
@@ -108,7 +111,10 @@ enum Drive {
 }
 
 /// Completes a TLS handshake on an accepted connection.
-pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsStream> {
+pub async fn accept<IO>(io: IO, config: Arc<ServerConfig>) -> io::Result<TlsStream<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
     let mut stream = TlsStream {
         io,
@@ -127,6 +133,7 @@ pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsS
         peer_closed: false,
         eof: false,
         close_sent: false,
+        failed: None,
     };
     poll_fn(|cx| {
         let polled = stream.poll_handshake(cx);
@@ -137,7 +144,7 @@ pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<TlsS
     Ok(stream)
 }
 
-impl TlsStream {
+impl<IO> TlsStream<IO> {
     /// The server name the client asked for (lowercase), taken out of the stream.
     pub fn take_sni(&mut self) -> Option<String> {
         self.sni.take()
@@ -147,7 +154,9 @@ impl TlsStream {
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
     }
+}
 
+impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             HELLO_SNI.with(|sni| sni.borrow_mut().take());
@@ -177,6 +186,12 @@ impl TlsStream {
     /// records rustls wants sent are queued for [`Self::poll_write_out`], decrypted data goes
     /// to `sink`, and `act` is done once application data may be sent.
     fn drive(&mut self, mut sink: Sink<'_, '_>, mut act: Act<'_>) -> io::Result<Drive> {
+        // The unbuffered connection does not remember its error where input is concerned:
+        // called again, it deframes the same bad record again and queues a second fatal
+        // alert (a debug assertion in rustls), so a failed stream stays failed here.
+        if let Some(kind) = self.failed {
+            return Err(io::Error::new(kind, "TLS connection failed earlier"));
+        }
         // Bytes put into the sink by this call.
         let mut put = 0;
         loop {
@@ -303,6 +318,7 @@ impl TlsStream {
     /// After rustls reported an error: queue the alert it has for the peer, try once to
     /// send it, and hand back the error.
     fn failed(&mut self, cx: &mut Context<'_>, error: io::Error) -> io::Error {
+        self.failed.get_or_insert(error.kind());
         // While rustls has records to send, `process_tls_records` hands them out before it
         // looks at input again (which would only repeat the error).
         while self.conn.wants_write() {
@@ -535,7 +551,7 @@ fn invalid_data(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-impl AsyncRead for TlsStream {
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -548,7 +564,7 @@ impl AsyncRead for TlsStream {
     }
 }
 
-impl AsyncWrite for TlsStream {
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -565,7 +581,8 @@ impl AsyncWrite for TlsStream {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.close_sent {
+        // After a fatal alert no other record may follow (RFC 8446 §6.2): only the FIN.
+        if !this.close_sent && this.failed.is_none() {
             this.close_sent = true;
             if let Err(e) = this.drive(Sink::Spill, Act::Close) {
                 return Poll::Ready(Err(this.failed(cx, e)));
@@ -578,3 +595,6 @@ impl AsyncWrite for TlsStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
