@@ -289,7 +289,7 @@ async fn tls_handshake(
     let started = Instant::now();
     let result = tokio::time::timeout(
         listener.defaults.handshake_timeout,
-        crate::tls::stream::accept(tcp, config.clone()),
+        crate::io::tls::accept(tcp, config.clone()),
     )
     .await;
     let ok = matches!(result, Ok(Ok(_)));

@@ -2,6 +2,7 @@
 //! settings; nothing here knows about routes, config or the gateway.
 
 pub mod buffer;
+pub mod tls;
 
 use std::io;
 use std::pin::Pin;
@@ -11,7 +12,7 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::tls::stream::TlsStream;
+use tls::TlsStream;
 
 /// TCP keepalive for client and backend sockets: a peer that vanished without a FIN or a
 /// reset (a powered-off device, a NAT that forgot the flow) is found after about two minutes

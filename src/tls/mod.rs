@@ -1,6 +1,6 @@
-//! TLS termination: the per-listener rustls `ServerConfig` with an SNI resolver, and the
-//! stream the handshake gives. Sits between accept and detection in the pipeline; the
-//! certificates and the crypto provider come from `certs`.
+//! TLS termination: the per-listener rustls `ServerConfig` with an SNI resolver. The
+//! stream over rustls is `io::tls`; the certificates and the crypto provider come from
+//! `certs`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -11,8 +11,6 @@ use rustls::sign::CertifiedKey;
 
 use crate::certs;
 use crate::config::model::TlsConfig;
-
-pub mod stream;
 
 /// Picks the certificate from the ClientHello's server name: an exact name first, then a
 /// one-label wildcard (`*.example.com` covers `a.example.com`, not `example.com` nor
@@ -73,7 +71,7 @@ impl fmt::Debug for SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        stream::note_sni(hello.server_name());
+        crate::io::tls::note_sni(hello.server_name());
         Some(self.pick(hello.server_name()))
     }
 }

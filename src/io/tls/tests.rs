@@ -21,8 +21,13 @@ use rustls::{AlertDescription, ClientConfig, ClientConnection, SupportedProtocol
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
-use crate::certgen::{self, PemPair};
+
+// The binary's dev certificates (see `sockgate cert dev`), for real handshakes here.
+#[allow(dead_code)]
+#[path = "../../certgen.rs"]
+mod certgen;
 use crate::config::model::{CertPair, SniCert, TlsConfig};
+use certgen::PemPair;
 
 // ---- certificates and configs ----
 
@@ -42,7 +47,7 @@ static PKI: LazyLock<Pki> = LazyLock::new(|| {
     let pair = |pem: &PemPair| CertPair {
         cert: "<memory>".into(),
         key: "<memory>".into(),
-        certified: crate::tls::cert_pair_from_pem(&pem.cert, &pem.key).unwrap(),
+        certified: crate::certs::cert_pair_from_pem(&pem.cert, &pem.key).unwrap(),
     };
     let tls = TlsConfig {
         default: pair(&main.server),
@@ -78,7 +83,7 @@ fn client_config(
                 .unwrap();
         }
     }
-    let mut config = ClientConfig::builder_with_provider(crate::tls::provider())
+    let mut config = ClientConfig::builder_with_provider(crate::certs::provider())
         .with_protocol_versions(&[version])
         .unwrap()
         .with_root_certificates(roots)
