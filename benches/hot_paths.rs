@@ -12,12 +12,8 @@ use std::path::Path;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use sockgate::config::{self, Protocol};
-use sockgate::detect::{Detected, classify};
-use sockgate::io::buffer;
-use sockgate::metrics::Metrics;
-use sockgate::relay::websocket::tracker::{Event, Extensions, Role, Tracker};
-use sockgate::route::RouteQuery;
-use sockgate::snapshot::Snapshot;
+use sockgate::bench::tracker::{Event, Extensions, Role, Tracker};
+use sockgate::bench::{Detected, Metrics, RouteQuery, Snapshot, buffer, classify};
 
 // ---------------------------------------------------------------------------------------------
 // Frame tracker
