@@ -94,6 +94,7 @@ pub(super) struct Direction {
 }
 
 /// Something a direction reports for the connection to act on.
+#[derive(Debug)]
 pub(super) enum Note {
     /// The reader sent a Close with this code (None: no code).
     Close(Option<u16>),
@@ -434,5 +435,367 @@ impl Direction {
                 Poll::Ready(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::task::Waker;
+
+    use super::*;
+    use crate::relay::websocket::tracker::{self, Extensions, Role};
+
+    const KEY: [u8; 4] = [0x5A, 0x01, 0xC3, 0x7E];
+
+    /// A frame as a client sends it (masked with `KEY`).
+    fn frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![b0];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n => {
+                out.push(0x80 | 126);
+                out.extend((n as u16).to_be_bytes());
+            }
+        }
+        out.extend(KEY);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ KEY[i % 4]));
+        out
+    }
+
+    /// Reads return the chunks the test released, then Pending (or EOF once `eof`).
+    #[derive(Default)]
+    struct Reads {
+        chunks: VecDeque<Vec<u8>>,
+        eof: bool,
+    }
+
+    impl AsyncRead for Reads {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let Some(chunk) = self.chunks.pop_front() else {
+                return if self.eof {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
+            };
+            let n = chunk.len().min(buf.remaining());
+            buf.put_slice(&chunk[..n]);
+            if n < chunk.len() {
+                self.chunks.push_front(chunk[n..].to_vec());
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Where one direction's counts go, owned by the test.
+    struct Sink {
+        total: AtomicU64,
+        counter: IntCounter,
+        messages: AtomicU64,
+        metrics: Metrics,
+    }
+
+    impl Sink {
+        fn new() -> Sink {
+            Sink {
+                total: AtomicU64::new(0),
+                counter: IntCounter::new("bytes", "bytes").unwrap(),
+                messages: AtomicU64::new(0),
+                metrics: Metrics::new(),
+            }
+        }
+
+        fn counters(&self) -> Counters<'_> {
+            Counters {
+                bytes: Flow {
+                    total: &self.total,
+                    counter: &self.counter,
+                },
+                messages: &self.messages,
+                meters: Meters::new(&self.metrics, "r", "client_to_backend"),
+            }
+        }
+    }
+
+    /// A client-to-backend direction, its input, its output and its counts.
+    struct Test {
+        direction: Direction,
+        reads: Reads,
+        written: Vec<u8>,
+        sink: Sink,
+        frames: Option<Rate>,
+    }
+
+    impl Test {
+        fn new() -> Test {
+            let extensions = Extensions {
+                permessage_deflate: false,
+            };
+            Test {
+                direction: Direction::new(Tracker::new(Role::Client, extensions)),
+                reads: Reads::default(),
+                written: Vec::new(),
+                sink: Sink::new(),
+                frames: None,
+            }
+        }
+
+        fn release(&mut self, bytes: &[u8]) {
+            self.reads.chunks.push_back(bytes.to_vec());
+        }
+
+        /// One call of `poll_move`.
+        fn poll(&mut self) -> Poll<Note> {
+            let mut cx = Context::from_waker(Waker::noop());
+            let counters = self.sink.counters();
+            let mut progressed = false;
+            self.direction.poll_move(
+                &mut cx,
+                Pin::new(&mut self.reads),
+                Pin::new(&mut self.written),
+                &counters,
+                self.frames.as_mut(),
+                &mut progressed,
+            )
+        }
+
+        /// Polls until the direction would block; the notes it reported on the way.
+        fn run(&mut self) -> Vec<Note> {
+            let mut notes = Vec::new();
+            while let Poll::Ready(note) = self.poll() {
+                notes.push(note);
+            }
+            notes
+        }
+
+        /// Bytes read and not yet written: set apart while the reader is quiet, in the
+        /// relay buffer otherwise.
+        fn held_back(&self) -> usize {
+            let d = &self.direction;
+            if d.tail.is_empty() {
+                d.end - d.start
+            } else {
+                d.tail.len()
+            }
+        }
+    }
+
+    fn ping(payload: &[u8]) -> Vec<u8> {
+        let mut out = [0u8; MAX_CONTROL_FRAME];
+        let len = tracker::encode_ping(payload, None, &mut out).unwrap();
+        out[..len].to_vec()
+    }
+
+    fn queue_ping(direction: &mut Direction, payload: &[u8]) {
+        let mut out = [0u8; MAX_CONTROL_FRAME];
+        let len = tracker::encode_ping(payload, None, &mut out).unwrap();
+        direction.queue(out, len, false);
+    }
+
+    fn queue_close(direction: &mut Direction, code: u16) -> Vec<u8> {
+        let mut out = [0u8; MAX_CONTROL_FRAME];
+        let len = tracker::encode_close(code, "", None, &mut out);
+        direction.queue(out, len, true);
+        out[..len].to_vec()
+    }
+
+    #[test]
+    fn whole_frames_go_out_and_a_cut_header_waits_apart_from_the_relay_buffer() {
+        let mut t = Test::new();
+        let (ping, text, next) = (
+            frame(0x89, b"hello"),
+            frame(0x81, b"hi!"),
+            frame(0x81, b"later"),
+        );
+        t.release(&[&ping[..], &text, &next[..3]].concat());
+        assert!(matches!(t.run()[..], [Note::Message]));
+        assert_eq!(t.written, [&ping[..], &text].concat());
+        // The reader went quiet with 3 bytes of a header: they wait in an allocation of
+        // their own size, and the relay buffer went back to the pool.
+        assert_eq!(t.direction.tail, next[..3].into());
+        assert_eq!(t.held_back(), 3);
+
+        t.release(&next[3..]);
+        assert!(matches!(t.run()[..], [Note::Message]));
+        assert_eq!(t.written, [&ping[..], &text, &next].concat());
+        assert!(t.direction.tail.is_empty());
+        assert_eq!(t.sink.messages.load(Ordering::Relaxed), 2);
+        assert_eq!(t.sink.total.load(Ordering::Relaxed), t.written.len() as u64);
+        assert_eq!(t.sink.counter.get(), t.written.len() as u64);
+    }
+
+    #[test]
+    fn data_payload_streams_while_a_control_frame_waits_until_whole() {
+        let mut t = Test::new();
+        let text = frame(0x81, &[b'a'; 1000]);
+        t.release(&text[..500]);
+        assert!(t.run().is_empty());
+        assert_eq!(t.written, text[..500], "payload goes out as it arrives");
+
+        let ping = frame(0x89, &[b'p'; 125]);
+        assert_eq!(ping.len(), MAX_CONTROL_FRAME);
+        t.release(&[&text[500..], &ping[..130]].concat());
+        assert!(matches!(t.run()[..], [Note::Message]));
+        assert_eq!(t.written, text, "nothing of the Ping before it is whole");
+        assert_eq!(t.held_back(), 130);
+        assert!(t.held_back() <= MAX_CONTROL_FRAME);
+
+        t.release(&ping[130..]);
+        assert!(t.run().is_empty());
+        assert_eq!(t.written, [&text[..], &ping].concat());
+    }
+
+    #[test]
+    fn a_run_of_empty_fragments_holds_back_only_the_last_cut_header() {
+        let mut t = Test::new();
+        let mut burst = frame(0x01, b"");
+        for _ in 1..1000 {
+            burst.extend(frame(0x00, b""));
+        }
+        let last = frame(0x80, b"end");
+        t.release(&[&burst[..], &last[..4]].concat());
+        assert!(t.run().is_empty());
+        assert_eq!(t.written, burst, "every whole fragment went out");
+        assert_eq!(t.held_back(), 4);
+    }
+
+    #[test]
+    fn a_queued_frame_goes_between_frames_never_inside_one() {
+        let mut t = Test::new();
+        let (long, short) = (frame(0x81, &[b'a'; 300]), frame(0x82, b"x"));
+        t.release(&long[..100]);
+        assert!(t.run().is_empty());
+        assert_eq!(t.written, long[..100]);
+
+        queue_ping(&mut t.direction, b"gw");
+        assert!(t.direction.ping_queued());
+        assert!(t.run().is_empty(), "no input: the Ping waits");
+        assert_eq!(t.written, long[..100], "not inside the frame in flight");
+
+        t.release(&[&long[100..], &short].concat());
+        assert!(matches!(t.run()[..], [Note::Message, Note::Message]));
+        assert_eq!(t.written, [&long[..], &ping(b"gw"), &short].concat());
+        assert!(!t.direction.ping_queued());
+    }
+
+    #[test]
+    fn a_close_replaces_a_queued_ping_and_is_the_last_frame_the_writer_gets() {
+        let mut t = Test::new();
+        queue_ping(&mut t.direction, b"gw");
+        let close = queue_close(&mut t.direction, 1001);
+        // Neither a Ping nor a second Close after a Close.
+        queue_ping(&mut t.direction, b"gw");
+        queue_close(&mut t.direction, 1012);
+        assert!(t.run().is_empty());
+        assert_eq!(t.written, close);
+        assert!(t.direction.dropping());
+
+        // What the reader sends from here on (its Close reply too) is read and dropped.
+        t.release(
+            &[
+                &frame(0x81, b"late")[..],
+                &frame(0x88, &1001u16.to_be_bytes()),
+            ]
+            .concat(),
+        );
+        assert!(matches!(
+            t.run()[..],
+            [Note::Message, Note::Close(Some(1001))]
+        ));
+        assert_eq!(t.written, close);
+    }
+
+    #[test]
+    fn a_peers_close_withdraws_only_a_gateway_close_not_begun() {
+        let mut t = Test::new();
+        queue_close(&mut t.direction, 1001);
+        t.direction.withdraw_close();
+        assert!(t.run().is_empty());
+        assert!(t.written.is_empty());
+        assert!(!t.direction.dropping());
+
+        queue_ping(&mut t.direction, b"gw");
+        t.direction.withdraw_close();
+        assert!(t.run().is_empty());
+        assert_eq!(t.written, ping(b"gw"));
+    }
+
+    #[test]
+    fn a_swallowed_pong_removes_only_its_own_bytes() {
+        let mut t = Test::new();
+        let (fragment, pong, last) = (
+            frame(0x01, b"part"),
+            frame(0x8A, &[7; 8]),
+            frame(0x80, b"end"),
+        );
+        t.release(&[&fragment[..], &pong, &last].concat());
+        let Poll::Ready(Note::Pong { start }) = t.poll() else {
+            panic!("the Pong is reported");
+        };
+        assert_eq!(start, fragment.len());
+        assert_eq!(t.direction.control_payload(), [7; 8]);
+        t.direction.swallow(start);
+        assert!(matches!(t.run()[..], [Note::Message]));
+        assert_eq!(t.written, [&fragment[..], &last].concat());
+        assert_eq!(t.sink.total.load(Ordering::Relaxed), t.written.len() as u64);
+    }
+
+    #[test]
+    fn a_pong_not_swallowed_goes_through() {
+        let mut t = Test::new();
+        let pong = frame(0x8A, b"app");
+        t.release(&pong);
+        assert!(matches!(t.run()[..], [Note::Pong { start: 0 }]));
+        assert_eq!(t.written, pong);
+    }
+
+    #[test]
+    fn a_protocol_violation_drops_the_offending_frame_and_all_after_it() {
+        let mut t = Test::new();
+        let text = frame(0x81, b"ok");
+        // Unmasked, from a client (RFC 6455 §5.1).
+        let unmasked = [0x81, 0x02, b'n', b'o'];
+        t.release(&[&text[..], &unmasked, &frame(0x81, b"after")].concat());
+        let notes = t.run();
+        assert!(
+            matches!(notes[..], [Note::Message, Note::Violation(1002, _)]),
+            "{notes:?}"
+        );
+        assert_eq!(t.written, text);
+        t.release(&frame(0x81, b"more"));
+        assert!(t.run().is_empty());
+        assert_eq!(t.written, text);
+    }
+
+    #[test]
+    fn over_the_frame_limit_the_frame_that_went_over_is_the_last_forwarded() {
+        let mut t = Test::new();
+        t.frames = Some(Rate::new(2));
+        let frames: Vec<Vec<u8>> = (0..4).map(|i| frame(0x82, &[i])).collect();
+        t.release(&frames.concat());
+        let notes = t.run();
+        assert!(
+            matches!(
+                notes[..],
+                [Note::Message, Note::Message, Note::Violation(1008, _)]
+            ),
+            "{notes:?}"
+        );
+        assert_eq!(t.written, frames[..3].concat());
+    }
+
+    #[test]
+    fn the_readers_end_is_reported_once_its_bytes_are_out() {
+        let mut t = Test::new();
+        let text = frame(0x81, b"bye");
+        t.release(&text);
+        t.reads.eof = true;
+        assert!(matches!(t.run()[..], [Note::Message, Note::ReaderLost]));
+        assert_eq!(t.written, text);
     }
 }
