@@ -11,9 +11,9 @@ use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-use sockgate::config::{self, Protocol};
 use sockgate::bench::tracker::{Event, Extensions, Role, Tracker};
 use sockgate::bench::{Detected, Metrics, RouteQuery, Snapshot, buffer, classify};
+use sockgate::config::{self, Protocol};
 
 // ---------------------------------------------------------------------------------------------
 // Frame tracker

@@ -23,10 +23,11 @@ pub mod http;
 
 use crate::config::Protocol;
 use crate::detect::{self, DetectError, Detected};
+use crate::error::Side;
 use crate::io::{ClientStream, Rewind};
 use crate::live::{ConnCtx, Permit};
 use crate::relay::tcp::{self as tcp_relay, Flow};
-use crate::relay::{self, RelayEnd, Side};
+use crate::relay::{self, RelayEnd};
 use crate::route::RouteQuery;
 use crate::services::Services;
 use crate::snapshot::ListenerSnap;

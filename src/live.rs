@@ -226,10 +226,6 @@ impl LiveTable {
             .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
             .sum()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl ConnCtx {
@@ -291,6 +287,7 @@ impl ConnLimit {
         self.max.load(Ordering::Relaxed)
     }
 
+    #[cfg(test)]
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
     }

@@ -15,7 +15,6 @@ use crate::upstream::Pool;
 pub struct Snapshot {
     pub config: Arc<Config>,
     listeners: HashMap<String, Arc<ListenerSnap>>,
-    pub backends: HashMap<String, Arc<Pool>>,
 }
 
 pub struct ListenerSnap {
@@ -102,7 +101,6 @@ impl Snapshot {
         Ok(Snapshot {
             config: Arc::new(config),
             listeners,
-            backends,
         })
     }
 

@@ -80,10 +80,6 @@ impl Pool {
         }
     }
 
-    pub fn servers(&self) -> impl Iterator<Item = &Server> {
-        self.servers.iter()
-    }
-
     /// Connects to the next server in turn; on failure tries each other server once.
     /// Returns the stream and the address of the server that answered.
     pub async fn connect(&self) -> Result<(TcpStream, &Server), ConnectError> {

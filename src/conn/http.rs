@@ -52,10 +52,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Protocol;
+use crate::error::Side;
 use crate::io::{ClientStream, Rewind};
 use crate::live::{CloseReason, ConnCtx};
 use crate::metrics::RouteCounters;
-use crate::relay::Side;
 use crate::route::{Route, RouteQuery};
 use crate::services::Services;
 use crate::snapshot::ListenerSnap;

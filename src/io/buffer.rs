@@ -95,6 +95,7 @@ impl<P: Pool> Slot<P> {
         self.0.get_or_insert_with(take::<P>)
     }
 
+    #[cfg(test)]
     pub fn is_held(&self) -> bool {
         self.0.is_some()
     }

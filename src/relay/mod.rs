@@ -7,7 +7,7 @@ pub mod splice;
 pub mod tcp;
 pub mod websocket;
 
-pub use tcp::{RelayEnd, Side};
+pub use tcp::RelayEnd;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -20,7 +20,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::Cancel;
-use super::tcp::{Flow, Held, RelayEnd, Side, idle_expired};
+use super::tcp::{Flow, Held, RelayEnd, idle_expired};
+use crate::error::Side;
 use crate::io::buffer;
 
 /// Bytes a lent pipe can hold, asked of the kernel (the default is 64 KiB).

@@ -1,6 +1,6 @@
 //! Bidirectional byte relay with half-close, an idle timer and cancellation.
 //!
-//! Each direction is a [`Pump`]: read into its buffer, write it all out, repeat; on EOF from
+//! Each direction is a [`Direction`]: read into its buffer, write it all out, repeat; on EOF from
 //! the reader, flush and shut down the writer's send side (a TCP FIN, preceded by a TLS
 //! `close_notify` on a TLS stream) and leave the other direction running, so protocols that
 //! half-close (`shutdown(SHUT_WR)` then read the answer) work through the gateway.
@@ -19,24 +19,9 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use crate::error::Side;
 use crate::io::buffer::Slot;
 use crate::relay::Cancel;
-
-/// Which peer of the gateway.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Client,
-    Backend,
-}
-
-impl Side {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Side::Client => "client",
-            Side::Backend => "backend",
-        }
-    }
-}
 
 /// How a relay ended.
 #[derive(Debug)]
@@ -120,7 +105,7 @@ impl Held {
 }
 
 /// One direction: reads from `R`, writes to `W`. Holds a buffer only while bytes move.
-struct Pump {
+struct Direction {
     held: Held,
     eof: bool,
     need_flush: bool,
@@ -128,9 +113,9 @@ struct Pump {
     reader: Side,
 }
 
-impl Pump {
+impl Direction {
     fn new(reader: Side) -> Self {
-        Pump {
+        Direction {
             held: Held::default(),
             eof: false,
             need_flush: false,
@@ -148,7 +133,7 @@ impl Pump {
 
     /// Moves bytes until both ends would block (Pending) or this direction is finished.
     /// Sets `progressed` when any byte moved.
-    fn poll_pump<R, W>(
+    fn poll_move<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         mut reader: Pin<&mut R>,
@@ -240,8 +225,8 @@ where
     C: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let mut c2b = Pump::new(Side::Client);
-    let mut b2c = Pump::new(Side::Backend);
+    let mut c2b = Direction::new(Side::Client);
+    let mut b2c = Direction::new(Side::Backend);
     let mut first_eof: Option<Side> = None;
     let mut cancelled = pin!(cancel.cancelled());
     let mut wakeups = 0;
@@ -253,19 +238,19 @@ where
             return Poll::Ready(RelayEnd::Cancelled);
         }
         let mut progressed = false;
-        for pump in [&mut c2b, &mut b2c] {
-            if pump.done {
+        for direction in [&mut c2b, &mut b2c] {
+            if direction.done {
                 continue;
             }
-            let result = match pump.reader {
-                Side::Client => pump.poll_pump(
+            let result = match direction.reader {
+                Side::Client => direction.poll_move(
                     cx,
                     Pin::new(&mut *client),
                     Pin::new(&mut *backend),
                     up,
                     &mut progressed,
                 ),
-                Side::Backend => pump.poll_pump(
+                Side::Backend => direction.poll_move(
                     cx,
                     Pin::new(&mut *backend),
                     Pin::new(&mut *client),
@@ -273,8 +258,8 @@ where
                     &mut progressed,
                 ),
             };
-            if pump.eof && first_eof.is_none() {
-                first_eof = Some(pump.reader);
+            if direction.eof && first_eof.is_none() {
+                first_eof = Some(direction.reader);
             }
             if let Poll::Ready(Err((side, error))) = result {
                 return Poll::Ready(RelayEnd::Error { side, error });

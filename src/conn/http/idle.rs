@@ -9,7 +9,7 @@ use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::relay::Side;
+use crate::error::Side;
 
 /// A body in transit that fails when its sender is silent for `limit` while the gateway
 /// waits for it (`idle_timeout`): a stalled upload or download ends the transfer, and with
