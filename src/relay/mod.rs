@@ -1,8 +1,6 @@
 //! Relays: what runs between a routed client and its backend until either side ends.
 
 #[cfg(target_os = "linux")]
-// pipe2, fcntl and splice through libc: the crate's one module with unsafe code.
-#[allow(unsafe_code)]
 pub mod splice;
 pub mod tcp;
 pub mod websocket;

@@ -10,11 +10,12 @@
 use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -25,10 +26,10 @@ use crate::error::Side;
 use crate::io::buffer;
 
 /// Bytes a lent pipe can hold, asked of the kernel (the default is 64 KiB).
-const PIPE_SIZE: libc::c_int = 512 * 1024;
+const PIPE_SIZE: usize = 512 * 1024;
 
 /// Bytes moved per `splice` call at most: a full pipe.
-const CHUNK: usize = PIPE_SIZE as usize;
+const CHUNK: usize = PIPE_SIZE;
 
 /// Free pipes kept per worker thread.
 const KEEP: usize = 32;
@@ -47,24 +48,12 @@ impl Pipe {
         if let Some(pipe) = FREE.with(|free| free.borrow_mut().pop()) {
             return Ok(pipe);
         }
-        let mut fds = [0 as RawFd; 2];
-        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
-        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-        let pipe = unsafe {
-            Pipe {
-                read: OwnedFd::from_raw_fd(fds[0]),
-                write: OwnedFd::from_raw_fd(fds[1]),
-            }
-        };
+        let (read, write) = rustix::pipe::pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
         // A larger pipe moves a bulk transfer in fewer splice calls. Pages are only taken as
         // bytes arrive, so an empty pooled pipe costs no more; the kernel may refuse the size
         // (fs.pipe-max-size), and the default 64 KiB then stays.
-        // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own.
-        let _ = unsafe { libc::fcntl(pipe.write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+        let _ = rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE);
+        let pipe = Pipe { read, write };
         Ok(pipe)
     }
 
@@ -79,24 +68,11 @@ impl Pipe {
     }
 }
 
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    // SAFETY: both descriptors are open for the duration of the call; null offsets mean
-    // "current position", as required for sockets and pipes.
-    let n = unsafe {
-        libc::splice(
-            from,
-            std::ptr::null_mut(),
-            to,
-            std::ptr::null_mut(),
-            len,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+/// Moves up to `len` bytes between a socket and a pipe without blocking; null offsets,
+/// as sockets and pipes require.
+fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
+    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
+    Ok(rustix::pipe::splice(from, None, to, None, len, flags)?)
 }
 
 /// One direction: `reader`'s socket to the other socket, by copy while the bytes come in
@@ -166,9 +142,8 @@ impl Direction {
             while self.in_pipe > 0 {
                 ready!(dst.poll_write_ready(cx)).map_err(|e| (self.writer(), e))?;
                 let Some(pipe) = &self.pipe else { break };
-                let from = pipe.read.as_raw_fd();
                 match dst.try_io(Interest::WRITABLE, || {
-                    splice(from, dst.as_raw_fd(), self.in_pipe)
+                    splice(&pipe.read, &*dst, self.in_pipe)
                 }) {
                     Ok(n) => {
                         self.in_pipe -= n;
@@ -209,8 +184,7 @@ impl Direction {
                     }
                 }
                 let Some(pipe) = &self.pipe else { continue };
-                let to = pipe.write.as_raw_fd();
-                match src.try_io(Interest::READABLE, || splice(src.as_raw_fd(), to, CHUNK)) {
+                match src.try_io(Interest::READABLE, || splice(&*src, &pipe.write, CHUNK)) {
                     Ok(0) => self.eof = true,
                     Ok(n) => {
                         self.in_pipe = n;
