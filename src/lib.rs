@@ -30,6 +30,7 @@ pub mod route;
 pub mod shutdown;
 pub mod snapshot;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
 pub mod workers;
 

@@ -13,6 +13,7 @@ mod reload;
 mod support;
 mod tcp;
 mod tls;
+mod upgrade;
 mod websocket;
 mod ws_close;
 mod ws_hostile;
