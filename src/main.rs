@@ -414,10 +414,17 @@ async fn start_gateway(
     usr2: tokio::signal::unix::Signal,
 ) -> anyhow::Result<(Handle, upgrade::Supervisor)> {
     let mut inherited = match &mut upgrades.successor {
-        Some(successor) => successor
-            .receive()
-            .await
-            .context("cannot receive the listening sockets")?,
+        Some(successor) => {
+            let inherited = successor
+                .receive()
+                .await
+                .context("cannot receive the listening sockets")?;
+            tracing::info!(
+                from = std::os::unix::process::parent_id(),
+                "received the listening sockets of the process this one replaces"
+            );
+            inherited
+        }
         None => sockgate::handoff::Inherited::default(),
     };
     let control = match &upgrades.control_socket {

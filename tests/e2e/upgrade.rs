@@ -498,3 +498,64 @@ async fn a_failed_upgrade_leaves_the_old_process_serving_and_nothing_drained() {
         "a clean exit removes the control socket"
     );
 }
+
+/// In one process: a gateway on three workers hands its sockets to one on a single event
+/// loop, which must accept on all three (the kernel spreads new connections over every
+/// socket of a `SO_REUSEPORT` group, and a socket nobody accepts on would hold its share).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_with_fewer_workers_accepts_on_every_socket_it_received() {
+    let echo = tcp_echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sockgate.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[listener]]\nname = \"tcp\"\nlisten = \"127.0.0.1:0\"\n\n  [[listener.route]]\n  name = \"echo\"\n  protocol = \"tcp\"\n  backend = \"echo\"\n\n[[backend]]\nname = \"echo\"\nservers = [\"{echo}\"]\n"
+        ),
+    )
+    .unwrap();
+    let load = || sockgate::config::load(&path).unwrap();
+    let old = sockgate::start_on(load(), sockgate::workers::Workers::spawn(3).unwrap())
+        .await
+        .unwrap();
+    let addr = old.local_addr("tcp").unwrap();
+
+    let sockets = old.handoff_sockets().unwrap();
+    assert_eq!(sockets.listeners[0].fds.len(), 3);
+    let (a, b) = tokio::net::UnixStream::pair().unwrap();
+    let (mut send, mut receive) = (
+        sockgate::handoff::Channel::new(a),
+        sockgate::handoff::Channel::new(b),
+    );
+    let (sent, received) = tokio::join!(send.offer(&sockets), receive.receive());
+    sent.unwrap();
+    drop(sockets);
+    let mut inherited = received.unwrap();
+    let new = sockgate::start_adopting(
+        load(),
+        sockgate::workers::Workers::current(),
+        &mut inherited,
+    )
+    .await
+    .unwrap();
+    assert!(inherited.close_rest().is_empty());
+    assert_eq!(new.local_addr("tcp"), Some(addr));
+
+    // The old one stops accepting and drains; its sockets live on in the new one.
+    old.hand_over();
+    tokio::time::timeout(Duration::from_secs(10), old.wait())
+        .await
+        .expect("the old gateway drains at once: it has no connection");
+    for n in 0..30 {
+        round_trip(addr, n).await.unwrap();
+    }
+    let metrics = Metrics::parse(&new.metrics().render());
+    assert_eq!(
+        metrics.get("sockgate_connections_total", &[("listener", "tcp")]),
+        30.0
+    );
+    new.drain();
+    tokio::time::timeout(Duration::from_secs(10), new.wait())
+        .await
+        .unwrap();
+}
