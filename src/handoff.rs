@@ -138,10 +138,6 @@ impl Channel {
         }
     }
 
-    pub fn stream(&self) -> &UnixStream {
-        &self.stream
-    }
-
     /// Sends one frame, with `fds` attached to its first byte.
     pub async fn send(
         &mut self,

@@ -95,11 +95,13 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         admin: Option<SocketAddr>,
     },
-    /// Replace the running gateway (the one answering on --control-socket) with the binary
-    /// now at the path it was started as, with the same arguments: the new process takes
-    /// over the listening sockets, then the old one drains. Exits 0 once the new process
-    /// serves; non-zero, with the reason, if it did not start (the old one keeps serving).
-    /// SIGUSR2 to the running process does the same, without the answer.
+    /// Replace the running gateway with the binary now on disk, refusing no connection.
+    ///
+    /// The gateway answering on --control-socket starts the binary now at the path it was
+    /// started as, with the same arguments; the new process takes over the listening
+    /// sockets, then the old one drains. Exits 0 once the new process serves; 1, with the
+    /// reason, if it did not start (the old one keeps serving). SIGUSR2 to the running
+    /// process does the same, without the answer.
     Upgrade {
         /// How long the new process has to check its config and start accepting.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
