@@ -20,6 +20,8 @@
 pub mod certs;
 pub mod config;
 pub mod error;
+pub mod handoff;
+pub mod upgrade;
 pub mod workers;
 
 mod admin;
@@ -292,6 +294,8 @@ pub struct Handle {
     gateway: Arc<Gateway>,
     admin_addr: Option<SocketAddr>,
     admin_stop: CancellationToken,
+    /// The admin endpoint's configured address and socket, for an upgrade to hand over.
+    admin_socket: Option<(SocketAddr, handoff::Copies)>,
 }
 
 /// Binds every listener and the admin endpoint, then starts accepting on the current
@@ -304,6 +308,17 @@ pub async fn start(config: Config) -> Result<Handle, StartError> {
 /// accepting on the workers. The admin endpoint and the drain timer run on the current
 /// runtime.
 pub async fn start_on(config: Config, workers: Workers) -> Result<Handle, StartError> {
+    start_adopting(config, workers, &mut handoff::Inherited::default()).await
+}
+
+/// As [`start_on`], on the sockets received from the process this one replaces where a
+/// listener (by name and configured address) or the admin endpoint (by address) has one;
+/// the rest is bound.
+pub async fn start_adopting(
+    config: Config,
+    workers: Workers,
+    inherited: &mut handoff::Inherited,
+) -> Result<Handle, StartError> {
     let metrics = Metrics::new();
     let max_connections = listener::effective_max_connections(config.defaults.max_connections);
     match config.defaults.max_connections {
@@ -323,17 +338,19 @@ pub async fn start_on(config: Config, workers: Workers) -> Result<Handle, StartE
 
     let mut pending = Vec::new();
     for l in &snapshot.config.listeners {
-        pending.push(listener::bind(
-            &l.name,
-            l.listen,
-            workers.sockets_per_listener(),
-        )?);
+        pending.push(match inherited.take_listener(&l.name, l.listen) {
+            Some(sockets) => listener::adopt(&l.name, l.listen, sockets)?,
+            None => listener::bind(&l.name, l.listen, workers.sockets_per_listener())?,
+        });
     }
     let admin_listener = match admin_listen {
         None => None,
         Some(addr) => Some(
-            listener::listen_socket(addr)
-                .map_err(|source| StartError::AdminBind { addr, source })?,
+            match inherited.take_admin(addr) {
+                Some(socket) => tokio::net::TcpListener::from_std(socket),
+                None => listener::listen_socket(addr),
+            }
+            .map_err(|source| StartError::AdminBind { addr, source })?,
         ),
     };
 
@@ -355,6 +372,7 @@ pub async fn start_on(config: Config, workers: Workers) -> Result<Handle, StartE
             .insert(name, bound);
     }
     let admin_stop = CancellationToken::new();
+    let admin_copies = handoff::Copies::default();
     let admin_addr = match admin_listener {
         None => None,
         Some(l) => {
@@ -362,7 +380,12 @@ pub async fn start_on(config: Config, workers: Workers) -> Result<Handle, StartE
             if let Some(addr) = addr {
                 tracing::info!(address = %addr, "admin listening");
             }
-            tokio::spawn(admin::serve(l, gateway.clone(), admin_stop.clone()));
+            let copy = admin_copies.keep(&l);
+            let serve = admin::serve(l, gateway.clone(), admin_stop.clone());
+            tokio::spawn(async move {
+                serve.await;
+                drop(copy);
+            });
             addr
         }
     };
@@ -371,6 +394,7 @@ pub async fn start_on(config: Config, workers: Workers) -> Result<Handle, StartE
         gateway,
         admin_addr,
         admin_stop,
+        admin_socket: admin_listen.map(|addr| (addr, admin_copies)),
     })
 }
 
@@ -421,6 +445,53 @@ impl Handle {
                 _ = shutdown.stopped() => {}
             }
         });
+    }
+
+    /// The process replacing this one is accepting on our sockets: stop accepting (the
+    /// admin endpoint too, whose address now answers for the new process) and drain as on
+    /// SIGTERM. The sockets stay open in the new process, so nothing queued is reset.
+    pub fn hand_over(&self) {
+        self.admin_stop.cancel();
+        self.drain();
+    }
+
+    /// Copies of every listening socket (each listener's, one per worker, and the admin
+    /// endpoint's), for an upgrade to send.
+    pub fn handoff_sockets(&self) -> std::io::Result<handoff::Sockets> {
+        let mut listeners = Vec::new();
+        for (name, bound) in self
+            .gateway
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            listeners.push(handoff::ListenerSockets {
+                name: name.clone(),
+                configured: bound.configured,
+                fds: bound.copies.dup_all()?,
+            });
+        }
+        let admin = match &self.admin_socket {
+            Some((addr, copies)) => copies.dup_all()?.pop().map(|fd| (*addr, fd)),
+            None => None,
+        };
+        Ok(handoff::Sockets {
+            listeners,
+            admin,
+            control: None,
+        })
+    }
+
+    /// The running config came from a file (not `demo` or `proxy`), so it can be reloaded
+    /// and the binary upgraded.
+    pub fn has_config_file(&self) -> bool {
+        self.gateway.snapshot().config.source.is_some()
+    }
+
+    /// A drain has begun (a signal, or an upgrade handed over).
+    pub fn is_draining(&self) -> bool {
+        self.gateway.services.shutdown.is_draining()
     }
 
     /// Ends every connection now.

@@ -45,6 +45,8 @@ pub struct Bound {
     pub local_addr: SocketAddr,
     /// Stops this accept loop (a reload removed the listener).
     pub stop: CancellationToken,
+    /// The sockets, for a binary upgrade to hand over (see [`crate::handoff`]).
+    pub copies: crate::handoff::Copies,
 }
 
 /// Binds `count` sockets to `addr` (with port 0, the port the first one got).
@@ -61,6 +63,31 @@ pub fn bind(name: &str, addr: SocketAddr, count: usize) -> Result<Pending, BindE
     for _ in 1..count {
         sockets.push(bind_socket(local_addr, reuse_port, true).map_err(error)?);
     }
+    Ok(Pending {
+        name: name.to_owned(),
+        configured: addr,
+        local_addr,
+        sockets,
+    })
+}
+
+/// A listener on sockets received from the process this one replaces (see
+/// [`crate::handoff`]): nothing is bound, the accept queues are the old process's.
+pub fn adopt(
+    name: &str,
+    addr: SocketAddr,
+    sockets: Vec<std::net::TcpListener>,
+) -> Result<Pending, BindError> {
+    let error = |source| BindError {
+        listener: name.to_owned(),
+        addr,
+        source,
+    };
+    let local_addr = sockets
+        .first()
+        .ok_or_else(|| error(std::io::Error::other("no socket received")))?
+        .local_addr()
+        .map_err(error)?;
     Ok(Pending {
         name: name.to_owned(),
         configured: addr,
@@ -122,7 +149,9 @@ impl Pending {
     ) -> (String, Bound) {
         let stop = CancellationToken::new();
         let name: Arc<str> = self.name.as_str().into();
+        let copies = crate::handoff::Copies::default();
         for (i, socket) in self.sockets.into_iter().enumerate() {
+            let copy = copies.keep(&socket);
             let accept = accept_loop(
                 socket,
                 name.clone(),
@@ -130,7 +159,15 @@ impl Pending {
                 limit.clone(),
                 stop.clone(),
             );
-            services.shutdown.spawn_on(accept, workers.runtime(i));
+            let accept = async move {
+                accept.await;
+                drop(copy);
+            };
+            // Sockets received from an upgrade may outnumber this process's workers: every
+            // one of them must be accepted on, or the connections the kernel queues on it
+            // would wait forever.
+            let worker = i % workers.sockets_per_listener();
+            services.shutdown.spawn_on(accept, workers.runtime(worker));
         }
         (
             self.name,
@@ -138,6 +175,7 @@ impl Pending {
                 configured: self.configured,
                 local_addr: self.local_addr,
                 stop,
+                copies,
             },
         )
     }

@@ -9,9 +9,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 
-use sockgate::Handle;
 use sockgate::config::{self, Config};
 use sockgate::workers::Workers;
+use sockgate::{Handle, upgrade};
 
 mod certgen;
 mod demo;
@@ -53,6 +53,11 @@ struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     ready_file: Option<PathBuf>,
 
+    /// Unix socket on which the running gateway takes `sockgate upgrade` requests (created
+    /// owner-only; e.g. /run/sockgate/control.sock). Give the same path to `upgrade`.
+    #[arg(long, global = true, value_name = "FILE")]
+    control_socket: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -92,6 +97,18 @@ enum Command {
         /// Admin endpoint (off unless given).
         #[arg(long, value_name = "ADDR")]
         admin: Option<SocketAddr>,
+    },
+    /// Replace the running gateway with the binary now on disk, refusing no connection.
+    ///
+    /// The gateway answering on --control-socket starts the binary now at the path it was
+    /// started as, with the same arguments; the new process takes over the listening
+    /// sockets, then the old one drains. Exits 0 once the new process serves; 1, with the
+    /// reason, if it did not start (the old one keeps serving). SIGUSR2 to the running
+    /// process does the same, without the answer.
+    Upgrade {
+        /// How long the new process has to check its config and start accepting.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
     /// Certificates for development.
     Cert {
@@ -181,6 +198,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Some(Command::Upgrade { timeout }) => {
+            let Some(path) = cli.control_socket else {
+                eprintln!(
+                    "sockgate: upgrade needs --control-socket FILE, the one the running gateway was started with (or send it SIGUSR2)"
+                );
+                return Ok(ExitCode::from(2));
+            };
+            match control_runtime()?.block_on(upgrade::request(&path, timeout)) {
+                Ok(done) => {
+                    println!("{done}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("sockgate: upgrade failed: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
         Some(Command::Demo { listen, admin }) => {
             control_runtime()?.block_on(run_demo(listen, admin, cli.workers, cli.ready_file))
         }
@@ -218,21 +253,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 source: None,
                 ..config
             };
-            control_runtime()?.block_on(run_gateway(config, cli.workers, cli.ready_file))
+            control_runtime()?.block_on(run_gateway(
+                config,
+                cli.workers,
+                cli.ready_file,
+                Upgrades::default(),
+            ))
         }
         Some(Command::Run) | None => {
             let Some(path) = cli.config else {
                 eprintln!("sockgate: no config given; use --config FILE, or try `sockgate demo`");
                 return Ok(ExitCode::from(2));
             };
+            let mut successor = match upgrade::Successor::from_env().transpose() {
+                Ok(successor) => successor,
+                Err(e) => anyhow::bail!(
+                    "cannot reach the process this upgrade replaces: {}",
+                    sockgate::error::error_chain(&e)
+                ),
+            };
             let config = match config::load(&path) {
                 Ok(config) => config,
                 Err(errors) => {
                     eprint!("{errors}");
+                    if let Some(successor) = &mut successor {
+                        let reason = config_refused(&errors);
+                        control_runtime()?.block_on(successor.abort(&reason));
+                    }
                     return Ok(ExitCode::from(2));
                 }
             };
-            control_runtime()?.block_on(run_gateway(config, cli.workers, cli.ready_file))
+            let upgrades = Upgrades {
+                program: upgrade::program_at_start()
+                    .map(|p| (p, std::env::args_os().skip(1).collect())),
+                successor,
+                control_socket: cli.control_socket,
+            };
+            control_runtime()?.block_on(run_gateway(config, cli.workers, cli.ready_file, upgrades))
         }
     }
 }
@@ -245,28 +302,74 @@ fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// How a gateway takes part in binary upgrades (see `sockgate::upgrade`).
+#[derive(Default)]
+struct Upgrades {
+    /// The binary and arguments an upgrade starts; `None`: this gateway cannot be upgraded.
+    program: Option<(PathBuf, Vec<std::ffi::OsString>)>,
+    /// Set when this process was started by an upgrade.
+    successor: Option<upgrade::Successor>,
+    control_socket: Option<PathBuf>,
+}
+
+/// The reason an upgraded process gives for refusing its config: the first problem, and how
+/// many there are.
+fn config_refused(errors: &config::ConfigErrors) -> String {
+    let first = errors
+        .0
+        .first()
+        .map(|e| e.to_string().lines().next().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    match errors.0.len() {
+        0 | 1 => format!("invalid config: {first}"),
+        n => format!("invalid config ({n} problems): {first}"),
+    }
+}
+
 async fn run_gateway(
     config: Config,
     workers: Option<usize>,
     ready_file: Option<PathBuf>,
+    mut upgrades: Upgrades,
 ) -> anyhow::Result<ExitCode> {
     // Signal handlers first: a SIGTERM that arrives while binding must drain, not kill.
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let usr2 = signal(SignalKind::user_defined2()).context("cannot handle SIGUSR2")?;
 
     let workers = workers.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
     let workers = Workers::spawn(workers).context("cannot start the worker threads")?;
-    let handle = sockgate::start_on(config, workers)
-        .await
-        .context("cannot start")?;
+    let (handle, supervisor) = match start_gateway(config, workers, &mut upgrades, usr2).await {
+        Ok(started) => started,
+        Err(e) => {
+            if let Some(successor) = &mut upgrades.successor {
+                successor.abort(&one_line(&e)).await;
+            }
+            return Err(e);
+        }
+    };
+    let mut supervisor = supervisor;
     if let Some(path) = &ready_file {
         write_ready_file(path, &handle)?;
     }
+    match &mut upgrades.successor {
+        Some(successor) => {
+            if let Err(e) = successor.ready().await {
+                tracing::warn!(error = %sockgate::error::error_chain(&e), "cannot tell the process this one replaces that it is ready");
+            }
+        }
+        None => upgrade::notify_systemd("READY=1"),
+    }
+    let mut handed_over = false;
     loop {
         tokio::select! {
+            _ = supervisor.upgraded() => {
+                handed_over = true;
+                break;
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => match handle.reload_from_source().await {
@@ -287,8 +390,13 @@ async fn run_gateway(
             },
         }
     }
+    supervisor.close(handed_over);
     tracing::info!("draining: no new connections; a second signal stops at once");
-    handle.drain();
+    if handed_over {
+        handle.hand_over();
+    } else {
+        handle.drain();
+    }
     tokio::select! {
         _ = handle.wait() => {
             tracing::info!("drained");
@@ -300,6 +408,57 @@ async fn run_gateway(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the gateway, on the sockets of the process this one replaces if an upgrade started
+/// it, and binds (or takes over) the control socket.
+async fn start_gateway(
+    config: Config,
+    workers: Workers,
+    upgrades: &mut Upgrades,
+    usr2: tokio::signal::unix::Signal,
+) -> anyhow::Result<(Handle, upgrade::Supervisor)> {
+    let mut inherited = match &mut upgrades.successor {
+        Some(successor) => {
+            let inherited = successor
+                .receive()
+                .await
+                .context("cannot receive the listening sockets")?;
+            tracing::info!(
+                from = std::os::unix::process::parent_id(),
+                "received the listening sockets of the process this one replaces"
+            );
+            inherited
+        }
+        None => sockgate::handoff::Inherited::default(),
+    };
+    let control = match &upgrades.control_socket {
+        Some(path) => {
+            let listener = match inherited.take_control(path) {
+                Some(listener) => listener,
+                None => upgrade::bind_control(path)
+                    .with_context(|| format!("control socket {} cannot listen", path.display()))?,
+            };
+            Some((path.clone(), listener))
+        }
+        None => None,
+    };
+    let handle = sockgate::start_adopting(config, workers, &mut inherited)
+        .await
+        .context("cannot start")?;
+    for closed in inherited.close_rest() {
+        tracing::info!(
+            "closed the {closed} received from the old process: the config no longer has it"
+        );
+    }
+    let program = if handle.has_config_file() {
+        upgrades.program.take()
+    } else {
+        None
+    };
+    let supervisor = upgrade::Supervisor::new(handle.clone(), program, usr2, control)
+        .context("cannot watch the control socket")?;
+    Ok((handle, supervisor))
 }
 
 async fn run_demo(
@@ -318,7 +477,7 @@ async fn run_demo(
     let files = demo::write_files(&dir, listen, admin, ws_addr, tcp_addr)?;
     let config = config::load(&files.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("{}", demo::instructions(listen, admin, &files));
-    run_gateway(config, workers, ready_file).await
+    run_gateway(config, workers, ready_file, Upgrades::default()).await
 }
 
 /// A folder made by [`scratch_dir`], removed with what it holds when dropped.

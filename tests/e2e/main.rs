@@ -21,6 +21,7 @@ mod reload;
 mod support;
 mod tcp;
 mod tls;
+mod upgrade;
 mod websocket;
 mod ws_close;
 mod ws_hostile;

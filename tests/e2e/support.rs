@@ -262,6 +262,12 @@ impl Binary {
         Self::spawn_from(Self::command(), args, dir)
     }
 
+    /// As [`Binary::spawn`], started as `program` (a path to the built binary, e.g. a symlink
+    /// to it), which is what a binary upgrade starts again.
+    pub fn spawn_program(program: &Path, args: &[&str], dir: tempfile::TempDir) -> Self {
+        Self::spawn_from(Command::new(program), args, dir)
+    }
+
     /// As [`Binary::spawn`], with the open-files limit (`RLIMIT_NOFILE`) set to `limit`.
     pub fn spawn_with_open_files(limit: u64, args: &[&str], dir: tempfile::TempDir) -> Self {
         let mut command = Command::new("sh");
