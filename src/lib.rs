@@ -51,7 +51,7 @@ pub mod bench {
     pub use crate::snapshot::Snapshot;
 }
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -261,6 +261,10 @@ impl Gateway {
     /// (WebSockets get Close 1012, spread over `drain_spread`); the rest run on untouched.
     fn close_removed(&self, snapshot: &Snapshot) {
         let mut closed = 0;
+        // Each listener's (route, backend) pairs, gathered once per reload and only for the
+        // listeners connections are on: a lookup per connection, not a scan of the routes.
+        let mut kept_pairs: HashMap<Arc<str>, Option<HashSet<(Arc<str>, Arc<str>)>>> =
+            HashMap::new();
         for conn in self.services.live.all() {
             let (route, backend) = {
                 let info = conn.info();
@@ -269,11 +273,17 @@ impl Gateway {
             let (Some(route), Some(backend)) = (route, backend) else {
                 continue;
             };
-            let kept = snapshot.listener(&conn.listener).is_some_and(|l| {
-                l.routes
-                    .iter()
-                    .any(|r| r.name == route && *r.backend.name == *backend)
+            let pairs = kept_pairs.entry(conn.listener.clone()).or_insert_with(|| {
+                snapshot.listener(&conn.listener).map(|l| {
+                    l.routes
+                        .iter()
+                        .map(|r| (r.name.clone(), r.backend.name.clone()))
+                        .collect()
+                })
             });
+            let kept = pairs
+                .as_ref()
+                .is_some_and(|pairs| pairs.contains(&(route, backend)));
             if !kept {
                 conn.request_close(live::CloseReason::Reload);
                 closed += 1;
