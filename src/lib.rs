@@ -263,8 +263,8 @@ impl Gateway {
         let mut closed = 0;
         // Each listener's (route, backend) pairs, gathered once per reload and only for the
         // listeners connections are on: a lookup per connection, not a scan of the routes.
-        let mut kept_pairs: HashMap<Arc<str>, Option<HashSet<(Arc<str>, Arc<str>)>>> =
-            HashMap::new();
+        type Pairs = HashSet<(Arc<str>, Arc<str>)>;
+        let mut kept_pairs: HashMap<Arc<str>, Option<Pairs>> = HashMap::new();
         for conn in self.services.live.all() {
             let (route, backend) = {
                 let info = conn.info();
