@@ -4,16 +4,19 @@
 //!
 //! ```text
 //! accept ─► TLS handshake (SNI → cert, ALPN) ─► detect ─► route ─► backend pick ─► connect ─► relay ─► finish
-//! listener   tls                               detect    route     upstream        upstream   relay     conn
+//! listener   tls + io::tls                     detect    route     upstream        upstream   relay     conn
 //! ```
 //!
-//! [`conn::serve`] runs that pipeline for one connection. Everything it reads comes from one
-//! immutable [`snapshot::Snapshot`] loaded when the connection starts; a reload swaps in a
-//! new snapshot without touching running connections. One [`shutdown::Shutdown`] carries the
-//! drain signal to every relay.
+//! `conn::serve` runs that pipeline for one connection, calling each stage in order. What
+//! connections share is `services::Services`: the config snapshot in force (a connection
+//! routes on the one current after detection; a reload publishes a new one without touching
+//! running connections), the metrics, the live table and the drain signal.
 //!
+//! This file is the control plane: the [`Gateway`] builds and publishes snapshots, binds and
+//! stops listeners, reloads, and answers the admin endpoint (through `admin::Control`).
 //! [`start`] binds the listeners and the admin endpoint and returns a [`Handle`] to drain,
-//! stop, reload and wait for the gateway.
+//! stop, reload, upgrade and wait for the gateway. Every import points down the layers the
+//! README's "How it works" draws; `tests/architecture.rs` holds them.
 
 // The public surface: start a gateway and control it (below), its config, certificates,
 // errors and worker threads. Everything else is the gateway's own.
@@ -92,7 +95,7 @@ pub enum ReloadError {
 }
 
 /// The control plane: publishes snapshots, binds and stops listeners, reloads, and answers
-/// the admin endpoint. Connections see only its [`Services`].
+/// the admin endpoint. Connections see only its `Services`.
 pub struct Gateway {
     services: Arc<Services>,
     ready: AtomicBool,
