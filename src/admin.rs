@@ -858,6 +858,51 @@ mod tests {
     }
 
     #[test]
+    fn shed_and_close_parameters() {
+        let p = Params::parse("fraction=0.25&spread=1m30s&route=chat%20room&backend=b");
+        assert_eq!(
+            p.filter(&["fraction", "spread"]),
+            Ok(Filter {
+                route: Some("chat room"),
+                backend: Some("b")
+            })
+        );
+        assert_eq!(p.fraction(), Ok(0.25));
+        assert_eq!(p.spread(), Ok(Duration::from_secs(90)));
+        assert!(
+            p.filter(&[])
+                .is_err_and(|e| e.contains("unknown parameter `fraction`"))
+        );
+
+        let p = Params::parse("fraction=1&spread=0s&");
+        assert_eq!(p.filter(&["fraction", "spread"]), Ok(Filter::default()));
+        assert_eq!((p.fraction(), p.spread()), (Ok(1.0), Ok(Duration::ZERO)));
+        assert_eq!(Params::parse("spread=1h").spread(), Ok(MAX_SHED_SPREAD));
+        for bad in ["0", "-1", "1.0001", "inf", "NaN", "", "1/4"] {
+            let p = Params::parse(&format!("fraction={bad}"));
+            assert!(p.fraction().is_err(), "{bad}");
+        }
+        for bad in ["1h1ms", "61m", "10", "", "-1s"] {
+            let p = Params::parse(&format!("spread={bad}"));
+            assert!(p.spread().is_err(), "{bad}");
+        }
+
+        let both = Filter {
+            route: Some("r"),
+            backend: Some("b"),
+        };
+        assert!(both.matches(Some("r"), Some("b")));
+        assert!(!both.matches(Some("r"), Some("c")));
+        assert!(!both.matches(None, None));
+        assert!(Filter::default().matches(None, None));
+        let route = Filter {
+            route: Some("r"),
+            backend: None,
+        };
+        assert!(route.matches(Some("r"), Some("anything")));
+    }
+
+    #[test]
     fn bearer_credentials() {
         let mut headers = HeaderMap::new();
         assert_eq!(bearer(&headers), None);

@@ -560,3 +560,125 @@ fn check_refuses_an_access_log_interval_under_1s_with_its_position() {
     );
     assert!(stderr.contains("hint: write \"1s\" or more"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_reload_sets_and_removes_access_log_interval() {
+    let (ws_backend, _backend) = scripted_ws_backend().await;
+    let tcp_backend = tcp_echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("sockgate.toml");
+    std::fs::write(&config_path, config(ws_backend, tcp_backend, "")).unwrap();
+    let config_arg = config_path.display().to_string();
+    let mut gw = Binary::spawn(&["--config", &config_arg, "--log-format", "json"], dir);
+    let ready = gw.ready().await;
+    let edge: SocketAddr = ready["listeners"]["edge"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut tcp = TcpStream::connect(edge).await.unwrap();
+    tcp.write_all(b"hello\n").await.unwrap();
+    let mut buf = [0u8; 16];
+    assert!(tcp.read(&mut buf).await.unwrap() > 0);
+
+    let reloads = |log: &str| log.matches("config reloaded").count();
+    let progress = |log: &str| access_events(log, "connection progress").len();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(progress(&gw.stderr()), 0, "no interval, no progress event");
+
+    std::fs::write(
+        &config_path,
+        config(ws_backend, tcp_backend, "access_log_interval = \"1s\""),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    eventually(
+        "a progress event after the reload set the interval",
+        || async { progress(&gw.stderr()) >= 1 },
+    )
+    .await;
+
+    std::fs::write(&config_path, config(ws_backend, tcp_backend, "")).unwrap();
+    gw.signal("HUP");
+    eventually("the second reload", || async { reloads(&gw.stderr()) == 2 }).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after_removal = progress(&gw.stderr());
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(
+        progress(&gw.stderr()),
+        after_removal,
+        "progress events after the reload removed the interval"
+    );
+    tcp.write_all(b"still\n").await.unwrap();
+    assert!(
+        tcp.read(&mut buf).await.unwrap() > 0,
+        "the connection kept running"
+    );
+}
+
+#[tokio::test]
+async fn an_http_request_in_flight_is_answered_before_a_shed_closes_its_connection() {
+    // A backend that answers 400 ms after the request head.
+    let (listener, app) = listen().await;
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+                    .await;
+                let _ = tcp.read(&mut buf).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(
+        dir.path(),
+        &format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:0"
+route = [{{ name = "web", protocol = "http", backend = "web" }}]
+
+[[backend]]
+name = "web"
+servers = ["{app}"]
+"#
+        ),
+    )
+    .await;
+    let mut tcp = TcpStream::connect(gw.addr("edge")).await.unwrap();
+    tcp.write_all(b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    eventually("the request is routed", || async {
+        http_get(gw.admin(), "/connections")
+            .await
+            .1
+            .contains("\"route\":\"web\"")
+    })
+    .await;
+    let (status, body) =
+        http_request(gw.admin(), "POST", "/connections/shed?fraction=1&spread=0s").await;
+    assert_eq!((status, body.as_str()), (200, "{\"picked\":1}"));
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut response))
+        .await
+        .expect("the connection closes after its response")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("\r\n\r\nslow"), "{response}");
+}
