@@ -279,6 +279,32 @@ async fn shedding_half_closes_6_of_12_spread_over_the_window_websockets_with_101
 }
 
 #[tokio::test]
+async fn shedding_a_quarter_of_40_websockets_closes_10_with_1012_and_leaves_30_untouched() {
+    let mut f = fleet(40, 0).await;
+    let (status, body) = f.shed("fraction=0.25&spread=1s").await;
+    assert_eq!((status, body), (200, serde_json::json!({ "picked": 10 })));
+    let closed = f.closes_within(Duration::from_millis(1500)).await;
+    assert_eq!(closed.len(), 10, "{closed:?}");
+    assert!(closed.iter().all(|c| c.1 == Some(1012)), "{closed:?}");
+    let first = closed.iter().map(|c| c.2).min().unwrap();
+    let last = closed.iter().map(|c| c.2).max().unwrap();
+    assert!(
+        last - first >= Duration::from_millis(300),
+        "{:?}",
+        last - first
+    );
+    for _ in 0..10 {
+        assert_eq!(
+            backend_close(&mut f.backend).await,
+            BackendSaw::Close(Some(1012))
+        );
+    }
+    let indexes: Vec<usize> = closed.iter().map(|c| c.0).collect();
+    f.survivors_echo(&indexes).await;
+    assert_eq!(f.shed_total().await, 10.0);
+}
+
+#[tokio::test]
 async fn filters_pick_only_from_their_route_and_backend_and_nothing_is_picked_twice() {
     let mut f = fleet(3, 4).await;
     // Nothing is both on route chat and backend game.
