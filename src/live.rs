@@ -50,7 +50,7 @@ pub struct ConnCtx {
     pub bytes_backend_to_client: AtomicU64,
     pub messages_client_to_backend: AtomicU64,
     pub messages_backend_to_client: AtomicU64,
-    /// Fires when the gateway closes this connection on purpose (operator, reload), or on a
+    /// Fires when the gateway closes this connection on purpose (operator, reload, shed), or on a
     /// hard stop.
     pub cancel: CancellationToken,
     /// Why `cancel` fired, as a [`CloseReason`]; the WebSocket relay turns it into a code.
