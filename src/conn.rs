@@ -25,7 +25,7 @@ use crate::config::Protocol;
 use crate::detect::{self, DetectError, Detected};
 use crate::error::Side;
 use crate::io::{ClientStream, Rewind};
-use crate::live::{ConnCtx, Permit};
+use crate::live::{ConnCtx, Permit, access_event};
 use crate::relay::tcp::{self as tcp_relay, Flow};
 use crate::relay::{self, RelayEnd};
 use crate::route::{Route, RouteQuery};
@@ -469,23 +469,9 @@ async fn close_gently(client: &mut Rewind<ClientStream>) {
     let _ = tokio::time::timeout(Duration::from_millis(100), client.shutdown()).await;
 }
 
+/// The access log's final event: the connection's fields (as `/connections` and the
+/// progress events carry them) and how it ended.
 fn access_log(ctx: &ConnCtx, outcome: &Result<Finish, ConnError>) {
-    let info = ctx.info().clone();
-    let duration_ms = ctx.started_at.elapsed().as_secs_f64() * 1000.0;
-    let up = ctx
-        .bytes_client_to_backend
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let down = ctx
-        .bytes_backend_to_client
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let messages = (info.protocol == Some(Protocol::WebSocket)).then(|| {
-        (
-            ctx.messages_client_to_backend
-                .load(std::sync::atomic::Ordering::Relaxed),
-            ctx.messages_backend_to_client
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
-    });
     let websocket_close = match outcome {
         Ok(Finish::WebSocket(end)) => end.close.map(|(code, _)| code),
         _ => None,
@@ -507,23 +493,8 @@ fn access_log(ctx: &ConnCtx, outcome: &Result<Finish, ConnError>) {
         ),
         Err(e) => (e.stage(), e.side(), Some(crate::error::error_chain(e))),
     };
-    tracing::info!(
-        target: "sockgate::access",
-        listener = %ctx.listener,
-        conn.id = ctx.id,
-        client.address = %ctx.client,
-        tls.sni = info.sni.as_deref().unwrap_or(""),
-        tls.alpn = info.alpn.as_deref().unwrap_or(""),
-        protocol = info.protocol.map(Protocol::as_str).unwrap_or(""),
-        route = info.route.as_deref().unwrap_or(""),
-        backend = info.backend.as_deref().unwrap_or(""),
-        upstream.address = info.server.as_deref().unwrap_or(""),
-        started = %humantime::format_rfc3339_millis(ctx.started),
-        bytes_client_to_backend = up,
-        bytes_backend_to_client = down,
-        messages_client_to_backend = messages.map(|m| m.0),
-        messages_backend_to_client = messages.map(|m| m.1),
-        duration_ms,
+    access_event!(
+        &ctx.snapshot(),
         outcome,
         closed_by,
         error = error.as_deref().unwrap_or(""),

@@ -37,6 +37,7 @@ mod metrics;
 mod relay;
 mod route;
 mod services;
+mod shed;
 mod shutdown;
 mod snapshot;
 mod tls;
@@ -105,6 +106,8 @@ pub struct Gateway {
     /// Serializes reloads (SIGHUP and `POST /reload` may race).
     reloading: tokio::sync::Mutex<()>,
     workers: Workers,
+    /// Told when a reload changes `access_log_interval` (see [`progress_events`]).
+    progress_interval_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Gateway {
@@ -245,6 +248,9 @@ impl Gateway {
         }
         let snapshot = Arc::new(snapshot);
         self.services.publish(snapshot.clone());
+        if snapshot.config.defaults.access_log_interval != old.config.defaults.access_log_interval {
+            self.progress_interval_changed.notify_one();
+        }
         self.close_removed(&snapshot);
         for pending in new_bound {
             let bound = pending.spawn(&self.services, &self.conn_limit, &self.workers);
@@ -298,6 +304,46 @@ impl Gateway {
                 "closing connections whose route or backend the reload removed"
             );
         }
+    }
+}
+
+impl Gateway {
+    /// The live connections on the route and backend `filter` names.
+    fn matching(&self, filter: admin::Filter<'_>) -> Vec<Arc<live::ConnCtx>> {
+        let mut all = self.services.live.all();
+        all.retain(|c| {
+            let info = c.info();
+            filter.matches(info.route.as_deref(), info.backend.as_deref())
+        });
+        all
+    }
+}
+
+/// The access log's progress events (`access_log_interval`): one task, not a timer per
+/// connection, walks the live table every interval and logs each connection open at least
+/// that long, so such a connection gets an event every interval, the first between one and
+/// two intervals after it opened. A reload that changes the interval restarts the tick; a
+/// drain ends the task.
+async fn progress_events(services: Arc<Services>, interval_changed: Arc<tokio::sync::Notify>) {
+    loop {
+        let interval = services.snapshot().config.defaults.access_log_interval;
+        let tick = async {
+            match interval {
+                Some(interval) => tokio::time::sleep(interval).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = services.shutdown.drained() => return,
+            _ = interval_changed.notified() => continue,
+            _ = tick => {}
+        }
+        let Some(interval) = interval else { continue };
+        services.live.each(|conn| {
+            if conn.started_at.elapsed() >= interval {
+                conn.log_progress();
+            }
+        });
     }
 }
 
@@ -374,7 +420,12 @@ pub async fn start_adopting(
         listeners: Mutex::new(HashMap::new()),
         reloading: tokio::sync::Mutex::new(()),
         workers,
+        progress_interval_changed: Arc::new(tokio::sync::Notify::new()),
     });
+    tokio::spawn(progress_events(
+        gateway.services.clone(),
+        gateway.progress_interval_changed.clone(),
+    ));
     for p in pending {
         let (name, bound) = p.spawn(&gateway.services, &gateway.conn_limit, &gateway.workers);
         tracing::info!(listener = %name, address = %bound.local_addr, "listening");
@@ -562,25 +613,23 @@ impl admin::Control for Gateway {
     fn close(&self, which: admin::Which<'_>) -> usize {
         let picked: Vec<_> = match which {
             admin::Which::Id(id) => self.services.live.get(id).into_iter().collect(),
-            admin::Which::Route(name) => self
-                .services
-                .live
-                .all()
-                .into_iter()
-                .filter(|c| c.info().route.as_deref() == Some(name))
-                .collect(),
-            admin::Which::Backend(name) => self
-                .services
-                .live
-                .all()
-                .into_iter()
-                .filter(|c| c.info().backend.as_deref() == Some(name))
-                .collect(),
+            admin::Which::Matching(filter) => self.matching(filter),
         };
         for conn in &picked {
             conn.request_close(live::CloseReason::Operator);
         }
         picked.len()
+    }
+
+    fn shed(&self, filter: admin::Filter<'_>, fraction: f64, spread: std::time::Duration) -> usize {
+        // A drain closes every connection itself.
+        if self.services.shutdown.is_draining() {
+            return 0;
+        }
+        let schedule = shed::plan(self.matching(filter), fraction, spread);
+        let picked = schedule.len();
+        shed::spawn(self.services.clone(), schedule);
+        picked
     }
 
     async fn reload(&self) -> Result<(), Vec<String>> {

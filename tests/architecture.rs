@@ -23,9 +23,12 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "gateway",
         &[
             "admin", "listener", "services", "snapshot", "handoff", "config", "metrics", "live",
-            "workers", "error",
+            "workers", "error", "shed",
         ],
     ),
+    // Shedding: picks connections and closes them over a window, by id, through the live
+    // table; part of the control plane, split out of lib.rs.
+    ("shed", &["services", "live"]),
     // Asks the gateway through `admin::Control`; reaches no connection itself.
     ("admin", &["config", "live"]),
     (

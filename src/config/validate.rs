@@ -13,8 +13,9 @@ use toml::Spanned;
 use super::cidr::Cidr;
 use super::error::Report;
 use super::model::{
-    AdminConfig, AdminToken, BackendConfig, CertPair, Config, Defaults, ListenerConfig, Protocol,
-    RouteConfig, ServerConfig, SniCert, TlsConfig, WebSocketLimits,
+    AdminConfig, AdminToken, BackendConfig, CertPair, Config, Defaults, ListenerConfig,
+    MIN_ACCESS_LOG_INTERVAL, Protocol, RouteConfig, ServerConfig, SniCert, TlsConfig,
+    WebSocketLimits,
 };
 use super::raw::{
     RawAdmin, RawBackend, RawConfig, RawDefaults, RawListener, RawRoute, RawServer, RawSize,
@@ -186,6 +187,21 @@ impl Validator<'_, '_> {
                 }
             }
         });
+        let access_log_interval = present(raw.access_log_interval.as_ref(), |raw| {
+            let interval = self.duration(raw, "access_log_interval")?;
+            if interval < MIN_ACCESS_LOG_INTERVAL {
+                self.report.error(
+                    raw.span(),
+                    format!(
+                        "`access_log_interval` = \"{}\" is shorter than 1s: a progress event for every connection that often would make the log the load",
+                        raw.get_ref()
+                    ),
+                    "write \"1s\" or more (\"5m\" is typical), or remove the key for only the final event",
+                );
+                return None;
+            }
+            Some(interval)
+        });
         Some(Defaults {
             connect_timeout: connect_timeout?,
             detect_timeout: detect_timeout?,
@@ -196,6 +212,7 @@ impl Validator<'_, '_> {
             close_timeout: close_timeout?,
             request_timeout: request_timeout?,
             max_connections: max_connections?,
+            access_log_interval: access_log_interval?,
         })
     }
 
