@@ -347,18 +347,25 @@ async fn tcp_path(
         return Err(ConnError::NoRoute);
     };
     ctx.set_route(&route.name, &route.backend.name);
+    // TCP has no request: only `hash_on = "client_ip"` finds its key.
+    let affinity = route.backend.affinity(ctx.client.ip(), None);
     let connected = unless_closed(ctx, async {
-        route.backend.connect().await.map_err(ConnError::Connect)
+        route
+            .backend
+            .connect(affinity)
+            .await
+            .map_err(ConnError::Connect)
     })
     .await;
-    let (mut backend, server) = match connected {
+    // The lease counts this connection on its server until the relay ends.
+    let (mut backend, lease) = match connected {
         Ok(connected) => connected,
         Err(e) => {
             close_gently(&mut client).await;
             return Err(e);
         }
     };
-    ctx.set_server(&server.address);
+    ctx.set_server(lease.address());
 
     let counters =
         services
