@@ -118,13 +118,16 @@ async fn probe(server: &Server, check: &HealthCheck) -> Result<(), String> {
     let request = request
         .body(Empty::<Bytes>::new())
         .map_err(|e| format!("request: {e}"))?;
+    let send = sender.send_request(request);
+    tokio::pin!(send);
+    // The connection may end (Connection: close, or the 101 handing it over) in the same
+    // poll that delivers the response; the response is then waiting for `send`.
     let response = tokio::select! {
-        response = sender.send_request(request) => response.map_err(|e| format!("HTTP: {e}"))?,
-        ended = &mut conn => return Err(match ended {
-            Ok(()) => "the server closed the connection".to_owned(),
-            Err(e) => format!("HTTP: {e}"),
-        }),
-    };
+        biased;
+        response = &mut send => response,
+        _ = &mut conn => send.await,
+    }
+    .map_err(|e| format!("HTTP: {e}"))?;
     let status = response.status();
     match key {
         None if status.as_u16() == check.expect_status => Ok(()),
