@@ -33,7 +33,7 @@ async fn backend_sockets_have_keepalive_whether_loopback_literal_or_name() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     for address in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
-        let config = backend(&[address.clone()], Balance::RoundRobin, None);
+        let config = backend(std::slice::from_ref(&address), Balance::RoundRobin, None);
         let pool = pool(&config, Duration::from_secs(2));
         let (stream, _) = pool.connect(Affinity::default()).await.unwrap();
         let sock = socket2::SockRef::from(&stream);

@@ -48,23 +48,36 @@ struct NamedHttp {
     addr: SocketAddr,
     health: Arc<AtomicU16>,
     hits: Arc<AtomicUsize>,
+    checks: Arc<AtomicUsize>,
 }
 
 async fn named_http(name: &'static str) -> NamedHttp {
     let (listener, addr) = listen().await;
     let health = Arc::new(AtomicU16::new(200));
     let hits = Arc::new(AtomicUsize::new(0));
-    let (status, count) = (health.clone(), hits.clone());
+    let checks = Arc::new(AtomicUsize::new(0));
+    let (status, count, checked) = (health.clone(), hits.clone(), checks.clone());
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let (status, count) = (status.clone(), count.clone());
-            tokio::spawn(async move { serve_http(tcp, name, &status, &count).await });
+            let (status, count, checked) = (status.clone(), count.clone(), checked.clone());
+            tokio::spawn(async move { serve_http(tcp, name, &status, &count, &checked).await });
         }
     });
-    NamedHttp { addr, health, hits }
+    NamedHttp {
+        addr,
+        health,
+        hits,
+        checks,
+    }
 }
 
-async fn serve_http(mut tcp: TcpStream, name: &str, health: &AtomicU16, hits: &AtomicUsize) {
+async fn serve_http(
+    mut tcp: TcpStream,
+    name: &str,
+    health: &AtomicU16,
+    hits: &AtomicUsize,
+    checks: &AtomicUsize,
+) {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -87,6 +100,7 @@ async fn serve_http(mut tcp: TcpStream, name: &str, health: &AtomicU16, hits: &A
         )
     };
     if path == "/health" {
+        checks.fetch_add(1, Ordering::SeqCst);
         let status = health.load(Ordering::SeqCst);
         let answer = match &key {
             Some(key) if status == 101 => switching(key),
@@ -698,5 +712,75 @@ servers = ["{resetter}", "{}"]
         other.hits.load(Ordering::SeqCst),
         0,
         "the request was sent twice"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_keeps_an_unchanged_backends_health_and_stops_a_removed_ones_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = named_http("a").await;
+    let b = named_http("b").await;
+    let other = named_http("other").await;
+    a.health.store(500, Ordering::SeqCst);
+    let toml = |backend: &str, extra: &str| {
+        config(
+            &format!("  [[listener.route]]\n  name = \"h\"\n  backend = \"{backend}\"\n"),
+            &format!(
+                r#"
+[[backend]]
+name = "b"
+servers = ["{}", "{}"]
+health = {{ kind = "http", path = "/health", interval = "100ms", timeout = "100ms", rise = 2, fall = 2 }}
+
+[[backend]]
+name = "other"
+servers = ["{}"]
+{extra}
+"#,
+                a.addr, b.addr, other.addr
+            ),
+        )
+    };
+    let gw = Gateway::start(dir.path(), &toml("b", "")).await;
+    eventually("a down", || async {
+        healthy(&gw, "b").await == [false, true]
+    })
+    .await;
+    // Another backend changes; b's state carries over at once, no new round of checks.
+    std::fs::write(
+        dir.path().join("sockgate.toml"),
+        toml("b", r#"balance = "least_conn""#),
+    )
+    .unwrap();
+    gw.handle.reload_from_source().await.unwrap();
+    assert_eq!(healthy(&gw, "b").await, [false, true]);
+    assert_eq!(get(gw.addr("edge"), "/", "").await.1, "b");
+    // One task checks b, not two: about 10 checks a second per server.
+    let before = b.checks.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let per_second = b.checks.load(Ordering::SeqCst) - before;
+    assert!((5..=13).contains(&per_second), "{per_second} checks in 1s");
+    // b leaves the config: its checks stop and its series leave /metrics.
+    let without_b = toml("other", "").replace(
+        &format!(
+            "[[backend]]\nname = \"b\"\nservers = [\"{}\", \"{}\"]\nhealth = {{ kind = \"http\", path = \"/health\", interval = \"100ms\", timeout = \"100ms\", rise = 2, fall = 2 }}\n",
+            a.addr, b.addr
+        ),
+        "",
+    );
+    assert!(!without_b.contains("name = \"b\""), "{without_b}");
+    std::fs::write(dir.path().join("sockgate.toml"), without_b).unwrap();
+    gw.handle.reload_from_source().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped_at = b.checks.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(b.checks.load(Ordering::SeqCst), stopped_at, "checks go on");
+    let m = gw.metrics().await;
+    assert_eq!(m.get("sockgate_backend_up", &[("backend", "b")]), 0.0);
+    assert_eq!(m.get("sockgate_backend_up", &[("backend", "other")]), 1.0);
+    let text = http_get(gw.admin(), "/metrics").await.1;
+    assert!(
+        !text.contains("sockgate_backend_up{backend=\"b\""),
+        "{text}"
     );
 }
