@@ -1529,7 +1529,7 @@ fn balance_health_and_passive_are_read_with_their_defaults() {
 [[listener]]
 name = "edge"
 listen = "127.0.0.1:0"
-route = [{ name = "r", backend = "chat" }, { name = "t", protocol = "tcp", backend = "game" }]
+route = [{ name = "r", backend = "chat" }, { name = "t", protocol = "tcp", backend = "game" }, { name = "i", protocol = "tcp", backend = "ip" }]
 
 [[backend]]
 name = "chat"
@@ -1545,6 +1545,12 @@ servers = ["127.0.0.1:7000"]
 balance = "least_conn"
 health = { kind = "http", interval = "500ms" }
 passive = {}
+
+[[backend]]
+name = "ip"
+servers = ["127.0.0.1:7000"]
+balance = "hash"
+hash_on = "client_ip"
 "#,
     );
     let chat = &config.backends[0];

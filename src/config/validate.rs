@@ -74,9 +74,11 @@ pub(super) fn validate(
         .map(|b| b.get_ref())
         .filter(|b| {
             b.balance.as_ref().is_some_and(|k| k.get_ref() == "hash")
-                && b.hash_on
-                    .as_ref()
-                    .is_some_and(|h| h.get_ref().starts_with(['h', 'c', 'q']))
+                && b.hash_on.as_ref().is_some_and(|h| {
+                    ["header:", "cookie:", "query:"]
+                        .iter()
+                        .any(|p| h.get_ref().starts_with(p))
+                })
         })
         .filter_map(|b| b.name.as_ref().map(|n| n.get_ref().clone()))
         .collect();

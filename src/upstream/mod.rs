@@ -303,7 +303,10 @@ impl Pool {
         // Allocated only once an attempt fails.
         let mut tried: Vec<usize> = Vec::new();
         let mut last_error = None;
-        while let Some(index) = self.pick(affinity, &tried) {
+        // One turn per connection: its retries follow on from it rather than taking turns
+        // from other connections (which would send every one of them to a dead server).
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        while let Some(index) = self.pick(affinity, turn, &tried) {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 break;
@@ -382,7 +385,7 @@ impl Pool {
 
     /// The server for the next attempt, or `None` when every server is down, ejected or
     /// tried.
-    fn pick(&self, affinity: Affinity, tried: &[usize]) -> Option<usize> {
+    fn pick(&self, affinity: Affinity, turn: usize, tried: &[usize]) -> Option<usize> {
         let list = &self.servers.list;
         let usable = |i: usize| !tried.contains(&i) && self.servers.available(&list[i]);
         match (&self.balance, affinity.0) {
@@ -400,9 +403,9 @@ impl Pool {
                 best.map(|(i, _)| i)
             }
             (Balance::LeastConn, _) => {
-                // The scan starts one further each time, so equally loaded servers take
-                // turns instead of the first always winning.
-                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                // The scan starts one further each connection, so equally loaded servers
+                // take turns instead of the first always winning.
+                let start = turn;
                 let mut best: Option<(usize, usize)> = None;
                 for k in 0..list.len() {
                     let i = (start.wrapping_add(k)) % list.len();
@@ -419,13 +422,10 @@ impl Pool {
                 best.map(|(i, _)| i)
             }
             // Round robin, and hashing without a key.
-            _ => {
-                let turn = self.next.fetch_add(1, Ordering::Relaxed);
-                (0..list.len())
-                    .map(|k| self.schedule.pick(turn.wrapping_add(k)))
-                    .find(|&i| usable(i))
-                    .or_else(|| (0..list.len()).find(|&i| usable(i)))
-            }
+            _ => (0..list.len())
+                .map(|k| self.schedule.pick(turn.wrapping_add(k)))
+                .find(|&i| usable(i))
+                .or_else(|| (0..list.len()).find(|&i| usable(i))),
         }
     }
 

@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use std::sync::atomic::Ordering;
+
 use super::*;
 use crate::config::{BackendConfig, Balance, Passive, ServerConfig};
 
@@ -56,19 +58,45 @@ fn least_conn_takes_the_least_loaded_and_equal_servers_take_turns() {
     );
     // Two connections held on server 0.
     let held = [Lease::new(&pool.servers, 0), Lease::new(&pool.servers, 0)];
-    let a = pool.pick(Affinity::default(), &[]).unwrap();
+    let a = pool
+        .pick(
+            Affinity::default(),
+            pool.next.fetch_add(1, Ordering::Relaxed),
+            &[],
+        )
+        .unwrap();
     let _a = Lease::new(&pool.servers, a);
-    let b = pool.pick(Affinity::default(), &[]).unwrap();
+    let b = pool
+        .pick(
+            Affinity::default(),
+            pool.next.fetch_add(1, Ordering::Relaxed),
+            &[],
+        )
+        .unwrap();
     let _b = Lease::new(&pool.servers, b);
     let mut picked = [a, b];
     picked.sort();
     assert_eq!(picked, [1, 2]);
     drop(held);
     // All idle again but 1 and 2: 0 is picked; then ties rotate rather than stick.
-    assert_eq!(pool.pick(Affinity::default(), &[]), Some(0));
+    assert_eq!(
+        pool.pick(
+            Affinity::default(),
+            pool.next.fetch_add(1, Ordering::Relaxed),
+            &[]
+        ),
+        Some(0)
+    );
     drop((_a, _b));
     let turns: Vec<usize> = (0..6)
-        .map(|_| pool.pick(Affinity::default(), &[]).unwrap())
+        .map(|_| {
+            pool.pick(
+                Affinity::default(),
+                pool.next.fetch_add(1, Ordering::Relaxed),
+                &[],
+            )
+            .unwrap()
+        })
         .collect();
     let mut seen = turns.clone();
     seen.sort();
