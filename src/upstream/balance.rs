@@ -235,6 +235,7 @@ mod tests {
                 moved += 1;
             }
         }
+        eprintln!("adding a 5th server moved {moved} of 1000 keys; shares before: {share:?}");
         // 1000 / 5 = 200 expected; a binomial spread of ±3 sigma is about ±38.
         assert!((160..=240).contains(&moved), "moved {moved} of 1000 keys");
         for s in share {
