@@ -28,10 +28,10 @@ use crate::io::{ClientStream, Rewind};
 use crate::live::{ConnCtx, Permit};
 use crate::relay::tcp::{self as tcp_relay, Flow};
 use crate::relay::{self, RelayEnd};
-use crate::route::RouteQuery;
+use crate::route::{Route, RouteQuery};
 use crate::services::Services;
 use crate::snapshot::ListenerSnap;
-use crate::upstream::ConnectError;
+use crate::upstream::{ConnectError, Lease};
 
 /// How a connection ended when no stage failed.
 #[derive(Debug)]
@@ -101,7 +101,19 @@ pub enum Handoff {
     Finished(Finish),
     /// A WebSocket upgrade went through: both streams, ready for the relay.
     /// Boxed, so that holding it beside the relay's future costs the task a pointer.
-    WebSocket(Box<http::Upgraded>),
+    WebSocket(Box<WebSocketReady>),
+}
+
+/// Both streams of an upgraded connection and what the WebSocket relay runs with. The
+/// session lives here, on the heap of WebSocket connections only, rather than in the task,
+/// whose size every connection pays.
+pub struct WebSocketReady {
+    client: Rewind<ClientStream>,
+    backend: Rewind<TcpStream>,
+    session: relay::websocket::Session,
+    /// Counts the relay on its server (`least_conn`, `/backends`) until it ends.
+    #[expect(dead_code, reason = "held for its drop")]
+    lease: Lease,
 }
 
 /// Runs one accepted connection through the whole pipeline. `permit` (the `max_connections`
@@ -168,11 +180,10 @@ pub fn serve(
                 Ok(Handoff::Finished(finish)) => return finishing.finish(Ok(finish)),
                 Err(e) => return finishing.finish(Err(e)),
             };
-        let session = websocket_session(&ws);
         let end = relay::websocket::relay(
             &mut ws.client,
             &mut ws.backend,
-            &session,
+            &ws.session,
             ctx,
             &services.metrics,
             &services.shutdown,
@@ -271,7 +282,22 @@ async fn pipeline(
             match http::serve(client, ctx.clone(), listener, services.clone(), tls).await? {
                 http::End::Closed => Ok(Handoff::Finished(Finish::Http)),
                 http::End::Cancelled => Ok(Handoff::Finished(Finish::Cancelled)),
-                http::End::Upgraded(ws) => Ok(Handoff::WebSocket(ws)),
+                http::End::Upgraded(ws) => {
+                    let http::Upgraded {
+                        client,
+                        backend,
+                        route,
+                        listener,
+                        permessage_deflate,
+                        lease,
+                    } = ws;
+                    Ok(Handoff::WebSocket(Box::new(WebSocketReady {
+                        client,
+                        backend,
+                        session: websocket_session(&route, &listener, permessage_deflate),
+                        lease,
+                    })))
+                }
             }
         }
         Detected::Tcp => tcp_path(client, ctx, &listener, services)
@@ -416,13 +442,17 @@ async fn tcp_path(
 
 /// What the WebSocket relay runs with: names for its metric labels, the route's limits and
 /// the listener's timers, from the snapshot the upgrade request was routed on.
-fn websocket_session(ws: &http::Upgraded) -> relay::websocket::Session {
-    let defaults = &ws.listener.defaults;
+fn websocket_session(
+    route: &Route,
+    listener: &ListenerSnap,
+    permessage_deflate: bool,
+) -> relay::websocket::Session {
+    let defaults = &listener.defaults;
     relay::websocket::Session {
-        route: ws.route.name.clone(),
-        backend: ws.route.backend.name.clone(),
-        limits: ws.route.websocket.clone(),
-        permessage_deflate: ws.permessage_deflate,
+        route: route.name.clone(),
+        backend: route.backend.name.clone(),
+        limits: route.websocket.clone(),
+        permessage_deflate,
         idle_timeout: defaults.idle_timeout,
         close_timeout: defaults.close_timeout,
         drain_spread: defaults.drain_spread,

@@ -4,16 +4,19 @@
 //!
 //! ```text
 //! accept ─► TLS handshake (SNI → cert, ALPN) ─► detect ─► route ─► backend pick ─► connect ─► relay ─► finish
-//! listener   tls                               detect    route     upstream        upstream   relay     conn
+//! listener   tls + io::tls                     detect    route     upstream        upstream   relay     conn
 //! ```
 //!
-//! [`conn::serve`] runs that pipeline for one connection. Everything it reads comes from one
-//! immutable [`snapshot::Snapshot`] loaded when the connection starts; a reload swaps in a
-//! new snapshot without touching running connections. One [`shutdown::Shutdown`] carries the
-//! drain signal to every relay.
+//! `conn::serve` runs that pipeline for one connection, calling each stage in order. What
+//! connections share is `services::Services`: the config snapshot in force (a connection
+//! routes on the one current after detection; a reload publishes a new one without touching
+//! running connections), the metrics, the live table and the drain signal.
 //!
+//! This file is the control plane: the [`Gateway`] builds and publishes snapshots, binds and
+//! stops listeners, reloads, and answers the admin endpoint (through `admin::Control`).
 //! [`start`] binds the listeners and the admin endpoint and returns a [`Handle`] to drain,
-//! stop, reload and wait for the gateway.
+//! stop, reload, upgrade and wait for the gateway. Every import points down the layers the
+//! README's "How it works" draws; `tests/architecture.rs` holds them.
 
 // The public surface: start a gateway and control it (below), its config, certificates,
 // errors and worker threads. Everything else is the gateway's own.
@@ -51,7 +54,7 @@ pub mod bench {
     pub use crate::snapshot::Snapshot;
 }
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -92,7 +95,7 @@ pub enum ReloadError {
 }
 
 /// The control plane: publishes snapshots, binds and stops listeners, reloads, and answers
-/// the admin endpoint. Connections see only its [`Services`].
+/// the admin endpoint. Connections see only its `Services`.
 pub struct Gateway {
     services: Arc<Services>,
     ready: AtomicBool,
@@ -263,6 +266,10 @@ impl Gateway {
     /// (WebSockets get Close 1012, spread over `drain_spread`); the rest run on untouched.
     fn close_removed(&self, snapshot: &Snapshot) {
         let mut closed = 0;
+        // Each listener's (route, backend) pairs, gathered once per reload and only for the
+        // listeners connections are on: a lookup per connection, not a scan of the routes.
+        type Pairs = HashSet<(Arc<str>, Arc<str>)>;
+        let mut kept_pairs: HashMap<Arc<str>, Option<Pairs>> = HashMap::new();
         for conn in self.services.live.all() {
             let (route, backend) = {
                 let info = conn.info();
@@ -271,11 +278,17 @@ impl Gateway {
             let (Some(route), Some(backend)) = (route, backend) else {
                 continue;
             };
-            let kept = snapshot.listener(&conn.listener).is_some_and(|l| {
-                l.routes
-                    .iter()
-                    .any(|r| r.name == route && *r.backend.name == *backend)
+            let pairs = kept_pairs.entry(conn.listener.clone()).or_insert_with(|| {
+                snapshot.listener(&conn.listener).map(|l| {
+                    l.routes
+                        .iter()
+                        .map(|r| (r.name.clone(), r.backend.name.clone()))
+                        .collect()
+                })
             });
+            let kept = pairs
+                .as_ref()
+                .is_some_and(|pairs| pairs.contains(&(route, backend)));
             if !kept {
                 conn.request_close(live::CloseReason::Reload);
                 closed += 1;

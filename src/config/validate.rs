@@ -2,6 +2,7 @@
 //! is about and checking goes on, so one run lists every problem. Each step returns `None`
 //! when it reported something; a whole `Config` is only built when nothing was.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::Path;
@@ -61,10 +62,10 @@ pub(super) fn validate(
     base_dir: &Path,
     report: &mut Report<'_>,
 ) -> Option<Config> {
-    let mut backend_names: Vec<String> = Vec::new();
+    let mut backend_names = BackendNames::default();
     for name in raw.backend.iter().filter_map(|b| b.get_ref().name.as_ref()) {
-        if !backend_names.contains(name.get_ref()) {
-            backend_names.push(name.get_ref().clone());
+        if backend_names.set.insert(name.get_ref().clone()) {
+            backend_names.in_order.push(name.get_ref().clone());
         }
     }
     // Backends that hash a request's header, cookie or query: a TCP connection has none.
@@ -87,7 +88,7 @@ pub(super) fn validate(
         base_dir,
         backend_names,
         request_hashed,
-        listen_addrs: Vec::new(),
+        listen_addrs: HashMap::new(),
     };
     let defaults = v.defaults(raw.defaults.as_ref());
     let admin = present(raw.admin.as_ref(), |a| v.admin(a));
@@ -124,12 +125,23 @@ struct Validator<'r, 'a> {
     report: &'r mut Report<'a>,
     base_dir: &'r Path,
     /// Every backend name written, valid or not, so a route naming one is not also blamed.
-    backend_names: Vec<String>,
+    backend_names: BackendNames,
     /// Backends with `hash_on` a header, cookie or query parameter.
-    request_hashed: Vec<String>,
+    request_hashed: HashSet<String>,
     /// Who listens where so far, for the uniqueness rule.
-    listen_addrs: Vec<(SocketAddr, String, Range<usize>)>,
+    listen_addrs: HashMap<SocketAddr, (String, Range<usize>)>,
 }
+
+/// Backend names looked up by every route (a set: configs with many thousands of routes
+/// must check in time linear in their size) and listed in file order in hints.
+#[derive(Default)]
+struct BackendNames {
+    set: HashSet<String>,
+    in_order: Vec<String>,
+}
+
+/// Names a hint lists at most.
+const HINT_NAMES: usize = 10;
 
 impl Validator<'_, '_> {
     fn defaults(&mut self, raw: Option<&RawDefaults>) -> Option<Defaults> {
@@ -346,7 +358,7 @@ impl Validator<'_, '_> {
             return None;
         };
         if addr.port() != 0
-            && let Some((_, first, at)) = self.listen_addrs.iter().find(|(a, _, _)| *a == addr)
+            && let Some((first, at)) = self.listen_addrs.get(&addr)
         {
             let message = format!(
                 "{owner} listens on {addr}, which {first} already uses: the second bind would fail"
@@ -358,7 +370,7 @@ impl Validator<'_, '_> {
             self.report.error(raw.span(), message, hint);
             return None;
         }
-        self.listen_addrs.push((addr, owner, raw.span()));
+        self.listen_addrs.insert(addr, (owner, raw.span()));
         Some(addr)
     }
 
@@ -764,17 +776,24 @@ impl Validator<'_, '_> {
 
     fn backend_ref(&mut self, raw: &Spanned<String>, route: &str) -> Option<String> {
         let name = raw.get_ref();
-        if self.backend_names.contains(name) {
+        if self.backend_names.set.contains(name) {
             return Some(name.clone());
         }
         let message = format!(
             "{route} names backend `{name}`, which is not defined, so its connections would have nowhere to go"
         );
-        let hint = if self.backend_names.is_empty() {
+        let defined = &self.backend_names.in_order;
+        let hint = if defined.is_empty() {
             format!("no backends are defined; add a [[backend]] with name = \"{name}\"")
         } else {
-            let mut hint = format!("defined backends: {}", self.backend_names.join(", "));
-            if let Some(close) = closest(name, self.backend_names.iter().map(String::as_str)) {
+            let mut hint = format!(
+                "defined backends: {}",
+                defined[..defined.len().min(HINT_NAMES)].join(", ")
+            );
+            if defined.len() > HINT_NAMES {
+                hint.push_str(&format!(" and {} more", defined.len() - HINT_NAMES));
+            }
+            if let Some(close) = closest(name, defined.iter().map(String::as_str)) {
                 hint.push_str(&format!("; did you mean `{close}`?"));
             }
             hint
@@ -1184,9 +1203,9 @@ impl Validator<'_, '_> {
         what: &str,
         among: &str,
     ) {
-        let mut seen: Vec<&Spanned<String>> = Vec::new();
+        let mut seen: HashMap<&str, &Spanned<String>> = HashMap::new();
         for name in names.flatten() {
-            if let Some(first) = seen.iter().find(|s| s.get_ref() == name.get_ref()) {
+            if let Some(first) = seen.get(name.get_ref().as_str()) {
                 let first = self.report.position(&first.span());
                 self.report.error(
                     name.span(),
@@ -1194,7 +1213,7 @@ impl Validator<'_, '_> {
                     format!("rename this one or the one at {first}"),
                 );
             } else {
-                seen.push(name);
+                seen.insert(name.get_ref(), name);
             }
         }
     }

@@ -83,9 +83,8 @@ pub enum End {
     Closed,
     /// An operator or a hard stop closed it.
     Cancelled,
-    /// A WebSocket upgrade went through. Boxed, so that holding it beside the relay's
-    /// future costs the task a pointer.
-    Upgraded(Box<Upgraded>),
+    /// A WebSocket upgrade went through.
+    Upgraded(Upgraded),
 }
 
 /// Why the HTTP stage failed; conn says which stage and side each is.
@@ -192,9 +191,7 @@ pub async fn serve(
     drop(state);
     match pending {
         None => Ok(End::Closed),
-        Some(upgrade) => take_upgraded(upgrade)
-            .await
-            .map(|upgraded| End::Upgraded(Box::new(upgraded))),
+        Some(upgrade) => take_upgraded(upgrade).await.map(End::Upgraded),
     }
 }
 
@@ -218,7 +215,6 @@ pub struct Upgraded {
     /// The 101 response's `Sec-WebSocket-Extensions` agreed to permessage-deflate.
     pub permessage_deflate: bool,
     /// Counts the relay on its server (`least_conn`, `/backends`) until dropped.
-    #[expect(dead_code, reason = "held for its drop")]
     pub lease: Lease,
 }
 
