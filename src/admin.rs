@@ -1,5 +1,5 @@
 //! The admin endpoint: `/healthz`, `/readyz`, `/metrics`, `/connections`,
-//! `/connections/shed`, `/reload`.
+//! `/connections/shed`, `/backends`, `/reload`.
 //! Plain HTTP on its own listener, meant for loopback or a private network.
 //!
 //! What a request must get past before it is routed, in order:
@@ -48,6 +48,8 @@ pub trait Control: Send + Sync + 'static {
     /// `/metrics` in the Prometheus text format.
     fn metrics_text(&self) -> String;
     fn connections(&self) -> Vec<ConnSummary>;
+    /// `/backends`: every backend of the config in force and its servers' state.
+    fn backends(&self) -> Vec<BackendSummary>;
     /// Closes the connections picked (WebSockets with a Close frame); how many.
     fn close(&self, which: Which<'_>) -> usize;
     /// Picks `ceil(fraction × n)` of the `n` live connections `filter` matches, at random,
@@ -56,6 +58,24 @@ pub trait Control: Send + Sync + 'static {
     fn shed(&self, filter: Filter<'_>, fraction: f64, spread: Duration) -> usize;
     /// Reloads the config file; on refusal, one line per problem.
     fn reload(&self) -> impl Future<Output = Result<(), Vec<String>>> + Send;
+}
+
+/// One backend in `GET /backends`.
+#[derive(Debug, serde::Serialize)]
+pub struct BackendSummary {
+    pub name: String,
+    pub servers: Vec<ServerSummary>,
+}
+
+/// One server in `GET /backends`.
+#[derive(Debug, serde::Serialize)]
+pub struct ServerSummary {
+    pub address: String,
+    pub weight: u32,
+    /// Takes new connections: health checks pass and it is not ejected.
+    pub healthy: bool,
+    /// Connections using it now: connecting, relaying, or kept alive.
+    pub active_connections: usize,
 }
 
 /// What `/readyz` answers.
@@ -567,6 +587,7 @@ async fn route<G: Control>(req: Request<()>, gateway: &G, peer: Peer) -> Respons
             response
         }
         (&Method::GET, "/connections") => json(StatusCode::OK, &gateway.connections()),
+        (&Method::GET, "/backends") => json(StatusCode::OK, &gateway.backends()),
         (&Method::DELETE, "/connections") => {
             let params = Params::parse(query);
             let filter = match params.filter(&[]) {
@@ -624,11 +645,12 @@ async fn route<G: Control>(req: Request<()>, gateway: &G, peer: Peer) -> Respons
         }
         (
             _,
-            "/healthz" | "/readyz" | "/metrics" | "/connections" | "/connections/shed" | "/reload",
+            "/healthz" | "/readyz" | "/metrics" | "/connections" | "/connections/shed"
+            | "/backends" | "/reload",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /healthz /readyz /metrics /connections\n",
+            "not found; try /healthz /readyz /metrics /connections /backends\n",
         ),
     }
 }

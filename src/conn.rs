@@ -31,7 +31,7 @@ use crate::relay::{self, RelayEnd};
 use crate::route::{Route, RouteQuery};
 use crate::services::Services;
 use crate::snapshot::ListenerSnap;
-use crate::upstream::ConnectError;
+use crate::upstream::{ConnectError, Lease};
 
 /// How a connection ended when no stage failed.
 #[derive(Debug)]
@@ -111,6 +111,9 @@ pub struct WebSocketReady {
     client: Rewind<ClientStream>,
     backend: Rewind<TcpStream>,
     session: relay::websocket::Session,
+    /// Counts the relay on its server (`least_conn`, `/backends`) until it ends.
+    #[expect(dead_code, reason = "held for its drop")]
+    lease: Lease,
 }
 
 /// Runs one accepted connection through the whole pipeline. `permit` (the `max_connections`
@@ -286,11 +289,13 @@ async fn pipeline(
                         route,
                         listener,
                         permessage_deflate,
+                        lease,
                     } = ws;
                     Ok(Handoff::WebSocket(Box::new(WebSocketReady {
                         client,
                         backend,
                         session: websocket_session(&route, &listener, permessage_deflate),
+                        lease,
                     })))
                 }
             }
@@ -368,18 +373,25 @@ async fn tcp_path(
         return Err(ConnError::NoRoute);
     };
     ctx.set_route(&route.name, &route.backend.name);
+    // TCP has no request: only `hash_on = "client_ip"` finds its key.
+    let affinity = route.backend.affinity(ctx.client.ip(), None);
     let connected = unless_closed(ctx, async {
-        route.backend.connect().await.map_err(ConnError::Connect)
+        route
+            .backend
+            .connect(affinity)
+            .await
+            .map_err(ConnError::Connect)
     })
     .await;
-    let (mut backend, server) = match connected {
+    // The lease counts this connection on its server until the relay ends.
+    let (mut backend, lease) = match connected {
         Ok(connected) => connected,
         Err(e) => {
             close_gently(&mut client).await;
             return Err(e);
         }
     };
-    ctx.set_server(&server.address);
+    ctx.set_server(lease.address());
 
     let counters =
         services

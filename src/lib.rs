@@ -179,7 +179,8 @@ impl Gateway {
                 "the admin address changed in the config; it takes effect at the next restart"
             );
         }
-        let snapshot = Snapshot::build(config, &self.services.metrics).map_err(StartError::from)?;
+        let snapshot = Snapshot::build_after(config, &self.services.metrics, Some(&old))
+            .map_err(StartError::from)?;
         let wanted: HashMap<String, SocketAddr> = snapshot
             .config
             .listeners
@@ -251,6 +252,7 @@ impl Gateway {
         if snapshot.config.defaults.access_log_interval != old.config.defaults.access_log_interval {
             self.progress_interval_changed.notify_one();
         }
+        snapshot.start_health(Some(&old), self.services.shutdown.drain_token());
         self.close_removed(&snapshot);
         for pending in new_bound {
             let bound = pending.spawn(&self.services, &self.conn_limit, &self.workers);
@@ -453,6 +455,9 @@ pub async fn start_adopting(
             addr
         }
     };
+    gateway
+        .snapshot()
+        .start_health(None, gateway.services.shutdown.drain_token());
     gateway.ready.store(true, Ordering::Relaxed);
     Ok(Handle {
         gateway,
@@ -598,7 +603,30 @@ impl admin::Control for Gateway {
     }
 
     fn metrics_text(&self) -> String {
+        for pool in self.snapshot().backends() {
+            pool.publish_state();
+        }
         self.services.metrics.render()
+    }
+
+    fn backends(&self) -> Vec<admin::BackendSummary> {
+        self.snapshot()
+            .backends()
+            .iter()
+            .map(|pool| admin::BackendSummary {
+                name: pool.name.to_string(),
+                servers: pool
+                    .view()
+                    .into_iter()
+                    .map(|s| admin::ServerSummary {
+                        address: s.address,
+                        weight: s.weight,
+                        healthy: s.healthy,
+                        active_connections: s.active_connections,
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
     fn connections(&self) -> Vec<live::ConnSummary> {

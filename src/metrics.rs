@@ -28,6 +28,8 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     pub rejected_total: IntCounterVec,
     pub shed_total: IntCounterVec,
+    pub backend_up: IntGaugeVec,
+    pub no_healthy_server_total: IntCounterVec,
     pub http_responses_total: IntCounterVec,
     /// The `max_connections` in force (configured, or derived from the open-files limit).
     pub max_connections: prometheus::IntGauge,
@@ -186,6 +188,18 @@ impl Metrics {
                 "sockgate_shed_total",
                 "Connections closed by POST /connections/shed, counted as each is closed.",
                 &["listener", "protocol"],
+            ),
+            backend_up: gauge(
+                &r,
+                "sockgate_backend_up",
+                "1 while a server takes new connections (health checks pass and it is not ejected), else 0.",
+                &["backend", "server"],
+            ),
+            no_healthy_server_total: counter(
+                &r,
+                "sockgate_no_healthy_server_total",
+                "Connections and requests refused because every server of the backend was down or ejected (HTTP/WebSocket 503, TCP closed).",
+                &["backend"],
             ),
             max_connections: {
                 let g = prometheus::IntGauge::new(

@@ -9,12 +9,16 @@ use std::sync::Arc;
 use crate::config::{Cidr, Config, Defaults};
 use crate::metrics::Metrics;
 use crate::route::{Route, RouteTable};
+use tokio_util::sync::CancellationToken;
+
 use crate::upstream::Pool;
 
 #[derive(Debug)]
 pub struct Snapshot {
     pub config: Arc<Config>,
     listeners: HashMap<String, Arc<ListenerSnap>>,
+    /// Every backend's pool, in config order.
+    backends: Vec<Arc<Pool>>,
 }
 
 pub struct ListenerSnap {
@@ -52,16 +56,33 @@ pub enum SnapshotError {
 
 impl Snapshot {
     pub fn build(config: Config, metrics: &Metrics) -> Result<Self, SnapshotError> {
+        Self::build_after(config, metrics, None)
+    }
+
+    /// As [`Snapshot::build`], keeping the server state (health, ejections, live counts)
+    /// of `previous`'s backends whose servers and health check are unchanged.
+    pub fn build_after(
+        config: Config,
+        metrics: &Metrics,
+        previous: Option<&Snapshot>,
+    ) -> Result<Self, SnapshotError> {
         let defaults = &config.defaults;
-        let backends: HashMap<String, Arc<Pool>> = config
+        let pools: Vec<Arc<Pool>> = config
             .backends
             .iter()
             .map(|b| {
-                (
-                    b.name.clone(),
-                    Arc::new(Pool::new(b, defaults.connect_timeout, metrics)),
-                )
+                let before = previous.and_then(|p| p.backend(&b.name));
+                Arc::new(Pool::new(
+                    b,
+                    defaults.connect_timeout,
+                    metrics,
+                    before.map(|p| &**p),
+                ))
             })
+            .collect();
+        let backends: HashMap<String, Arc<Pool>> = pools
+            .iter()
+            .map(|p| (p.name.to_string(), p.clone()))
             .collect();
         let mut listeners = HashMap::new();
         for l in &config.listeners {
@@ -101,7 +122,38 @@ impl Snapshot {
         Ok(Snapshot {
             config: Arc::new(config),
             listeners,
+            backends: pools,
         })
+    }
+
+    fn backend(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.backends.iter().find(|p| &*p.name == name)
+    }
+
+    pub fn backends(&self) -> &[Arc<Pool>] {
+        &self.backends
+    }
+
+    /// Puts this snapshot's health checks in force once it is published: starts the
+    /// checks of its backends (those kept from `previous` run on), stops `previous`'s that
+    /// it no longer uses, and drops their `sockgate_backend_up` series. Every check stops
+    /// when `drain` fires.
+    pub fn start_health(&self, previous: Option<&Snapshot>, drain: &CancellationToken) {
+        for pool in &self.backends {
+            pool.start_health(drain);
+            pool.publish_state();
+        }
+        let Some(previous) = previous else { return };
+        for old in &previous.backends {
+            if self.backends.iter().any(|p| p.same_servers(old)) {
+                continue;
+            }
+            old.stop_health();
+            old.unpublish_state(|backend, server| {
+                self.backend(backend)
+                    .is_some_and(|p| p.view().iter().any(|s| s.address == server))
+            });
+        }
     }
 
     pub fn listener(&self, name: &str) -> Option<&Arc<ListenerSnap>> {

@@ -8,8 +8,8 @@ use toml::de::{DeTable, DeValue};
 
 use super::error::Report;
 use super::raw::{
-    RawAdmin, RawBackend, RawConfig, RawDefaults, RawListener, RawRoute, RawServerTable, RawSni,
-    RawTls,
+    RawAdmin, RawBackend, RawConfig, RawDefaults, RawHealth, RawListener, RawPassive, RawRoute,
+    RawServerTable, RawSni, RawTls,
 };
 
 /// One kind of table in the file.
@@ -109,16 +109,6 @@ static BACKEND: Section = Section {
     name: "[[backend]]",
     keys: fields_of::<RawBackend>,
     unsupported: &[
-        ("balance", "servers are used in round robin; remove the key"),
-        ("hash_on", "servers are used in round robin; remove the key"),
-        (
-            "health",
-            "servers are not health-checked: a server that refuses or times out is skipped for that connection (the next one is tried), at the cost of one connect attempt; remove the key",
-        ),
-        (
-            "passive",
-            "servers that fail to connect stay in rotation; remove the key",
-        ),
         (
             "send_proxy_protocol",
             "servers see the gateway's address as the client's; remove the key",
@@ -128,7 +118,25 @@ static BACKEND: Section = Section {
             "connections to servers are plain TCP: TLS ends at the gateway; remove the key",
         ),
     ],
-    children: &[("servers", &SERVER)],
+    children: &[
+        ("servers", &SERVER),
+        ("health", &HEALTH),
+        ("passive", &PASSIVE),
+    ],
+};
+
+static HEALTH: Section = Section {
+    name: "a backend's `health`",
+    keys: fields_of::<RawHealth>,
+    unsupported: &[],
+    children: &[],
+};
+
+static PASSIVE: Section = Section {
+    name: "a backend's `passive`",
+    keys: fields_of::<RawPassive>,
+    unsupported: &[],
+    children: &[],
 };
 
 static SERVER: Section = Section {

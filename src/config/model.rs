@@ -226,14 +226,85 @@ pub struct WebSocketLimits {
     pub pong_timeout: Option<Duration>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
     pub name: String,
     /// At least one.
     pub servers: Vec<ServerConfig>,
+    pub balance: Balance,
+    /// Active checks; `None`: every server counts as up.
+    pub health: Option<HealthCheck>,
+    /// Ejection after consecutive connect failures; `None`: never ejected.
+    pub passive: Option<Passive>,
 }
 
-#[derive(Debug, Clone)]
+/// How a backend picks a server for a new connection.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Weighted, interleaved (the default).
+    #[default]
+    RoundRobin,
+    /// Fewest live connections per unit of weight.
+    LeastConn,
+    /// Weighted rendezvous hashing on a key of the connection or request.
+    Hash(HashOn),
+}
+
+/// What `balance = "hash"` hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    ClientIp,
+    /// Lower-cased header name.
+    Header(String),
+    Cookie(String),
+    Query(String),
+}
+
+/// `health = { ... }`: active checks of every server of a backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: HealthKind,
+    /// HTTP and WebSocket checks: the request target (default `/`).
+    pub path: String,
+    pub interval: Duration,
+    /// At most `interval`.
+    pub timeout: Duration,
+    /// Consecutive passing checks that bring a down server back.
+    pub rise: u32,
+    /// Consecutive failing checks that take an up server out.
+    pub fall: u32,
+    /// HTTP checks: the status that passes (default 200).
+    pub expect_status: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthKind {
+    /// A TCP connect.
+    Tcp,
+    /// `GET path` answered with `expect_status`.
+    Http,
+    /// A WebSocket handshake on `path` answered with 101.
+    WebSocket,
+}
+
+/// `passive = { failures, eject }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passive {
+    /// Consecutive connect failures that eject a server.
+    pub failures: u32,
+    /// How long the first ejection lasts; repeated ones double it, up to
+    /// [`Passive::max_eject`].
+    pub eject: Duration,
+}
+
+impl Passive {
+    /// The longest an ejection lasts after repeated ones: 5 minutes, or `eject` if longer.
+    pub fn max_eject(&self) -> Duration {
+        self.eject.max(Duration::from_secs(300))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// `host:port` as written (`127.0.0.1:9001`, `[::1]:9001`, `chat.internal:9001`);
     /// resolved at connect time.

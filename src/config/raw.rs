@@ -95,6 +95,29 @@ pub(super) struct RawRoute {
 pub(super) struct RawBackend {
     pub name: Text,
     pub servers: Option<Spanned<Vec<Spanned<RawServer>>>>,
+    pub balance: Text,
+    pub hash_on: Text,
+    pub health: Option<Spanned<RawHealth>>,
+    pub passive: Option<Spanned<RawPassive>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    pub kind: Text,
+    pub path: Text,
+    pub interval: Text,
+    pub timeout: Text,
+    pub rise: Option<Spanned<i64>>,
+    pub fall: Option<Spanned<i64>>,
+    pub expect_status: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPassive {
+    pub failures: Option<Spanned<i64>>,
+    pub eject: Text,
 }
 
 /// A `servers` entry: `"127.0.0.1:9001"` or `{ address = "127.0.0.1:9001", weight = 3 }`.

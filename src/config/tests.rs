@@ -1523,6 +1523,184 @@ route = [{ name = "v6", host = "::1", backend = "chat" }]
     );
 }
 
+#[test]
+fn balance_health_and_passive_are_read_with_their_defaults() {
+    let config = valid(
+        r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:0"
+route = [{ name = "r", backend = "chat" }, { name = "t", protocol = "tcp", backend = "game" }, { name = "i", protocol = "tcp", backend = "ip" }]
+
+[[backend]]
+name = "chat"
+servers = ["127.0.0.1:9001", { address = "127.0.0.1:9002", weight = 3 }]
+balance = "hash"
+hash_on = "header:X-User"
+health = { kind = "websocket", path = "/ws", interval = "2s", timeout = "1s", rise = 2, fall = 2 }
+passive = { failures = 3, eject = "10s" }
+
+[[backend]]
+name = "game"
+servers = ["127.0.0.1:7000"]
+balance = "least_conn"
+health = { kind = "http", interval = "500ms" }
+passive = {}
+
+[[backend]]
+name = "ip"
+servers = ["127.0.0.1:7000"]
+balance = "hash"
+hash_on = "client_ip"
+"#,
+    );
+    let chat = &config.backends[0];
+    assert_eq!(chat.balance, Balance::Hash(HashOn::Header("x-user".into())));
+    let health = chat.health.as_ref().unwrap();
+    assert_eq!(
+        (health.kind, health.path.as_str(), health.rise, health.fall),
+        (HealthKind::WebSocket, "/ws", 2, 2)
+    );
+    let game = &config.backends[1];
+    assert_eq!(game.balance, Balance::LeastConn);
+    let health = game.health.as_ref().unwrap();
+    assert_eq!(
+        (
+            health.path.as_str(),
+            health.timeout,
+            health.rise,
+            health.fall,
+            health.expect_status
+        ),
+        ("/", Duration::from_millis(500), 2, 3, 200)
+    );
+    let passive = game.passive.as_ref().unwrap();
+    assert_eq!(
+        (passive.failures, passive.eject),
+        (3, Duration::from_secs(10))
+    );
+}
+
+#[test]
+fn balance_rules_report_at_the_value() {
+    let printed = errors(
+        r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:0"
+route = [{ name = "t", protocol = "tcp", backend = "a" }]
+
+[[backend]]
+name = "a"
+servers = ["127.0.0.1:9001"]
+balance = "hash"
+hash_on = "cookie:sid"
+
+[[backend]]
+name = "b"
+servers = ["127.0.0.1:9001"]
+balance = "least_con"
+
+[[backend]]
+name = "c"
+servers = ["127.0.0.1:9001"]
+hash_on = "client_ip"
+
+[[backend]]
+name = "d"
+servers = ["127.0.0.1:9001"]
+balance = "hash"
+
+[[backend]]
+name = "e"
+servers = ["127.0.0.1:9001"]
+balance = "hash"
+hash_on = "body:x"
+"#,
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:4:52: route `t` is `tcp`, but backend `a` hashes on a request's header, cookie or query parameter, which a TCP connection does not have\n  hint: give the backend hash_on = \"client_ip\"",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:15:11: `balance` = \"least_con\" is not a way to pick servers\n  hint: use \"round_robin\" (the default), \"least_conn\" or \"hash\"; did you mean \"least_conn\"?",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:20:11: `hash_on` has no effect: backend `c` picks servers by round_robin\n  hint: add balance = \"hash\", or remove `hash_on`",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:25:11: `balance = \"hash\"` on backend `d` needs `hash_on`: there is nothing to hash",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:31:11: `hash_on` = \"body:x\" cannot be hashed: it names no key of a connection or request",
+    );
+    assert_eq!(printed.matches("sockgate.toml:").count(), 5, "{printed}");
+}
+
+#[test]
+fn health_and_passive_numbers_are_bounded() {
+    let printed = errors(&with_backend(
+        r#"
+[[backend]]
+name = "x"
+servers = ["127.0.0.1:9001"]
+health = { kind = "tcp", path = "/", interval = "10ms", rise = 0, fall = 101 }
+
+[[backend]]
+name = "y"
+servers = ["127.0.0.1:9001"]
+health = { kind = "ping", expect_status = 200 }
+passive = { failures = 0, eject = "2h" }
+
+[[backend]]
+name = "z"
+servers = ["127.0.0.1:9001"]
+health = { kind = "http", path = "healthz", interval = "1s", timeout = "2s", expect_status = 99 }
+"#,
+    ));
+    for expected in [
+        "sockgate.toml:4:33: `path` has no effect on a `tcp` health check, which only connects",
+        "sockgate.toml:4:49: `interval` must be between 100ms and 1h, found 10ms",
+        "sockgate.toml:4:64: health check `rise` must be between 1 and 100, found 0",
+        "sockgate.toml:4:74: health check `fall` must be between 1 and 100, found 101",
+        "sockgate.toml:9:19: health check `kind` = \"ping\" is not a check the gateway can run",
+        "sockgate.toml:9:43: `expect_status` only applies to `http` health checks",
+        "sockgate.toml:10:24: `failures` must be between 1 and 100, found 0",
+        "sockgate.toml:10:35: `eject` must be between 100ms and 1h, found 2h",
+        "sockgate.toml:15:34: health check `path` = \"healthz\" is not a request path",
+        "sockgate.toml:15:72: health check `timeout` (2s) is longer than its `interval` (1s): checks would overlap",
+        "sockgate.toml:15:94: `expect_status` must be a final HTTP status, 200 to 599, found 99",
+    ] {
+        assert_reports(&printed, expected);
+    }
+    assert_eq!(printed.matches("sockgate.toml:").count(), 11, "{printed}");
+}
+
+#[test]
+fn unknown_keys_in_health_and_passive_are_named() {
+    let printed = errors(&with_backend(
+        r#"
+[[backend]]
+name = "x"
+servers = ["127.0.0.1:9001"]
+health = { kind = "tcp", intervl = "1s" }
+passive = { failure = 2 }
+"#,
+    ));
+    assert_reports(
+        &printed,
+        "sockgate.toml:4:26: unknown key `intervl` in a backend's `health`\n  hint: valid keys: kind, path, interval, timeout, rise, fall, expect_status; did you mean `interval`?",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:5:13: unknown key `failure` in a backend's `passive`\n  hint: valid keys: failures, eject; did you mean `failures`?",
+    );
+}
+
 const ONE_LISTENER: &str = r#"
 [[listener]]
 name = "edge"

@@ -13,13 +13,13 @@ use toml::Spanned;
 use super::cidr::Cidr;
 use super::error::Report;
 use super::model::{
-    AdminConfig, AdminToken, BackendConfig, CertPair, Config, Defaults, ListenerConfig,
-    MIN_ACCESS_LOG_INTERVAL, Protocol, RouteConfig, ServerConfig, SniCert, TlsConfig,
-    WebSocketLimits,
+    AdminConfig, AdminToken, BackendConfig, Balance, CertPair, Config, Defaults, HashOn,
+    HealthCheck, HealthKind, ListenerConfig, MIN_ACCESS_LOG_INTERVAL, Passive, Protocol,
+    RouteConfig, ServerConfig, SniCert, TlsConfig, WebSocketLimits,
 };
 use super::raw::{
-    RawAdmin, RawBackend, RawConfig, RawDefaults, RawListener, RawRoute, RawServer, RawSize,
-    RawSni, RawTls,
+    RawAdmin, RawBackend, RawConfig, RawDefaults, RawHealth, RawListener, RawPassive, RawRoute,
+    RawServer, RawSize, RawSni, RawTls,
 };
 use super::values::{
     check_cert_name, check_dns_name, check_server_address, closest, normal_host, parse_duration,
@@ -40,6 +40,20 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 /// ask for billions of turns.
 pub const MAX_WEIGHT: u32 = 1000;
 
+/// Health check bounds: checks no more often than 10 per second per server, no less than
+/// hourly; a timeout of at least 10ms; `rise`, `fall` and passive `failures` up to 100.
+pub const MIN_HEALTH_INTERVAL: Duration = Duration::from_millis(100);
+pub const MAX_HEALTH_INTERVAL: Duration = Duration::from_secs(3600);
+pub const MIN_HEALTH_TIMEOUT: Duration = Duration::from_millis(10);
+pub const MAX_HEALTH_COUNT: u32 = 100;
+const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Passive ejection: at least 100ms, at most an hour (before backoff doubles it).
+pub const MIN_EJECT: Duration = Duration::from_millis(100);
+pub const MAX_EJECT: Duration = Duration::from_secs(3600);
+const DEFAULT_EJECT: Duration = Duration::from_secs(10);
+const DEFAULT_PASSIVE_FAILURES: u32 = 3;
+
 /// `max_connections` at most: ten million connections are twenty million open files.
 pub const MAX_CONNECTIONS: usize = 10_000_000;
 
@@ -54,10 +68,26 @@ pub(super) fn validate(
             backend_names.in_order.push(name.get_ref().clone());
         }
     }
+    // Backends that hash a request's header, cookie or query: a TCP connection has none.
+    let request_hashed = raw
+        .backend
+        .iter()
+        .map(|b| b.get_ref())
+        .filter(|b| {
+            b.balance.as_ref().is_some_and(|k| k.get_ref() == "hash")
+                && b.hash_on.as_ref().is_some_and(|h| {
+                    ["header:", "cookie:", "query:"]
+                        .iter()
+                        .any(|p| h.get_ref().starts_with(p))
+                })
+        })
+        .filter_map(|b| b.name.as_ref().map(|n| n.get_ref().clone()))
+        .collect();
     let mut v = Validator {
         report,
         base_dir,
         backend_names,
+        request_hashed,
         listen_addrs: HashMap::new(),
     };
     let defaults = v.defaults(raw.defaults.as_ref());
@@ -96,6 +126,8 @@ struct Validator<'r, 'a> {
     base_dir: &'r Path,
     /// Every backend name written, valid or not, so a route naming one is not also blamed.
     backend_names: BackendNames,
+    /// Backends with `hash_on` a header, cookie or query parameter.
+    request_hashed: HashSet<String>,
     /// Who listens where so far, for the uniqueness rule.
     listen_addrs: HashMap<SocketAddr, (String, Range<usize>)>,
 }
@@ -588,7 +620,19 @@ impl Validator<'_, '_> {
                 "backend",
                 r#""chat""#,
             )
-            .and_then(|b| self.backend_ref(b, &label));
+            .and_then(|b| self.backend_ref(b, &label))
+            .and_then(|b| {
+                if kind == Some(Protocol::Tcp) && self.request_hashed.contains(&b) {
+                    let at = r.backend.as_ref().map(Spanned::span).unwrap_or_default();
+                    self.report.error(
+                        at,
+                        format!("{label} is `tcp`, but backend `{b}` hashes on a request's header, cookie or query parameter, which a TCP connection does not have"),
+                        r#"give the backend hash_on = "client_ip", or route TCP to another backend"#,
+                    );
+                    return None;
+                }
+                Some(b)
+            });
 
         let request_timeout = present(r.request_timeout.as_ref(), |t| {
             if kind == Some(Protocol::Tcp) {
@@ -828,10 +872,264 @@ impl Validator<'_, '_> {
                 let checked: Vec<_> = servers.get_ref().iter().map(|s| self.server(s)).collect();
                 checked.into_iter().collect::<Option<Vec<_>>>()
             });
+        let balance = self.balance(b, &label);
+        let health = present(b.health.as_ref(), |h| self.health(h));
+        let passive = present(b.passive.as_ref(), |p| self.passive(p));
         Some(BackendConfig {
             name: name?,
             servers: servers?,
+            balance: balance?,
+            health: health?,
+            passive: passive?,
         })
+    }
+
+    /// `balance` and `hash_on`, which only `balance = "hash"` takes and needs.
+    fn balance(&mut self, b: &RawBackend, backend: &str) -> Option<Balance> {
+        const KINDS: [&str; 3] = ["round_robin", "least_conn", "hash"];
+        let kind = match &b.balance {
+            None => "round_robin",
+            Some(raw) => match raw.get_ref().as_str() {
+                k @ ("round_robin" | "least_conn" | "hash") => k,
+                other => {
+                    let mut hint =
+                        r#"use "round_robin" (the default), "least_conn" or "hash""#.to_owned();
+                    if let Some(close) = closest(other, KINDS) {
+                        hint.push_str(&format!("; did you mean \"{close}\"?"));
+                    }
+                    self.report.error(
+                        raw.span(),
+                        format!("`balance` = \"{other}\" is not a way to pick servers"),
+                        hint,
+                    );
+                    return None;
+                }
+            },
+        };
+        match (kind, &b.hash_on) {
+            ("hash", None) => {
+                let at = b.balance.as_ref().map(Spanned::span).unwrap_or_default();
+                self.report.error(
+                    at,
+                    format!("`balance = \"hash\"` on {backend} needs `hash_on`: there is nothing to hash"),
+                    r#"add hash_on = "client_ip", or "header:NAME", "cookie:NAME", "query:NAME""#,
+                );
+                None
+            }
+            ("hash", Some(on)) => self.hash_on(on).map(Balance::Hash),
+            (_, Some(on)) => {
+                self.report.error(
+                    on.span(),
+                    format!("`hash_on` has no effect: {backend} picks servers by {kind}"),
+                    r#"add balance = "hash", or remove `hash_on`"#,
+                );
+                None
+            }
+            ("least_conn", None) => Some(Balance::LeastConn),
+            _ => Some(Balance::RoundRobin),
+        }
+    }
+
+    fn hash_on(&mut self, raw: &Spanned<String>) -> Option<HashOn> {
+        const FORMS: &str = r#"write "client_ip", "header:NAME", "cookie:NAME" or "query:NAME", as in hash_on = "header:X-User-Id""#;
+        let text = raw.get_ref();
+        if text == "client_ip" {
+            return Some(HashOn::ClientIp);
+        }
+        let parsed = match text.split_once(':') {
+            Some(("header", name)) => http::HeaderName::from_bytes(name.as_bytes())
+                .map(|n| HashOn::Header(n.as_str().to_owned()))
+                .map_err(|_| format!("`{name}` is not a header name")),
+            Some(("cookie", name)) if is_token(name) => Ok(HashOn::Cookie(name.to_owned())),
+            Some(("cookie", name)) => Err(format!("`{name}` is not a cookie name")),
+            Some(("query", name)) if !name.is_empty() && !name.contains(['&', '=', '#', ' ']) => {
+                Ok(HashOn::Query(name.to_owned()))
+            }
+            Some(("query", name)) => Err(format!("`{name}` is not a query parameter name")),
+            _ => Err("it names no key of a connection or request".to_owned()),
+        };
+        parsed
+            .map_err(|why| {
+                self.report.error(
+                    raw.span(),
+                    format!("`hash_on` = \"{text}\" cannot be hashed: {why}"),
+                    FORMS,
+                );
+            })
+            .ok()
+    }
+
+    fn health(&mut self, raw: &Spanned<RawHealth>) -> Option<HealthCheck> {
+        let h = raw.get_ref();
+        let kind = self
+            .required(&h.kind, raw.span(), "`health`", "kind", r#""tcp""#)
+            .and_then(|k| match k.get_ref().as_str() {
+                "tcp" => Some(HealthKind::Tcp),
+                "http" => Some(HealthKind::Http),
+                "websocket" => Some(HealthKind::WebSocket),
+                other => {
+                    self.report.error(
+                        k.span(),
+                        format!("health check `kind` = \"{other}\" is not a check the gateway can run"),
+                        r#"use "tcp" (connect), "http" (GET `path`, expecting `expect_status`) or "websocket" (a handshake on `path`, expecting 101)"#,
+                    );
+                    None
+                }
+            });
+        let path = present(h.path.as_ref(), |p| {
+            if kind == Some(HealthKind::Tcp) {
+                self.report.error(
+                    p.span(),
+                    "`path` has no effect on a `tcp` health check, which only connects",
+                    r#"remove `path`, or use kind = "http" or "websocket""#,
+                );
+                return None;
+            }
+            let ok = p.get_ref().starts_with('/')
+                && p.get_ref().parse::<http::uri::PathAndQuery>().is_ok();
+            if !ok {
+                self.report.error(
+                    p.span(),
+                    format!(
+                        "health check `path` = \"{}\" is not a request path",
+                        p.get_ref()
+                    ),
+                    r#"write a path starting with `/`, as in path = "/healthz""#,
+                );
+                return None;
+            }
+            Some(p.get_ref().clone())
+        });
+        let interval = present(h.interval.as_ref(), |i| {
+            self.bounded_duration(i, "interval", MIN_HEALTH_INTERVAL, MAX_HEALTH_INTERVAL)
+        });
+        let timeout = present(h.timeout.as_ref(), |t| {
+            self.bounded_duration(t, "timeout", MIN_HEALTH_TIMEOUT, MAX_HEALTH_INTERVAL)
+        });
+        let rise = self.health_count(h.rise.as_ref(), "rise", 2);
+        let fall = self.health_count(h.fall.as_ref(), "fall", 3);
+        let expect_status = present(h.expect_status.as_ref(), |e| {
+            if kind != Some(HealthKind::Http) {
+                self.report.error(
+                    e.span(),
+                    "`expect_status` only applies to `http` health checks (a WebSocket check expects 101)",
+                    r#"remove `expect_status`, or use kind = "http""#,
+                );
+                return None;
+            }
+            match u16::try_from(*e.get_ref()) {
+                Ok(n) if (200..=599).contains(&n) => Some(n),
+                _ => {
+                    self.report.error(
+                        e.span(),
+                        format!("`expect_status` must be a final HTTP status, 200 to 599, found {}", e.get_ref()),
+                        "write the status the health endpoint answers when the server is fine, as in expect_status = 204",
+                    );
+                    None
+                }
+            }
+        });
+        let (interval, timeout) = (interval?, timeout?);
+        let interval = interval.unwrap_or(DEFAULT_HEALTH_INTERVAL);
+        let timeout = match (timeout, &h.timeout) {
+            (Some(t), Some(raw_timeout)) if t > interval => {
+                self.report.error(
+                    raw_timeout.span(),
+                    format!(
+                        "health check `timeout` ({}) is longer than its `interval` ({}): checks would overlap",
+                        humantime::format_duration(t),
+                        humantime::format_duration(interval),
+                    ),
+                    "make `timeout` at most `interval`",
+                );
+                return None;
+            }
+            (Some(t), _) => t,
+            (None, _) => DEFAULT_HEALTH_TIMEOUT.min(interval),
+        };
+        Some(HealthCheck {
+            kind: kind?,
+            path: path?.unwrap_or_else(|| "/".to_owned()),
+            interval,
+            timeout,
+            rise: rise?,
+            fall: fall?,
+            expect_status: expect_status?.unwrap_or(200),
+        })
+    }
+
+    /// `rise` or `fall`: 1 to [`MAX_HEALTH_COUNT`].
+    fn health_count(&mut self, raw: Option<&Spanned<i64>>, key: &str, default: u32) -> Option<u32> {
+        let Some(raw) = raw else { return Some(default) };
+        match u32::try_from(*raw.get_ref()) {
+            Ok(n) if (1..=MAX_HEALTH_COUNT).contains(&n) => Some(n),
+            _ => {
+                self.report.error(
+                    raw.span(),
+                    format!(
+                        "health check `{key}` must be between 1 and {MAX_HEALTH_COUNT}, found {}",
+                        raw.get_ref()
+                    ),
+                    format!(
+                        "`{key}` counts consecutive checks; remove it for the default, {default}"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn passive(&mut self, raw: &Spanned<RawPassive>) -> Option<Passive> {
+        let p = raw.get_ref();
+        let failures = match &p.failures {
+            None => Some(DEFAULT_PASSIVE_FAILURES),
+            Some(f) => match u32::try_from(*f.get_ref()) {
+                Ok(n) if (1..=MAX_HEALTH_COUNT).contains(&n) => Some(n),
+                _ => {
+                    self.report.error(
+                        f.span(),
+                        format!("`failures` must be between 1 and {MAX_HEALTH_COUNT}, found {}", f.get_ref()),
+                        "the consecutive connect failures that take a server out; remove it for the default, 3",
+                    );
+                    None
+                }
+            },
+        };
+        let eject = present(p.eject.as_ref(), |e| {
+            self.bounded_duration(e, "eject", MIN_EJECT, MAX_EJECT)
+        });
+        Some(Passive {
+            failures: failures?,
+            eject: eject?.unwrap_or(DEFAULT_EJECT),
+        })
+    }
+
+    /// A duration within `min..=max`.
+    fn bounded_duration(
+        &mut self,
+        raw: &Spanned<String>,
+        key: &str,
+        min: Duration,
+        max: Duration,
+    ) -> Option<Duration> {
+        let d = self.duration(raw, key)?;
+        if d < min || d > max {
+            self.report.error(
+                raw.span(),
+                format!(
+                    "`{key}` must be between {} and {}, found {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max),
+                    raw.get_ref()
+                ),
+                format!(
+                    "write a duration in that range, as in {key} = \"{}\"",
+                    humantime::format_duration(min.max(Duration::from_secs(1)).min(max))
+                ),
+            );
+            return None;
+        }
+        Some(d)
     }
 
     fn server(&mut self, raw: &Spanned<RawServer>) -> Option<ServerConfig> {
@@ -954,6 +1252,13 @@ impl Validator<'_, '_> {
         }
         value.as_ref()
     }
+}
+
+/// An RFC 9110 token (cookie names are tokens, RFC 6265 §4.1.1).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// How messages name an object: "listener `edge`" (a missing name is reported on its own).

@@ -59,7 +59,7 @@ use crate::metrics::RouteCounters;
 use crate::route::{Route, RouteQuery};
 use crate::services::Services;
 use crate::snapshot::ListenerSnap;
-use crate::upstream::Pool;
+use crate::upstream::{Affinity, ConnectError, Lease, Pool};
 
 mod headers;
 mod idle;
@@ -243,6 +243,8 @@ pub struct Upgraded {
     pub listener: Arc<ListenerSnap>,
     /// The 101 response's `Sec-WebSocket-Extensions` agreed to permessage-deflate.
     pub permessage_deflate: bool,
+    /// Counts the relay on its server (`least_conn`, `/backends`) until dropped.
+    pub lease: Lease,
 }
 
 /// Waits for hyper to hand over both upgraded streams and takes the raw streams back out of
@@ -267,6 +269,7 @@ async fn take_upgraded(pending: PendingUpgrade) -> Result<Upgraded, Error> {
         route: pending.route,
         listener: pending.listener,
         permessage_deflate: pending.permessage_deflate,
+        lease: pending.lease,
     })
 }
 
@@ -289,6 +292,7 @@ struct PendingUpgrade {
     route: Arc<Route>,
     listener: Arc<ListenerSnap>,
     permessage_deflate: bool,
+    lease: Lease,
 }
 
 /// A reusable connection to one backend server, for plain HTTP keep-alive. Dropping it lets
@@ -341,7 +345,7 @@ enum ProxyError {
     #[error("no route matches")]
     NoRoute,
     #[error("backend unreachable")]
-    Connect(#[source] crate::upstream::ConnectError),
+    Connect(#[source] ConnectError),
     #[error("backend connection failed")]
     Backend(#[source] hyper::Error),
     #[error("the client's request body stalled")]
@@ -356,6 +360,9 @@ impl ProxyError {
             ProxyError::BadRequest(bad) => bad.status(),
             ProxyError::Closing => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Connect(ConnectError::NoHealthyServer { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Connect(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Backend(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UploadStalled(_) => StatusCode::REQUEST_TIMEOUT,
@@ -526,10 +533,18 @@ impl HttpConn {
         }
     }
 
-    async fn connect(&self, route: &Route) -> Result<TcpStream, ProxyError> {
-        let (stream, server) = route.backend.connect().await.map_err(ProxyError::Connect)?;
-        self.ctx.set_server(&server.address);
-        Ok(stream)
+    async fn connect(
+        &self,
+        route: &Route,
+        affinity: Affinity,
+    ) -> Result<(TcpStream, Lease), ProxyError> {
+        let (stream, lease) = route
+            .backend
+            .connect(affinity)
+            .await
+            .map_err(ProxyError::Connect)?;
+        self.ctx.set_server(lease.address());
+        Ok((stream, lease))
     }
 
     /// Waits for the backend's response head for `limit`. The clock starts over while the
@@ -563,6 +578,10 @@ impl HttpConn {
         trusted: bool,
     ) -> Result<Response<Body>, ProxyError> {
         let (mut parts, body) = req.into_parts();
+        // The key as the client sent it, before the forwarded headers are rewritten.
+        let affinity = route
+            .backend
+            .affinity(self.ctx.client.ip(), Some((&parts.headers, &parts.uri)));
         strip_hop_by_hop(&mut parts.headers);
         add_forwarding(
             &mut parts.headers,
@@ -597,9 +616,9 @@ impl HttpConn {
             let sender = match session.as_mut() {
                 Some(s) if alive => &mut s.sender,
                 _ => {
-                    let stream = self.connect(&route).await?;
+                    let (stream, lease) = self.connect(&route, affinity).await?;
                     let abort = CancellationToken::new();
-                    let sender = self.handshake(stream, abort.clone()).await?;
+                    let sender = self.handshake(stream, lease, abort.clone()).await?;
                     &mut session
                         .insert(BackendSession {
                             backend: route.backend.clone(),
@@ -653,7 +672,10 @@ impl HttpConn {
         listener: &Arc<ListenerSnap>,
         trusted: bool,
     ) -> Result<Response<Body>, ProxyError> {
-        let stream = self.connect(&route).await?;
+        let affinity = route
+            .backend
+            .affinity(self.ctx.client.ip(), Some((req.headers(), req.uri())));
+        let (stream, lease) = self.connect(&route, affinity).await?;
         let mut sender = self.upgrade_handshake(stream).await?;
         let client_upgrade = hyper::upgrade::on(&mut req);
         let (mut parts, body) = req.into_parts();
@@ -700,6 +722,7 @@ impl HttpConn {
             route,
             listener: listener.clone(),
             permessage_deflate,
+            lease,
         });
         let (parts, _) = response.into_parts();
         Ok(Response::from_parts(parts, Either::Right(Full::default())))
@@ -712,6 +735,7 @@ impl HttpConn {
     async fn handshake(
         &self,
         stream: TcpStream,
+        lease: Lease,
         abort: CancellationToken,
     ) -> Result<client_http1::SendRequest<Upload>, ProxyError> {
         let (sender, conn) = client_http1::Builder::new()
@@ -720,6 +744,8 @@ impl HttpConn {
             .map_err(ProxyError::Backend)?;
         let stop = self.services.shutdown.stop_token().clone();
         self.services.shutdown.spawn(async move {
+            // The server counts this connection while it is open, kept alive or not.
+            let _lease = lease;
             let result = tokio::select! {
                 r = conn => r,
                 _ = abort.cancelled() => Ok(()),
