@@ -299,7 +299,7 @@ tls = { cert = "certs/dev/server.crt", key = "certs/dev/server.key", client_auth
 [[backend]]
 name = "chat"
 servers = ["127.0.0.1:9001"]
-balance = "least_conn"
+send_proxy_protocol = "v2"
 tls = { verify = true }
 "#,
     );
@@ -325,7 +325,7 @@ tls = { verify = true }
     );
     assert_reports(
         &printed,
-        "sockgate.toml:17:1: `balance` is not supported by this version of sockgate\n  hint: servers are used in round robin; remove the key",
+        "sockgate.toml:17:1: `send_proxy_protocol` is not supported by this version of sockgate\n",
     );
     assert_reports(
         &printed,
