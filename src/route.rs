@@ -65,7 +65,7 @@ impl Route {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
 }

@@ -17,6 +17,7 @@ pub struct Snapshot {
     listeners: HashMap<String, Arc<ListenerSnap>>,
 }
 
+#[derive(Clone)]
 pub struct ListenerSnap {
     pub name: Arc<str>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -102,6 +103,37 @@ impl Snapshot {
             config: Arc::new(config),
             listeners,
         })
+    }
+
+    /// This snapshot with the certificates of `config`, which is this snapshot's config with
+    /// certificate pairs replaced and nothing else changed. Routes and backend pools carry
+    /// over as they are (their counters and schedules too); each TLS listener keeps its
+    /// ticketer and session cache, so clients still resume.
+    pub fn with_certificates(&self, config: Config) -> Snapshot {
+        let listeners = self
+            .listeners
+            .iter()
+            .map(|(name, old)| {
+                let tls = config
+                    .listeners
+                    .iter()
+                    .find(|l| l.name == *name)
+                    .and_then(|l| l.tls.as_ref());
+                let tls = match (&old.tls, tls) {
+                    (Some(server), Some(tls)) => Some(crate::tls::with_certificates(server, tls)),
+                    _ => old.tls.clone(),
+                };
+                let snap = ListenerSnap {
+                    tls,
+                    ..ListenerSnap::clone(old)
+                };
+                (name.clone(), Arc::new(snap))
+            })
+            .collect();
+        Snapshot {
+            config: Arc::new(config),
+            listeners,
+        }
     }
 
     pub fn listener(&self, name: &str) -> Option<&Arc<ListenerSnap>> {

@@ -22,10 +22,22 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "gateway",
         &[
-            "admin", "listener", "services", "snapshot", "handoff", "config", "metrics", "live",
-            "workers", "error",
+            "admin",
+            "listener",
+            "services",
+            "snapshot",
+            "handoff",
+            "config",
+            "metrics",
+            "live",
+            "workers",
+            "error",
+            "certwatch",
         ],
     ),
+    // Watches the certificate files of the config in force; the gateway applies what it
+    // re-reads.
+    ("certwatch", &["certs", "config", "metrics", "error"]),
     // Asks the gateway through `admin::Control`; reaches no connection itself.
     ("admin", &["config", "live"]),
     (
