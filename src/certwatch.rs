@@ -36,8 +36,10 @@ pub trait Target: Send + Sync + 'static {
     fn config(&self) -> Arc<Config>;
     fn metrics(&self) -> &Metrics;
     /// Puts re-read pairs in force for new TLS handshakes, serialized with reloads; pairs
-    /// the config in force no longer names are skipped. Connections keep their sessions.
-    fn apply(&self, loaded: Vec<Loaded>) -> impl Future<Output = ()> + Send;
+    /// the config in force no longer names are skipped. Open connections keep theirs.
+    fn apply(&self, loaded: Vec<Loaded>) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Why re-read pairs could not be put in force (a TLS configuration not built).
+    type Error: std::error::Error;
 }
 
 /// A pair re-read from disk and checked: the key matches the certificate.
@@ -90,11 +92,19 @@ pub async fn run<T: Target>(target: Arc<T>, stop: CancellationToken) {
             .iter()
             .map(|l| l.cert.display().to_string())
             .collect();
-        target.apply(outcome.loaded).await;
-        tracing::info!(certificates = ?names, "certificates changed on disk are in force for new TLS handshakes");
+        let result = match target.apply(outcome.loaded).await {
+            Ok(()) => {
+                tracing::info!(certificates = ?names, "certificates changed on disk are in force for new TLS handshakes");
+                "ok"
+            }
+            Err(e) => {
+                tracing::warn!(certificates = ?names, error = %error_chain(&e), "certificates changed on disk cannot be put in force; the ones in force stay");
+                "error"
+            }
+        };
         metrics
             .certificate_reloads_total
-            .with_label_values(&["ok"])
+            .with_label_values(&[result])
             .inc_by(pairs);
     }
 }
@@ -162,6 +172,8 @@ enum Seen {
         target: Option<PathBuf>,
     },
     Unreadable(io::ErrorKind),
+    /// Not looked at yet: the first look is a change to confirm.
+    NotYet,
 }
 
 fn look(path: &Path) -> Seen {
@@ -201,29 +213,24 @@ pub struct Outcome {
 }
 
 impl Watch {
-    /// Looks at every file of `config`'s pairs once. A path seen for the first time (at
-    /// start, or added by a reload, which read it just before) is taken as in force. A pair
-    /// is re-read when one of its files changed and both looked the same as one poll ago:
-    /// a writer replacing the certificate and then the key, or writing a file in several
-    /// steps, is waited for.
+    /// Looks at every file of `config`'s pairs once. A pair is re-read when one of its files
+    /// changed and both looked the same as one poll ago: a writer replacing the certificate
+    /// and then the key, or writing a file in several steps, is waited for. A path seen for
+    /// the first time (at start, or added by a reload) counts as changed, since the files
+    /// may have moved since the config was read; a pair re-read with the certificate chain
+    /// already in force is no change.
     pub fn poll(&mut self, config: &Config) -> Outcome {
         let pairs = pairs(config);
-        let wanted: HashSet<&PathBuf> = pairs.iter().flat_map(|(c, k)| [c, k]).collect();
+        let wanted: HashSet<&PathBuf> = pairs.iter().flat_map(|(c, k, _)| [c, k]).collect();
         self.files.retain(|path, _| wanted.contains(path));
         let mut changed = HashSet::new();
         let mut unsettled = HashSet::new();
         for path in wanted {
             let seen = look(path);
-            let Some(state) = self.files.get_mut(path) else {
-                self.files.insert(
-                    path.clone(),
-                    FileState {
-                        applied: seen,
-                        pending: None,
-                    },
-                );
-                continue;
-            };
+            let state = self.files.entry(path.clone()).or_insert(FileState {
+                applied: Seen::NotYet,
+                pending: None,
+            });
             if seen == state.applied {
                 state.pending = None;
             } else if state.pending.as_ref() == Some(&seen) {
@@ -236,15 +243,16 @@ impl Watch {
         // A pair with a file still moving waits whole, and so do its settled files.
         let waiting: HashSet<PathBuf> = pairs
             .iter()
-            .filter(|(c, k)| unsettled.contains(c) || unsettled.contains(k))
-            .flat_map(|(c, k)| [c.clone(), k.clone()])
+            .filter(|(c, k, _)| unsettled.contains(c) || unsettled.contains(k))
+            .flat_map(|(c, k, _)| [c.clone(), k.clone()])
             .collect();
         let mut outcome = Outcome::default();
-        for (cert, key) in pairs {
+        for (cert, key, in_force) in pairs {
             if !(changed.contains(&cert) || changed.contains(&key)) || waiting.contains(&cert) {
                 continue;
             }
             match certs::load_cert_pair(&cert, &key) {
+                Ok(certified) if certified.cert == in_force.cert => {}
                 Ok(certified) => outcome.loaded.push(Loaded {
                     cert: cert.clone(),
                     key: key.clone(),
@@ -274,15 +282,17 @@ impl Watch {
     }
 }
 
-/// Every (cert, key) pair of the config's listeners, once each.
-fn pairs(config: &Config) -> Vec<(PathBuf, PathBuf)> {
-    let mut pairs: Vec<(PathBuf, PathBuf)> = Vec::new();
+/// Every (cert, key) pair of the config's listeners, once each, with what is in force.
+fn pairs(config: &Config) -> Vec<(PathBuf, PathBuf, Arc<CertifiedKey>)> {
+    let mut pairs: Vec<(PathBuf, PathBuf, Arc<CertifiedKey>)> = Vec::new();
     for l in &config.listeners {
         let Some(tls) = &l.tls else { continue };
         for pair in std::iter::once(&tls.default).chain(tls.sni.iter().map(|s| &s.pair)) {
-            let p = (pair.cert.clone(), pair.key.clone());
-            if !pairs.contains(&p) {
-                pairs.push(p);
+            if !pairs
+                .iter()
+                .any(|(c, k, _)| *c == pair.cert && *k == pair.key)
+            {
+                pairs.push((pair.cert.clone(), pair.key.clone(), pair.certified.clone()));
             }
         }
     }

@@ -294,6 +294,8 @@ impl Gateway {
 /// read, serialized with reloads, but only the TLS configurations change: no listener is
 /// rebound and no connection closed.
 impl certwatch::Target for Gateway {
+    type Error = SnapshotError;
+
     fn config(&self) -> Arc<Config> {
         self.snapshot().config.clone()
     }
@@ -302,14 +304,15 @@ impl certwatch::Target for Gateway {
         &self.services.metrics
     }
 
-    async fn apply(&self, loaded: Vec<certwatch::Loaded>) {
+    async fn apply(&self, loaded: Vec<certwatch::Loaded>) -> Result<(), SnapshotError> {
         let _one_at_a_time = self.reloading.lock().await;
         let old = self.snapshot();
         if let Some(config) = certwatch::replace(&old.config, &loaded) {
-            let snapshot = Arc::new(old.with_certificates(config));
+            let snapshot = Arc::new(old.with_certificates(config)?);
             self.services.publish(snapshot.clone());
             certwatch::export_expiry(&self.services.metrics, &snapshot.config);
         }
+        Ok(())
     }
 }
 

@@ -107,33 +107,39 @@ impl Snapshot {
 
     /// This snapshot with the certificates of `config`, which is this snapshot's config with
     /// certificate pairs replaced and nothing else changed. Routes and backend pools carry
-    /// over as they are (their counters and schedules too); each TLS listener keeps its
-    /// ticketer and session cache, so clients still resume.
-    pub fn with_certificates(&self, config: Config) -> Snapshot {
-        let listeners = self
-            .listeners
-            .iter()
-            .map(|(name, old)| {
-                let tls = config
-                    .listeners
-                    .iter()
-                    .find(|l| l.name == *name)
-                    .and_then(|l| l.tls.as_ref());
-                let tls = match (&old.tls, tls) {
-                    (Some(server), Some(tls)) => Some(crate::tls::with_certificates(server, tls)),
-                    _ => old.tls.clone(),
-                };
-                let snap = ListenerSnap {
-                    tls,
-                    ..ListenerSnap::clone(old)
-                };
-                (name.clone(), Arc::new(snap))
-            })
-            .collect();
-        Snapshot {
+    /// over as they are (their counters and schedules too). Each TLS listener gets a fresh
+    /// ticketer and session cache, as a reload gives it: a client's next handshake is a full
+    /// one that sees the new certificate, rather than resuming a session the old one
+    /// authenticated.
+    pub fn with_certificates(&self, config: Config) -> Result<Snapshot, SnapshotError> {
+        let mut listeners = HashMap::with_capacity(self.listeners.len());
+        for (name, old) in &self.listeners {
+            let tls = config
+                .listeners
+                .iter()
+                .find(|l| l.name == **name)
+                .and_then(|l| l.tls.as_ref());
+            let tls = match (&old.tls, tls) {
+                (Some(_), Some(tls)) => Some(
+                    crate::tls::server_config(tls, old.routes.any_http()).map_err(|source| {
+                        SnapshotError::Tls {
+                            listener: name.clone(),
+                            source,
+                        }
+                    })?,
+                ),
+                _ => old.tls.clone(),
+            };
+            let snap = ListenerSnap {
+                tls,
+                ..ListenerSnap::clone(old)
+            };
+            listeners.insert(name.clone(), Arc::new(snap));
+        }
+        Ok(Snapshot {
             config: Arc::new(config),
             listeners,
-        }
+        })
     }
 
     pub fn listener(&self, name: &str) -> Option<&Arc<ListenerSnap>> {

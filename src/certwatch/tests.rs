@@ -32,6 +32,15 @@ servers = ["127.0.0.1:9"]
     crate::config::from_str(text, &dir.join("sockgate.toml"), dir).expect("test config")
 }
 
+/// The first two polls: the files are looked at, confirmed, read and found in force.
+fn start(watch: &mut Watch, config: &Config) {
+    for _ in 0..2 {
+        let outcome = watch.poll(config);
+        assert!(outcome.loaded.is_empty());
+        assert_eq!(outcome.failed, 0);
+    }
+}
+
 fn leaf(certified: &CertifiedKey) -> Vec<u8> {
     certified.cert[0].as_ref().to_vec()
 }
@@ -59,7 +68,7 @@ fn a_rewritten_pair_is_read_once_it_held_still_for_one_poll() {
     write(&dir.path().join("tls.key"), &k);
     let config = config(dir.path());
     let mut watch = Watch::default();
-    assert!(watch.poll(&config).loaded.is_empty());
+    start(&mut watch, &config);
 
     let (c2, k2) = pair("b.test");
     write(&dir.path().join("tls.crt"), &c2);
@@ -78,6 +87,24 @@ fn a_rewritten_pair_is_read_once_it_held_still_for_one_poll() {
 }
 
 #[test]
+fn files_changed_between_the_config_read_and_the_first_look_are_a_change() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (c, k) = pair("a.test");
+    write(&dir.path().join("tls.crt"), &c);
+    write(&dir.path().join("tls.key"), &k);
+    let config = config(dir.path());
+    let (c2, k2) = pair("b.test");
+    write(&dir.path().join("tls.crt"), &c2);
+    write(&dir.path().join("tls.key"), &k2);
+    let mut watch = Watch::default();
+    assert!(watch.poll(&config).loaded.is_empty());
+    let outcome = watch.poll(&config);
+    assert_eq!(outcome.loaded.len(), 1);
+    let expected = crate::certs::cert_pair_from_pem(&c2, &k2).expect("pair");
+    assert_eq!(leaf(&outcome.loaded[0].certified), leaf(&expected));
+}
+
+#[test]
 fn a_bad_pair_is_counted_once_and_read_again_when_it_changes() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (c, k) = pair("a.test");
@@ -85,9 +112,9 @@ fn a_bad_pair_is_counted_once_and_read_again_when_it_changes() {
     write(&dir.path().join("tls.key"), &k);
     let config = config(dir.path());
     let mut watch = Watch::default();
-    watch.poll(&config);
+    start(&mut watch, &config);
 
-    let (_, other_key) = pair("b.test");
+    let (other_cert, other_key) = pair("b.test");
     write(&dir.path().join("tls.key"), &other_key);
     assert!(watch.poll(&config).loaded.is_empty());
     let outcome = watch.poll(&config);
@@ -98,27 +125,30 @@ fn a_bad_pair_is_counted_once_and_read_again_when_it_changes() {
         assert_eq!(outcome.failed, 0, "not retried while unchanged");
         assert!(outcome.loaded.is_empty());
     }
-    write(&dir.path().join("tls.key"), &k);
+    // The certificate that goes with the new key arrives: a good pair.
+    write(&dir.path().join("tls.crt"), &other_cert);
     watch.poll(&config);
     let outcome = watch.poll(&config);
     assert_eq!((outcome.loaded.len(), outcome.failed), (1, 0));
 }
 
 #[test]
-fn a_missing_file_is_a_failed_change_and_its_return_a_good_one() {
+fn a_missing_file_is_a_failed_change_and_its_return_no_change() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (c, k) = pair("a.test");
     write(&dir.path().join("tls.crt"), &c);
     write(&dir.path().join("tls.key"), &k);
     let config = config(dir.path());
     let mut watch = Watch::default();
-    watch.poll(&config);
+    start(&mut watch, &config);
     std::fs::remove_file(dir.path().join("tls.crt")).expect("remove");
     watch.poll(&config);
     assert_eq!(watch.poll(&config).failed, 1);
+    // The same certificate back: what is in force already, nothing to do or count.
     write(&dir.path().join("tls.crt"), &c);
     watch.poll(&config);
-    assert_eq!(watch.poll(&config).loaded.len(), 1);
+    let outcome = watch.poll(&config);
+    assert_eq!((outcome.loaded.len(), outcome.failed), (0, 0));
 }
 
 #[test]
@@ -134,7 +164,7 @@ fn a_symlink_swap_of_the_data_directory_is_a_change() {
     std::os::unix::fs::symlink("..data/tls.key", root.join("tls.key")).expect("symlink");
     let config = config(root);
     let mut watch = Watch::default();
-    watch.poll(&config);
+    start(&mut watch, &config);
 
     let (c2, k2) = pair("b.test");
     std::fs::create_dir(root.join("..2026_b")).expect("dir");

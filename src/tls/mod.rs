@@ -76,19 +76,6 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// A listener's rustls config with the certificates of `tls` and everything else of
-/// `server`: protocols, ALPN, and the ticketer and session cache, so a client resumes across
-/// a certificate change as it would without one (a resumed session was authenticated by the
-/// certificate of its first handshake either way).
-pub fn with_certificates(
-    server: &rustls::ServerConfig,
-    tls: &TlsConfig,
-) -> Arc<rustls::ServerConfig> {
-    let mut config = server.clone();
-    config.cert_resolver = Arc::new(SniResolver::new(tls));
-    Arc::new(config)
-}
-
 /// Builds a listener's rustls config. `http` adds ALPN `http/1.1` (listeners with HTTP or
 /// WebSocket routes); a TCP-only listener offers no ALPN, so clients of other protocols
 /// are not refused for offering theirs.

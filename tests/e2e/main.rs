@@ -12,6 +12,7 @@ mod certgen;
 mod demo;
 
 mod admin;
+mod certwatch;
 mod cli;
 mod deploy;
 mod http;
