@@ -32,14 +32,15 @@ pub const POLL: Duration = Duration::from_secs(1);
 
 /// What the watcher needs from the gateway.
 pub trait Target: Send + Sync + 'static {
+    /// Why re-read pairs could not be put in force (a TLS configuration not built).
+    type Error: std::error::Error;
+
     /// The config in force now: its pairs are the ones watched.
     fn config(&self) -> Arc<Config>;
     fn metrics(&self) -> &Metrics;
     /// Puts re-read pairs in force for new TLS handshakes, serialized with reloads; pairs
     /// the config in force no longer names are skipped. Open connections keep theirs.
     fn apply(&self, loaded: Vec<Loaded>) -> impl Future<Output = Result<(), Self::Error>> + Send;
-    /// Why re-read pairs could not be put in force (a TLS configuration not built).
-    type Error: std::error::Error;
 }
 
 /// A pair re-read from disk and checked: the key matches the certificate.
@@ -68,15 +69,24 @@ pub async fn run<T: Target>(target: Arc<T>, stop: CancellationToken) {
         }
         let Some(mut w) = watch.take() else { return };
         let config = target.config();
-        // stat and file reads block; a slow or hung file system must not stall a worker.
+        // stat and file reads block; a slow or hung file system must not stall a worker,
+        // nor hold up a drain.
         let polled = tokio::task::spawn_blocking(move || {
             let outcome = w.poll(&config);
             (w, outcome)
-        })
-        .await;
-        let Ok((w, outcome)) = polled else { return };
+        });
+        let polled = tokio::select! {
+            _ = stop.cancelled() => return,
+            polled = polled => polled,
+        };
+        let (w, outcome) = match polled {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(error = %e, "certificate watching stopped; certificates change with SIGHUP only until a restart");
+                return;
+            }
+        };
         watch = Some(w);
-        let metrics = target.metrics();
         if outcome.failed > 0 {
             metrics
                 .certificate_reloads_total

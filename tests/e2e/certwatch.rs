@@ -318,7 +318,7 @@ async fn a_bad_pair_keeps_the_certificate_in_force_until_a_good_one_arrives() {
 }
 
 #[tokio::test]
-async fn a_reload_moves_the_watch_to_the_new_paths() {
+async fn a_reload_moves_the_watch_to_the_new_paths_and_a_drain_ends_it() {
     let dir = tempfile::tempdir().unwrap();
     let a = certgen::dev_pki(certgen::DEV_NAMES).unwrap();
     let b = certgen::dev_pki(certgen::DEV_NAMES).unwrap();
@@ -362,6 +362,17 @@ async fn a_reload_moves_the_watch_to_the_new_paths() {
     );
     assert_eq!(
         m.get("sockgate_config_reloads_total", &[("result", "ok")]),
+        1.0
+    );
+
+    // A drain stops the watch with the listeners: a change now is not read. Checked on the
+    // admin side, since the listener no longer accepts.
+    gw.handle.drain();
+    write_pair(dir.path(), "b.crt", "b.key", &a);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let m = gw.metrics().await;
+    assert_eq!(
+        m.get("sockgate_certificate_reloads_total", &[("result", "ok")]),
         1.0
     );
 }
