@@ -205,7 +205,41 @@ fn route(c: &mut Criterion) {
         b.iter(|| fifty.find(black_box(&miss)))
     });
 
+    // A multi-tenant edge: one route per host. The lookup goes through the host index, so
+    // the last of 100,000 tenants costs what the last of 10 does.
+    for n in [10, 100_000] {
+        let tenants = snapshot_with_tenants(n);
+        let tenants = &tenants.listener("bench").unwrap().routes;
+        let host = format!("t{}.example.com", n - 1);
+        let last = RouteQuery {
+            protocol: Protocol::WebSocket,
+            sni: None,
+            host: Some(&host),
+            path: Some("/events"),
+        };
+        assert_eq!(*tenants.find(&last).unwrap().name, *format!("t{}", n - 1));
+        group.bench_function(format!("{n}_tenants_hit_last"), |b| {
+            b.iter(|| tenants.find(black_box(&last)))
+        });
+    }
+
     group.finish();
+}
+
+/// A snapshot whose listener `bench` has `n` routes `t0..t{n-1}`, route `ti` for host
+/// `ti.example.com`.
+fn snapshot_with_tenants(n: usize) -> Snapshot {
+    let mut text = String::from(
+        "[[listener]]\nname = \"bench\"\nlisten = \"127.0.0.1:0\"\n\n\
+         [[backend]]\nname = \"b\"\nservers = [\"127.0.0.1:9\"]\n",
+    );
+    for i in 0..n {
+        text.push_str(&format!(
+            "\n[[listener.route]]\nname = \"t{i}\"\nhost = \"t{i}.example.com\"\nbackend = \"b\"\n"
+        ));
+    }
+    let config = config::from_str(&text, Path::new("bench.toml"), Path::new(".")).unwrap();
+    Snapshot::build(config, &Metrics::new()).unwrap()
 }
 
 criterion_group!(benches, tracker, detect, route);

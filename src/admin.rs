@@ -1,4 +1,5 @@
-//! The admin endpoint: `/healthz`, `/readyz`, `/metrics`, `/connections`, `/reload`.
+//! The admin endpoint: `/healthz`, `/readyz`, `/metrics`, `/connections`,
+//! `/connections/shed`, `/reload`.
 //! Plain HTTP on its own listener, meant for loopback or a private network.
 //!
 //! What a request must get past before it is routed, in order:
@@ -49,6 +50,10 @@ pub trait Control: Send + Sync + 'static {
     fn connections(&self) -> Vec<ConnSummary>;
     /// Closes the connections picked (WebSockets with a Close frame); how many.
     fn close(&self, which: Which<'_>) -> usize;
+    /// Picks `ceil(fraction × n)` of the `n` live connections `filter` matches, at random,
+    /// and closes each at a random moment within `spread` (WebSockets with Close 1012);
+    /// how many were picked. Returns at once.
+    fn shed(&self, filter: Filter<'_>, fraction: f64, spread: Duration) -> usize;
     /// Reloads the config file; on refusal, one line per problem.
     fn reload(&self) -> impl Future<Output = Result<(), Vec<String>>> + Send;
 }
@@ -63,9 +68,33 @@ pub enum Readiness {
 /// Which connections an operator's close picks.
 pub enum Which<'a> {
     Id(u64),
-    Route(&'a str),
-    Backend(&'a str),
+    Matching(Filter<'a>),
 }
+
+/// `route=NAME` and `backend=NAME` of `DELETE /connections` and `POST /connections/shed`:
+/// a connection matches every one given.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Filter<'a> {
+    pub route: Option<&'a str>,
+    pub backend: Option<&'a str>,
+}
+
+impl Filter<'_> {
+    /// Whether a connection on this route and backend matches (one not routed yet matches
+    /// only an empty filter).
+    pub fn matches(&self, route: Option<&str>, backend: Option<&str>) -> bool {
+        self.route.is_none_or(|r| route == Some(r))
+            && self.backend.is_none_or(|b| backend == Some(b))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.route.is_none() && self.backend.is_none()
+    }
+}
+
+/// The longest `spread` a shed takes: a rebalance is meant to finish while the new replicas
+/// are still new.
+pub const MAX_SHED_SPREAD: Duration = Duration::from_secs(3600);
 
 /// Admin connections open at once; more are answered 503 and closed.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -539,20 +568,39 @@ async fn route<G: Control>(req: Request<()>, gateway: &G, peer: Peer) -> Respons
         }
         (&Method::GET, "/connections") => json(StatusCode::OK, &gateway.connections()),
         (&Method::DELETE, "/connections") => {
-            let (key, value) = query.split_once('=').unwrap_or((query, ""));
-            let value = percent_decode(value);
-            let which = match key {
-                "backend" => Which::Backend(&value),
-                "route" => Which::Route(&value),
-                _ => {
-                    return json(
-                        StatusCode::BAD_REQUEST,
-                        &serde_json::json!({"error": "use DELETE /connections/{id}, ?backend=NAME or ?route=NAME"}),
+            let params = Params::parse(query);
+            let filter = match params.filter(&[]) {
+                Ok(filter) if !filter.is_empty() => filter,
+                Ok(_) => {
+                    return bad_request(
+                        "use DELETE /connections/{id}, or DELETE /connections with ?route=NAME, ?backend=NAME or both (route=A&backend=B)",
                     );
                 }
+                Err(e) => return bad_request(&e),
             };
-            let closed = gateway.close(which);
+            let closed = gateway.close(Which::Matching(filter));
             json(StatusCode::OK, &serde_json::json!({ "closed": closed }))
+        }
+        (&Method::POST, "/connections/shed") => {
+            let params = Params::parse(query);
+            let shed = params
+                .filter(&["fraction", "spread"])
+                .and_then(|filter| Ok((filter, params.fraction()?, params.spread()?)));
+            let (filter, fraction, spread) = match shed {
+                Ok(shed) => shed,
+                Err(e) => return bad_request(&e),
+            };
+            let picked = gateway.shed(filter, fraction, spread);
+            tracing::info!(
+                client = %peer.client,
+                route = filter.route.unwrap_or(""),
+                backend = filter.backend.unwrap_or(""),
+                fraction,
+                spread = %humantime::format_duration(spread),
+                picked,
+                "shedding connections (POST /connections/shed)"
+            );
+            json(StatusCode::OK, &serde_json::json!({ "picked": picked }))
         }
         (&Method::DELETE, p) if p.starts_with("/connections/") => {
             let id = p["/connections/".len()..].parse::<u64>().ok();
@@ -574,9 +622,10 @@ async fn route<G: Control>(req: Request<()>, gateway: &G, peer: Peer) -> Respons
                 &serde_json::json!({ "result": "error", "errors": errors }),
             )
         }
-        (_, "/healthz" | "/readyz" | "/metrics" | "/connections" | "/reload") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-        }
+        (
+            _,
+            "/healthz" | "/readyz" | "/metrics" | "/connections" | "/connections/shed" | "/reload",
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; try /healthz /readyz /metrics /connections\n",
@@ -603,6 +652,96 @@ fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Full<Byt
         header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+fn bad_request(error: &str) -> Response<Full<Bytes>> {
+    json(
+        StatusCode::BAD_REQUEST,
+        &serde_json::json!({ "error": error }),
+    )
+}
+
+/// A query string's `key=value` pairs, percent-decoded, in order.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(query: &str) -> Self {
+        Params(
+            query
+                .split('&')
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    (percent_decode(key), percent_decode(value))
+                })
+                .collect(),
+        )
+    }
+
+    /// The one value of `key`, if given; an error if given twice.
+    fn one(&self, key: &str) -> Result<Option<&str>, String> {
+        let mut values = self.0.iter().filter(|(k, _)| k == key);
+        let first = values.next().map(|(_, v)| v.as_str());
+        match values.next() {
+            Some(_) => Err(format!("`{key}` is given more than once; give it once")),
+            None => Ok(first),
+        }
+    }
+
+    /// `route` and `backend`; any key but those and `also` is an error.
+    fn filter(&self, also: &[&str]) -> Result<Filter<'_>, String> {
+        if let Some((key, _)) = self.0.iter().find(|(k, _)| {
+            !matches!(k.as_str(), "route" | "backend") && !also.contains(&k.as_str())
+        }) {
+            let mut known = vec!["route", "backend"];
+            known.extend_from_slice(also);
+            return Err(format!(
+                "unknown parameter `{}`; the parameters are {}",
+                truncated(key),
+                known.join(", ")
+            ));
+        }
+        Ok(Filter {
+            route: self.one("route")?,
+            backend: self.one("backend")?,
+        })
+    }
+
+    /// `fraction`: a number in (0, 1].
+    fn fraction(&self) -> Result<f64, String> {
+        const ALLOWED: &str = "a number greater than 0 and at most 1, such as fraction=0.25";
+        let Some(text) = self.one("fraction")? else {
+            return Err(format!("`fraction` is missing: give {ALLOWED}"));
+        };
+        match text.parse::<f64>() {
+            Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+            _ => Err(format!(
+                "`fraction` = \"{}\" is not {ALLOWED}",
+                truncated(text)
+            )),
+        }
+    }
+
+    /// `spread`: a duration from 0 to [`MAX_SHED_SPREAD`].
+    fn spread(&self) -> Result<Duration, String> {
+        const ALLOWED: &str = "a duration from 0s to 1h, such as spread=60s, 500ms or 5m";
+        let Some(text) = self.one("spread")? else {
+            return Err(format!(
+                "`spread` is missing: give {ALLOWED} (the closes are spread over it)"
+            ));
+        };
+        match crate::config::parse_duration(text) {
+            Ok(d) if d <= MAX_SHED_SPREAD => Ok(d),
+            Ok(_) => Err(format!(
+                "`spread` = \"{}\" is longer than 1h; give {ALLOWED}",
+                truncated(text)
+            )),
+            Err(why) => Err(format!(
+                "`spread` = \"{}\" is not a duration ({why}); give {ALLOWED}",
+                truncated(text)
+            )),
+        }
+    }
 }
 
 fn percent_decode(s: &str) -> String {
@@ -716,6 +855,51 @@ mod tests {
             );
             assert_eq!(form_content_type(&headers), form, "{value}");
         }
+    }
+
+    #[test]
+    fn shed_and_close_parameters() {
+        let p = Params::parse("fraction=0.25&spread=1m30s&route=chat%20room&backend=b");
+        assert_eq!(
+            p.filter(&["fraction", "spread"]),
+            Ok(Filter {
+                route: Some("chat room"),
+                backend: Some("b")
+            })
+        );
+        assert_eq!(p.fraction(), Ok(0.25));
+        assert_eq!(p.spread(), Ok(Duration::from_secs(90)));
+        assert!(
+            p.filter(&[])
+                .is_err_and(|e| e.contains("unknown parameter `fraction`"))
+        );
+
+        let p = Params::parse("fraction=1&spread=0s&");
+        assert_eq!(p.filter(&["fraction", "spread"]), Ok(Filter::default()));
+        assert_eq!((p.fraction(), p.spread()), (Ok(1.0), Ok(Duration::ZERO)));
+        assert_eq!(Params::parse("spread=1h").spread(), Ok(MAX_SHED_SPREAD));
+        for bad in ["0", "-1", "1.0001", "inf", "NaN", "", "1/4"] {
+            let p = Params::parse(&format!("fraction={bad}"));
+            assert!(p.fraction().is_err(), "{bad}");
+        }
+        for bad in ["1h1ms", "61m", "10", "", "-1s"] {
+            let p = Params::parse(&format!("spread={bad}"));
+            assert!(p.spread().is_err(), "{bad}");
+        }
+
+        let both = Filter {
+            route: Some("r"),
+            backend: Some("b"),
+        };
+        assert!(both.matches(Some("r"), Some("b")));
+        assert!(!both.matches(Some("r"), Some("c")));
+        assert!(!both.matches(None, None));
+        assert!(Filter::default().matches(None, None));
+        let route = Filter {
+            route: Some("r"),
+            backend: None,
+        };
+        assert!(route.matches(Some("r"), Some("anything")));
     }
 
     #[test]

@@ -25,10 +25,10 @@ use crate::config::Protocol;
 use crate::detect::{self, DetectError, Detected};
 use crate::error::Side;
 use crate::io::{ClientStream, Rewind};
-use crate::live::{ConnCtx, Permit};
+use crate::live::{ConnCtx, Permit, access_event};
 use crate::relay::tcp::{self as tcp_relay, Flow};
 use crate::relay::{self, RelayEnd};
-use crate::route::RouteQuery;
+use crate::route::{Route, RouteQuery};
 use crate::services::Services;
 use crate::snapshot::ListenerSnap;
 use crate::upstream::ConnectError;
@@ -101,7 +101,16 @@ pub enum Handoff {
     Finished(Finish),
     /// A WebSocket upgrade went through: both streams, ready for the relay.
     /// Boxed, so that holding it beside the relay's future costs the task a pointer.
-    WebSocket(Box<http::Upgraded>),
+    WebSocket(Box<WebSocketReady>),
+}
+
+/// Both streams of an upgraded connection and what the WebSocket relay runs with. The
+/// session lives here, on the heap of WebSocket connections only, rather than in the task,
+/// whose size every connection pays.
+pub struct WebSocketReady {
+    client: Rewind<ClientStream>,
+    backend: Rewind<TcpStream>,
+    session: relay::websocket::Session,
 }
 
 /// Runs one accepted connection through the whole pipeline. `permit` (the `max_connections`
@@ -168,11 +177,10 @@ pub fn serve(
                 Ok(Handoff::Finished(finish)) => return finishing.finish(Ok(finish)),
                 Err(e) => return finishing.finish(Err(e)),
             };
-        let session = websocket_session(&ws);
         let end = relay::websocket::relay(
             &mut ws.client,
             &mut ws.backend,
-            &session,
+            &ws.session,
             ctx,
             &services.metrics,
             &services.shutdown,
@@ -271,7 +279,20 @@ async fn pipeline(
             match http::serve(client, ctx.clone(), listener, services.clone(), tls).await? {
                 http::End::Closed => Ok(Handoff::Finished(Finish::Http)),
                 http::End::Cancelled => Ok(Handoff::Finished(Finish::Cancelled)),
-                http::End::Upgraded(ws) => Ok(Handoff::WebSocket(ws)),
+                http::End::Upgraded(ws) => {
+                    let http::Upgraded {
+                        client,
+                        backend,
+                        route,
+                        listener,
+                        permessage_deflate,
+                    } = ws;
+                    Ok(Handoff::WebSocket(Box::new(WebSocketReady {
+                        client,
+                        backend,
+                        session: websocket_session(&route, &listener, permessage_deflate),
+                    })))
+                }
             }
         }
         Detected::Tcp => tcp_path(client, ctx, &listener, services)
@@ -409,13 +430,17 @@ async fn tcp_path(
 
 /// What the WebSocket relay runs with: names for its metric labels, the route's limits and
 /// the listener's timers, from the snapshot the upgrade request was routed on.
-fn websocket_session(ws: &http::Upgraded) -> relay::websocket::Session {
-    let defaults = &ws.listener.defaults;
+fn websocket_session(
+    route: &Route,
+    listener: &ListenerSnap,
+    permessage_deflate: bool,
+) -> relay::websocket::Session {
+    let defaults = &listener.defaults;
     relay::websocket::Session {
-        route: ws.route.name.clone(),
-        backend: ws.route.backend.name.clone(),
-        limits: ws.route.websocket.clone(),
-        permessage_deflate: ws.permessage_deflate,
+        route: route.name.clone(),
+        backend: route.backend.name.clone(),
+        limits: route.websocket.clone(),
+        permessage_deflate,
         idle_timeout: defaults.idle_timeout,
         close_timeout: defaults.close_timeout,
         drain_spread: defaults.drain_spread,
@@ -444,23 +469,9 @@ async fn close_gently(client: &mut Rewind<ClientStream>) {
     let _ = tokio::time::timeout(Duration::from_millis(100), client.shutdown()).await;
 }
 
+/// The access log's final event: the connection's fields (as `/connections` and the
+/// progress events carry them) and how it ended.
 fn access_log(ctx: &ConnCtx, outcome: &Result<Finish, ConnError>) {
-    let info = ctx.info().clone();
-    let duration_ms = ctx.started_at.elapsed().as_secs_f64() * 1000.0;
-    let up = ctx
-        .bytes_client_to_backend
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let down = ctx
-        .bytes_backend_to_client
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let messages = (info.protocol == Some(Protocol::WebSocket)).then(|| {
-        (
-            ctx.messages_client_to_backend
-                .load(std::sync::atomic::Ordering::Relaxed),
-            ctx.messages_backend_to_client
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
-    });
     let websocket_close = match outcome {
         Ok(Finish::WebSocket(end)) => end.close.map(|(code, _)| code),
         _ => None,
@@ -482,23 +493,8 @@ fn access_log(ctx: &ConnCtx, outcome: &Result<Finish, ConnError>) {
         ),
         Err(e) => (e.stage(), e.side(), Some(crate::error::error_chain(e))),
     };
-    tracing::info!(
-        target: "sockgate::access",
-        listener = %ctx.listener,
-        conn.id = ctx.id,
-        client.address = %ctx.client,
-        tls.sni = info.sni.as_deref().unwrap_or(""),
-        tls.alpn = info.alpn.as_deref().unwrap_or(""),
-        protocol = info.protocol.map(Protocol::as_str).unwrap_or(""),
-        route = info.route.as_deref().unwrap_or(""),
-        backend = info.backend.as_deref().unwrap_or(""),
-        upstream.address = info.server.as_deref().unwrap_or(""),
-        started = %humantime::format_rfc3339_millis(ctx.started),
-        bytes_client_to_backend = up,
-        bytes_backend_to_client = down,
-        messages_client_to_backend = messages.map(|m| m.0),
-        messages_backend_to_client = messages.map(|m| m.1),
-        duration_ms,
+    access_event!(
+        &ctx.snapshot(),
         outcome,
         closed_by,
         error = error.as_deref().unwrap_or(""),

@@ -4,16 +4,19 @@
 //!
 //! ```text
 //! accept ─► TLS handshake (SNI → cert, ALPN) ─► detect ─► route ─► backend pick ─► connect ─► relay ─► finish
-//! listener   tls                               detect    route     upstream        upstream   relay     conn
+//! listener   tls + io::tls                     detect    route     upstream        upstream   relay     conn
 //! ```
 //!
-//! [`conn::serve`] runs that pipeline for one connection. Everything it reads comes from one
-//! immutable [`snapshot::Snapshot`] loaded when the connection starts; a reload swaps in a
-//! new snapshot without touching running connections. One [`shutdown::Shutdown`] carries the
-//! drain signal to every relay.
+//! `conn::serve` runs that pipeline for one connection, calling each stage in order. What
+//! connections share is `services::Services`: the config snapshot in force (a connection
+//! routes on the one current after detection; a reload publishes a new one without touching
+//! running connections), the metrics, the live table and the drain signal.
 //!
+//! This file is the control plane: the [`Gateway`] builds and publishes snapshots, binds and
+//! stops listeners, reloads, and answers the admin endpoint (through `admin::Control`).
 //! [`start`] binds the listeners and the admin endpoint and returns a [`Handle`] to drain,
-//! stop, reload and wait for the gateway.
+//! stop, reload, upgrade and wait for the gateway. Every import points down the layers the
+//! README's "How it works" draws; `tests/architecture.rs` holds them.
 
 // The public surface: start a gateway and control it (below), its config, certificates,
 // errors and worker threads. Everything else is the gateway's own.
@@ -35,6 +38,7 @@ mod metrics;
 mod relay;
 mod route;
 mod services;
+mod shed;
 mod shutdown;
 mod snapshot;
 mod tls;
@@ -52,7 +56,7 @@ pub mod bench {
     pub use crate::snapshot::Snapshot;
 }
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -93,7 +97,7 @@ pub enum ReloadError {
 }
 
 /// The control plane: publishes snapshots, binds and stops listeners, reloads, and answers
-/// the admin endpoint. Connections see only its [`Services`].
+/// the admin endpoint. Connections see only its `Services`.
 pub struct Gateway {
     services: Arc<Services>,
     ready: AtomicBool,
@@ -103,6 +107,8 @@ pub struct Gateway {
     /// Serializes reloads (SIGHUP and `POST /reload` may race).
     reloading: tokio::sync::Mutex<()>,
     workers: Workers,
+    /// Told when a reload changes `access_log_interval` (see [`progress_events`]).
+    progress_interval_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Gateway {
@@ -244,6 +250,9 @@ impl Gateway {
         let snapshot = Arc::new(snapshot);
         self.services.publish(snapshot.clone());
         certwatch::export_expiry(&self.services.metrics, &snapshot.config);
+        if snapshot.config.defaults.access_log_interval != old.config.defaults.access_log_interval {
+            self.progress_interval_changed.notify_one();
+        }
         self.close_removed(&snapshot);
         for pending in new_bound {
             let bound = pending.spawn(&self.services, &self.conn_limit, &self.workers);
@@ -263,6 +272,10 @@ impl Gateway {
     /// (WebSockets get Close 1012, spread over `drain_spread`); the rest run on untouched.
     fn close_removed(&self, snapshot: &Snapshot) {
         let mut closed = 0;
+        // Each listener's (route, backend) pairs, gathered once per reload and only for the
+        // listeners connections are on: a lookup per connection, not a scan of the routes.
+        type Pairs = HashSet<(Arc<str>, Arc<str>)>;
+        let mut kept_pairs: HashMap<Arc<str>, Option<Pairs>> = HashMap::new();
         for conn in self.services.live.all() {
             let (route, backend) = {
                 let info = conn.info();
@@ -271,11 +284,17 @@ impl Gateway {
             let (Some(route), Some(backend)) = (route, backend) else {
                 continue;
             };
-            let kept = snapshot.listener(&conn.listener).is_some_and(|l| {
-                l.routes
-                    .iter()
-                    .any(|r| r.name == route && *r.backend.name == *backend)
+            let pairs = kept_pairs.entry(conn.listener.clone()).or_insert_with(|| {
+                snapshot.listener(&conn.listener).map(|l| {
+                    l.routes
+                        .iter()
+                        .map(|r| (r.name.clone(), r.backend.name.clone()))
+                        .collect()
+                })
             });
+            let kept = pairs
+                .as_ref()
+                .is_some_and(|pairs| pairs.contains(&(route, backend)));
             if !kept {
                 conn.request_close(live::CloseReason::Reload);
                 closed += 1;
@@ -313,6 +332,46 @@ impl certwatch::Target for Gateway {
             certwatch::export_expiry(&self.services.metrics, &snapshot.config);
         }
         Ok(())
+    }
+}
+
+impl Gateway {
+    /// The live connections on the route and backend `filter` names.
+    fn matching(&self, filter: admin::Filter<'_>) -> Vec<Arc<live::ConnCtx>> {
+        let mut all = self.services.live.all();
+        all.retain(|c| {
+            let info = c.info();
+            filter.matches(info.route.as_deref(), info.backend.as_deref())
+        });
+        all
+    }
+}
+
+/// The access log's progress events (`access_log_interval`): one task, not a timer per
+/// connection, walks the live table every interval and logs each connection open at least
+/// that long, so such a connection gets an event every interval, the first between one and
+/// two intervals after it opened. A reload that changes the interval restarts the tick; a
+/// drain ends the task.
+async fn progress_events(services: Arc<Services>, interval_changed: Arc<tokio::sync::Notify>) {
+    loop {
+        let interval = services.snapshot().config.defaults.access_log_interval;
+        let tick = async {
+            match interval {
+                Some(interval) => tokio::time::sleep(interval).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = services.shutdown.drained() => return,
+            _ = interval_changed.notified() => continue,
+            _ = tick => {}
+        }
+        let Some(interval) = interval else { continue };
+        services.live.each(|conn| {
+            if conn.started_at.elapsed() >= interval {
+                conn.log_progress();
+            }
+        });
     }
 }
 
@@ -389,7 +448,12 @@ pub async fn start_adopting(
         listeners: Mutex::new(HashMap::new()),
         reloading: tokio::sync::Mutex::new(()),
         workers,
+        progress_interval_changed: Arc::new(tokio::sync::Notify::new()),
     });
+    tokio::spawn(progress_events(
+        gateway.services.clone(),
+        gateway.progress_interval_changed.clone(),
+    ));
     for p in pending {
         let (name, bound) = p.spawn(&gateway.services, &gateway.conn_limit, &gateway.workers);
         tracing::info!(listener = %name, address = %bound.local_addr, "listening");
@@ -582,25 +646,23 @@ impl admin::Control for Gateway {
     fn close(&self, which: admin::Which<'_>) -> usize {
         let picked: Vec<_> = match which {
             admin::Which::Id(id) => self.services.live.get(id).into_iter().collect(),
-            admin::Which::Route(name) => self
-                .services
-                .live
-                .all()
-                .into_iter()
-                .filter(|c| c.info().route.as_deref() == Some(name))
-                .collect(),
-            admin::Which::Backend(name) => self
-                .services
-                .live
-                .all()
-                .into_iter()
-                .filter(|c| c.info().backend.as_deref() == Some(name))
-                .collect(),
+            admin::Which::Matching(filter) => self.matching(filter),
         };
         for conn in &picked {
             conn.request_close(live::CloseReason::Operator);
         }
         picked.len()
+    }
+
+    fn shed(&self, filter: admin::Filter<'_>, fraction: f64, spread: std::time::Duration) -> usize {
+        // A drain closes every connection itself.
+        if self.services.shutdown.is_draining() {
+            return 0;
+        }
+        let schedule = shed::plan(self.matching(filter), fraction, spread);
+        let picked = schedule.len();
+        shed::spawn(self.services.clone(), schedule);
+        picked
     }
 
     async fn reload(&self) -> Result<(), Vec<String>> {

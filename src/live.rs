@@ -21,6 +21,9 @@ pub enum CloseReason {
     Operator,
     /// A reload removed the connection's route or backend.
     Reload,
+    /// `POST /connections/shed`: the client should reconnect, through the load balancer, to
+    /// whichever replica it picks now.
+    Shed,
 }
 
 /// What is learned about a connection stage by stage; read by the admin API and the
@@ -47,7 +50,7 @@ pub struct ConnCtx {
     pub bytes_backend_to_client: AtomicU64,
     pub messages_client_to_backend: AtomicU64,
     pub messages_backend_to_client: AtomicU64,
-    /// Fires when the gateway closes this connection on purpose (operator, reload), or on a
+    /// Fires when the gateway closes this connection on purpose (operator, reload, shed), or on a
     /// hard stop.
     pub cancel: CancellationToken,
     /// Why `cancel` fired, as a [`CloseReason`]; the WebSocket relay turns it into a code.
@@ -56,6 +59,8 @@ pub struct ConnCtx {
     /// `is_cancelled` takes its lock, for relays that check on every wake-up. A hard stop
     /// fires `cancel` without it (see `Shutdown::is_stopped` for that).
     close_requested: AtomicBool,
+    /// A shed has picked this connection and will close it; another shed passes it over.
+    shed_picked: AtomicBool,
 }
 
 impl ConnCtx {
@@ -74,6 +79,7 @@ impl ConnCtx {
             cancel,
             close_reason: AtomicU8::new(CloseReason::Operator as u8),
             close_requested: AtomicBool::new(false),
+            shed_picked: AtomicBool::new(false),
         }
     }
 
@@ -90,10 +96,22 @@ impl ConnCtx {
         self.close_requested.load(Ordering::Acquire)
     }
 
+    /// Marks the connection as picked by a shed: true the first time, false if a shed
+    /// picked it already or it is closing for another reason.
+    pub fn pick_for_shed(&self) -> bool {
+        !self.close_requested() && !self.shed_picked.swap(true, Ordering::Relaxed)
+    }
+
+    /// Whether a shed has picked this connection.
+    pub fn shed_picked(&self) -> bool {
+        self.shed_picked.load(Ordering::Relaxed)
+    }
+
     /// Why [`ConnCtx::request_close`] was called (`Operator` before it is).
     pub fn close_reason(&self) -> CloseReason {
         match self.close_reason.load(Ordering::Relaxed) {
             r if r == CloseReason::Reload as u8 => CloseReason::Reload,
+            r if r == CloseReason::Shed as u8 => CloseReason::Shed,
             _ => CloseReason::Operator,
         }
     }
@@ -120,47 +138,148 @@ impl ConnCtx {
         self.info.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The connection's fields as they are now: one row of `GET /connections`, and what
+    /// the access log's events carry (see [`access_event`]).
     pub fn snapshot(&self) -> ConnSummary {
         let info = self.info().clone();
         let websocket = info.protocol == Some(Protocol::WebSocket);
+        let messages = websocket.then(|| {
+            (
+                self.messages_client_to_backend.load(Ordering::Relaxed),
+                self.messages_backend_to_client.load(Ordering::Relaxed),
+            )
+        });
         ConnSummary {
             id: self.id,
-            listener: self.listener.to_string(),
-            client: self.client.to_string(),
+            listener: self.listener.clone(),
+            client: self.client,
             sni: info.sni,
+            alpn: info.alpn,
             protocol: info.protocol.map(Protocol::as_str),
-            route: info.route.map(|r| r.to_string()),
-            backend: info.backend.map(|b| b.to_string()),
+            route: info.route,
+            backend: info.backend,
             server: info.server,
-            started: humantime::format_rfc3339_millis(self.started).to_string(),
+            started: self.started,
             bytes_client_to_backend: self.bytes_client_to_backend.load(Ordering::Relaxed),
             bytes_backend_to_client: self.bytes_backend_to_client.load(Ordering::Relaxed),
-            messages_client_to_backend: websocket
-                .then(|| self.messages_client_to_backend.load(Ordering::Relaxed)),
-            messages_backend_to_client: websocket
-                .then(|| self.messages_backend_to_client.load(Ordering::Relaxed)),
+            messages_client_to_backend: messages.map(|m| m.0),
+            messages_backend_to_client: messages.map(|m| m.1),
+            duration_ms: self.started_at.elapsed().as_secs_f64() * 1000.0,
         }
     }
 }
 
-/// One row of `GET /connections`.
-#[derive(Debug, Serialize)]
+/// A connection's fields at one moment. Each has one name wherever it appears: the
+/// access log's events, the connection's span and `GET /connections` (see the README's
+/// field table). `/connections` also carries `id`, `client`, `sni` and `server`, the names
+/// the product contract gives those fields there.
+#[derive(Debug)]
 pub struct ConnSummary {
+    /// `conn.id`
     pub id: u64,
-    pub listener: String,
-    pub client: String,
+    pub listener: Arc<str>,
+    /// `client.address`
+    pub client: SocketAddr,
+    /// `tls.sni`
     pub sni: Option<String>,
+    /// `tls.alpn`
+    pub alpn: Option<String>,
     pub protocol: Option<&'static str>,
-    pub route: Option<String>,
-    pub backend: Option<String>,
+    pub route: Option<Arc<str>>,
+    pub backend: Option<Arc<str>>,
+    /// `upstream.address`
     pub server: Option<String>,
-    pub started: String,
+    pub started: SystemTime,
     pub bytes_client_to_backend: u64,
     pub bytes_backend_to_client: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// WebSockets only.
     pub messages_client_to_backend: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub messages_backend_to_client: Option<u64>,
+    /// Open so far, in milliseconds.
+    pub duration_ms: f64,
+}
+
+impl ConnSummary {
+    pub fn started_rfc3339(&self) -> humantime::Rfc3339Timestamp {
+        humantime::format_rfc3339_millis(self.started)
+    }
+}
+
+impl Serialize for ConnSummary {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("conn.id", &self.id)?;
+        map.serialize_entry("listener", &*self.listener)?;
+        map.serialize_entry("client.address", &Display(&self.client))?;
+        map.serialize_entry("tls.sni", &self.sni)?;
+        map.serialize_entry("tls.alpn", &self.alpn)?;
+        map.serialize_entry("protocol", &self.protocol)?;
+        map.serialize_entry("route", &self.route.as_deref())?;
+        map.serialize_entry("backend", &self.backend.as_deref())?;
+        map.serialize_entry("upstream.address", &self.server)?;
+        map.serialize_entry("started", &Display(&self.started_rfc3339()))?;
+        map.serialize_entry("bytes_client_to_backend", &self.bytes_client_to_backend)?;
+        map.serialize_entry("bytes_backend_to_client", &self.bytes_backend_to_client)?;
+        if let Some(n) = self.messages_client_to_backend {
+            map.serialize_entry("messages_client_to_backend", &n)?;
+        }
+        if let Some(n) = self.messages_backend_to_client {
+            map.serialize_entry("messages_backend_to_client", &n)?;
+        }
+        map.serialize_entry("duration_ms", &self.duration_ms)?;
+        // The names SPEC gives these fields in `/connections`, kept beside the one name.
+        map.serialize_entry("id", &self.id)?;
+        map.serialize_entry("client", &Display(&self.client))?;
+        map.serialize_entry("sni", &self.sni)?;
+        map.serialize_entry("server", &self.server)?;
+        map.end()
+    }
+}
+
+/// Serializes a value as the string its `Display` writes, without building the string.
+struct Display<'a, T>(&'a T);
+
+impl<T: std::fmt::Display> Serialize for Display<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self.0)
+    }
+}
+
+/// One event of the access log (target `sockgate::access`) with every field of a
+/// [`ConnSummary`], then the caller's fields and message: the final event and the progress
+/// events share their fields this way.
+macro_rules! access_event {
+    ($summary:expr, $($rest:tt)+) => {{
+        let s: &$crate::live::ConnSummary = $summary;
+        tracing::info!(
+            target: "sockgate::access",
+            listener = &*s.listener,
+            conn.id = s.id,
+            client.address = %s.client,
+            tls.sni = s.sni.as_deref().unwrap_or(""),
+            tls.alpn = s.alpn.as_deref().unwrap_or(""),
+            protocol = s.protocol.unwrap_or(""),
+            route = s.route.as_deref().unwrap_or(""),
+            backend = s.backend.as_deref().unwrap_or(""),
+            upstream.address = s.server.as_deref().unwrap_or(""),
+            started = %s.started_rfc3339(),
+            bytes_client_to_backend = s.bytes_client_to_backend,
+            bytes_backend_to_client = s.bytes_backend_to_client,
+            messages_client_to_backend = s.messages_client_to_backend,
+            messages_backend_to_client = s.messages_backend_to_client,
+            duration_ms = s.duration_ms,
+            $($rest)+
+        )
+    }};
+}
+pub(crate) use access_event;
+
+impl ConnCtx {
+    /// The access log's progress event for a connection still open.
+    pub fn log_progress(&self) {
+        access_event!(&self.snapshot(), "connection progress");
+    }
 }
 
 const SHARDS: usize = 16;
@@ -218,6 +337,24 @@ impl LiveTable {
             .collect();
         all.sort_by_key(|c| c.id);
         all
+    }
+
+    /// Calls `f` on every connection, one shard at a time, with no lock held during the
+    /// calls (so a slow `f` delays no accept).
+    pub fn each(&self, mut f: impl FnMut(&Arc<ConnCtx>)) {
+        let mut shard_copy = Vec::new();
+        for shard in &self.shards {
+            shard_copy.extend(
+                shard
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .cloned(),
+            );
+            for conn in shard_copy.drain(..) {
+                f(&conn);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -31,6 +31,7 @@ pub struct Metrics {
     /// notAfter of each served certificate, as Unix time.
     pub certificate_expiry_seconds: IntGaugeVec,
     pub rejected_total: IntCounterVec,
+    pub shed_total: IntCounterVec,
     pub http_responses_total: IntCounterVec,
     /// The `max_connections` in force (configured, or derived from the open-files limit).
     pub max_connections: prometheus::IntGauge,
@@ -195,6 +196,12 @@ impl Metrics {
                 "sockgate_rejected_total",
                 "Connections refused by a limit.",
                 &["listener", "reason"],
+            ),
+            shed_total: counter(
+                &r,
+                "sockgate_shed_total",
+                "Connections closed by POST /connections/shed, counted as each is closed.",
+                &["listener", "protocol"],
             ),
             max_connections: {
                 let g = prometheus::IntGauge::new(

@@ -32,9 +32,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "live",
             "workers",
             "error",
+            "shed",
             "certwatch",
         ],
     ),
+    // Shedding: picks connections and closes them over a window, by id, through the live
+    // table; part of the control plane, split out of lib.rs.
+    ("shed", &["services", "live"]),
     // Watches the certificate files of the config in force; the gateway applies what it
     // re-reads.
     ("certwatch", &["certs", "config", "metrics", "error"]),

@@ -113,7 +113,13 @@ pub struct Defaults {
     pub request_timeout: Duration,
     /// Whole-process connection limit; `None` = unlimited.
     pub max_connections: Option<usize>,
+    /// Connections open longer than this get an access-log progress event every interval;
+    /// `None` = only the final event. At least [`MIN_ACCESS_LOG_INTERVAL`].
+    pub access_log_interval: Option<Duration>,
 }
+
+/// The shortest `access_log_interval`: more often would make the log the load.
+pub const MIN_ACCESS_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Default for Defaults {
     fn default() -> Self {
@@ -127,6 +133,7 @@ impl Default for Defaults {
             close_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(60),
             max_connections: None,
+            access_log_interval: None,
         }
     }
 }

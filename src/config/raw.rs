@@ -42,6 +42,7 @@ pub(super) struct RawDefaults {
     pub close_timeout: Text,
     pub request_timeout: Text,
     pub max_connections: Option<Spanned<i64>>,
+    pub access_log_interval: Text,
 }
 
 #[derive(Deserialize)]

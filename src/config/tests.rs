@@ -131,6 +131,7 @@ servers = ["127.0.0.1:7000"]
     assert_eq!(d.drain_spread, Duration::from_secs(10));
     assert_eq!(d.close_timeout, Duration::from_secs(5));
     assert_eq!(d.max_connections, None);
+    assert_eq!(d.access_log_interval, None);
 
     let [edge] = config.listeners.as_slice() else {
         panic!("one listener expected");
@@ -253,7 +254,7 @@ servers = [{ address = "127.0.0.1:9001", wieght = 2 }]
     );
     assert_reports(
         &printed,
-        "sockgate.toml:4:1: unknown key `idle` in [defaults]\n  hint: valid keys: connect_timeout, detect_timeout, handshake_timeout, idle_timeout, drain_timeout, drain_spread, close_timeout, request_timeout, max_connections\n",
+        "sockgate.toml:4:1: unknown key `idle` in [defaults]\n  hint: valid keys: connect_timeout, detect_timeout, handshake_timeout, idle_timeout, drain_timeout, drain_spread, close_timeout, request_timeout, max_connections, access_log_interval\n",
     );
     assert_reports(
         &printed,
@@ -1519,5 +1520,58 @@ route = [{ name = "v6", host = "::1", backend = "chat" }]
     assert_eq!(
         printed,
         "sockgate.toml:4:32: `host` = \"::1\" is not a host name, so it never matches a Host header\n  hint: write IPv6 addresses in brackets, as Host headers carry them: host = \"[::1]\"\n"
+    );
+}
+
+const ONE_LISTENER: &str = r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8443"
+route = [{ name = "r", backend = "b" }]
+
+[[backend]]
+name = "b"
+servers = ["127.0.0.1:9001"]
+"#;
+
+#[test]
+fn access_log_interval_is_optional_and_at_least_1s() {
+    let config = valid(&format!(
+        "[defaults]\naccess_log_interval = \"5m\"\n{ONE_LISTENER}"
+    ));
+    assert_eq!(
+        config.defaults.access_log_interval,
+        Some(Duration::from_secs(300))
+    );
+    let config = valid(&format!(
+        "[defaults]\naccess_log_interval = \"1s\"\n{ONE_LISTENER}"
+    ));
+    assert_eq!(
+        config.defaults.access_log_interval,
+        Some(Duration::from_secs(1))
+    );
+    assert_reports(
+        &errors(&format!(
+            "[defaults]\naccess_log_interval = \"500ms\"\n{ONE_LISTENER}"
+        )),
+        "sockgate.toml:2:23: `access_log_interval` = \"500ms\" is shorter than 1s: a progress event for every connection that often would make the log the load\n  hint: write \"1s\" or more (\"5m\" is typical), or remove the key for only the final event",
+    );
+    assert_reports(
+        &errors(&format!(
+            "[defaults]\naccess_log_interval = \"0s\"\n{ONE_LISTENER}"
+        )),
+        "sockgate.toml:2:23: `access_log_interval` must be longer than zero",
+    );
+    assert_reports(
+        &errors(&format!(
+            "[defaults]\naccess_log_interval = \"9000h\"\n{ONE_LISTENER}"
+        )),
+        "sockgate.toml:2:23: `access_log_interval` = \"9000h\" is longer than 8760h (365 days)",
+    );
+    assert_reports(
+        &errors(&format!(
+            "[defaults]\naccess_log_interval = \"often\"\n{ONE_LISTENER}"
+        )),
+        "sockgate.toml:2:23: `access_log_interval` = \"often\" is not a duration",
     );
 }

@@ -2,6 +2,7 @@
 //! is about and checking goes on, so one run lists every problem. Each step returns `None`
 //! when it reported something; a whole `Config` is only built when nothing was.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::Path;
@@ -12,8 +13,9 @@ use toml::Spanned;
 use super::cidr::Cidr;
 use super::error::Report;
 use super::model::{
-    AdminConfig, AdminToken, BackendConfig, CertPair, Config, Defaults, ListenerConfig, Protocol,
-    RouteConfig, ServerConfig, SniCert, TlsConfig, WebSocketLimits,
+    AdminConfig, AdminToken, BackendConfig, CertPair, Config, Defaults, ListenerConfig,
+    MIN_ACCESS_LOG_INTERVAL, Protocol, RouteConfig, ServerConfig, SniCert, TlsConfig,
+    WebSocketLimits,
 };
 use super::raw::{
     RawAdmin, RawBackend, RawConfig, RawDefaults, RawListener, RawRoute, RawServer, RawSize,
@@ -46,17 +48,17 @@ pub(super) fn validate(
     base_dir: &Path,
     report: &mut Report<'_>,
 ) -> Option<Config> {
-    let mut backend_names: Vec<String> = Vec::new();
+    let mut backend_names = BackendNames::default();
     for name in raw.backend.iter().filter_map(|b| b.get_ref().name.as_ref()) {
-        if !backend_names.contains(name.get_ref()) {
-            backend_names.push(name.get_ref().clone());
+        if backend_names.set.insert(name.get_ref().clone()) {
+            backend_names.in_order.push(name.get_ref().clone());
         }
     }
     let mut v = Validator {
         report,
         base_dir,
         backend_names,
-        listen_addrs: Vec::new(),
+        listen_addrs: HashMap::new(),
     };
     let defaults = v.defaults(raw.defaults.as_ref());
     let admin = present(raw.admin.as_ref(), |a| v.admin(a));
@@ -93,10 +95,21 @@ struct Validator<'r, 'a> {
     report: &'r mut Report<'a>,
     base_dir: &'r Path,
     /// Every backend name written, valid or not, so a route naming one is not also blamed.
-    backend_names: Vec<String>,
+    backend_names: BackendNames,
     /// Who listens where so far, for the uniqueness rule.
-    listen_addrs: Vec<(SocketAddr, String, Range<usize>)>,
+    listen_addrs: HashMap<SocketAddr, (String, Range<usize>)>,
 }
+
+/// Backend names looked up by every route (a set: configs with many thousands of routes
+/// must check in time linear in their size) and listed in file order in hints.
+#[derive(Default)]
+struct BackendNames {
+    set: HashSet<String>,
+    in_order: Vec<String>,
+}
+
+/// Names a hint lists at most.
+const HINT_NAMES: usize = 10;
 
 impl Validator<'_, '_> {
     fn defaults(&mut self, raw: Option<&RawDefaults>) -> Option<Defaults> {
@@ -174,6 +187,21 @@ impl Validator<'_, '_> {
                 }
             }
         });
+        let access_log_interval = present(raw.access_log_interval.as_ref(), |raw| {
+            let interval = self.duration(raw, "access_log_interval")?;
+            if interval < MIN_ACCESS_LOG_INTERVAL {
+                self.report.error(
+                    raw.span(),
+                    format!(
+                        "`access_log_interval` = \"{}\" is shorter than 1s: a progress event for every connection that often would make the log the load",
+                        raw.get_ref()
+                    ),
+                    "write \"1s\" or more (\"5m\" is typical), or remove the key for only the final event",
+                );
+                return None;
+            }
+            Some(interval)
+        });
         Some(Defaults {
             connect_timeout: connect_timeout?,
             detect_timeout: detect_timeout?,
@@ -184,6 +212,7 @@ impl Validator<'_, '_> {
             close_timeout: close_timeout?,
             request_timeout: request_timeout?,
             max_connections: max_connections?,
+            access_log_interval: access_log_interval?,
         })
     }
 
@@ -313,7 +342,7 @@ impl Validator<'_, '_> {
             return None;
         };
         if addr.port() != 0
-            && let Some((_, first, at)) = self.listen_addrs.iter().find(|(a, _, _)| *a == addr)
+            && let Some((first, at)) = self.listen_addrs.get(&addr)
         {
             let message = format!(
                 "{owner} listens on {addr}, which {first} already uses: the second bind would fail"
@@ -325,7 +354,7 @@ impl Validator<'_, '_> {
             self.report.error(raw.span(), message, hint);
             return None;
         }
-        self.listen_addrs.push((addr, owner, raw.span()));
+        self.listen_addrs.insert(addr, (owner, raw.span()));
         Some(addr)
     }
 
@@ -719,17 +748,24 @@ impl Validator<'_, '_> {
 
     fn backend_ref(&mut self, raw: &Spanned<String>, route: &str) -> Option<String> {
         let name = raw.get_ref();
-        if self.backend_names.contains(name) {
+        if self.backend_names.set.contains(name) {
             return Some(name.clone());
         }
         let message = format!(
             "{route} names backend `{name}`, which is not defined, so its connections would have nowhere to go"
         );
-        let hint = if self.backend_names.is_empty() {
+        let defined = &self.backend_names.in_order;
+        let hint = if defined.is_empty() {
             format!("no backends are defined; add a [[backend]] with name = \"{name}\"")
         } else {
-            let mut hint = format!("defined backends: {}", self.backend_names.join(", "));
-            if let Some(close) = closest(name, self.backend_names.iter().map(String::as_str)) {
+            let mut hint = format!(
+                "defined backends: {}",
+                defined[..defined.len().min(HINT_NAMES)].join(", ")
+            );
+            if defined.len() > HINT_NAMES {
+                hint.push_str(&format!(" and {} more", defined.len() - HINT_NAMES));
+            }
+            if let Some(close) = closest(name, defined.iter().map(String::as_str)) {
                 hint.push_str(&format!("; did you mean `{close}`?"));
             }
             hint
@@ -885,9 +921,9 @@ impl Validator<'_, '_> {
         what: &str,
         among: &str,
     ) {
-        let mut seen: Vec<&Spanned<String>> = Vec::new();
+        let mut seen: HashMap<&str, &Spanned<String>> = HashMap::new();
         for name in names.flatten() {
-            if let Some(first) = seen.iter().find(|s| s.get_ref() == name.get_ref()) {
+            if let Some(first) = seen.get(name.get_ref().as_str()) {
                 let first = self.report.position(&first.span());
                 self.report.error(
                     name.span(),
@@ -895,7 +931,7 @@ impl Validator<'_, '_> {
                     format!("rename this one or the one at {first}"),
                 );
             } else {
-                seen.push(name);
+                seen.insert(name.get_ref(), name);
             }
         }
     }

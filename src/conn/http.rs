@@ -83,9 +83,8 @@ pub enum End {
     Closed,
     /// An operator or a hard stop closed it.
     Cancelled,
-    /// A WebSocket upgrade went through. Boxed, so that holding it beside the relay's
-    /// future costs the task a pointer.
-    Upgraded(Box<Upgraded>),
+    /// A WebSocket upgrade went through.
+    Upgraded(Upgraded),
 }
 
 /// Why the HTTP stage failed; conn says which stage and side each is.
@@ -135,6 +134,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(listener.defaults.handshake_timeout)
         .max_buf_size(MAX_HEAD);
+    let drain_timeout = listener.defaults.drain_timeout;
     drop(listener);
     // Boxed: the HTTP phase's state lives on the heap only while it runs, so a WebSocket that
     // outlives it does not carry hyper's connection in its task for hours.
@@ -148,6 +148,9 @@ pub async fn serve(
     // A reload asked this connection to close because its last request's route or backend
     // is gone; HTTP re-routes every request, so the connection stays (see `reload_close`).
     let mut reload_seen = false;
+    // A shed closes the connection as a drain would: after the request in flight, bounded
+    // by `drain_timeout` as a drain is.
+    let mut shed_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let served = loop {
         tokio::select! {
             res = conn.as_mut() => break res,
@@ -156,17 +159,33 @@ pub async fn serve(
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = ctx.cancel.cancelled(), if !reload_seen => {
+            _ = ctx.cancel.cancelled(), if !reload_seen && shed_deadline.is_none() => {
                 if reload_close(&ctx, &services) {
                     reload_seen = true;
                     state.close_idle_backend();
                     continue;
                 }
+                if shed_close(&ctx, &services) {
+                    shed_deadline = Some(Box::pin(tokio::time::sleep(drain_timeout)));
+                    if !draining {
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    continue;
+                }
                 state.flush_bytes();
                 return Ok(End::Cancelled);
             }
-            // With the token spent on the reload, a hard stop is heard here.
-            _ = services.shutdown.stopped(), if reload_seen => {
+            // With the token spent on the reload or the shed, a hard stop is heard here.
+            _ = services.shutdown.stopped(), if reload_seen || shed_deadline.is_some() => {
+                state.flush_bytes();
+                return Ok(End::Cancelled);
+            }
+            _ = async {
+                match shed_deadline.as_mut() {
+                    Some(deadline) => deadline.await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 state.flush_bytes();
                 return Ok(End::Cancelled);
             }
@@ -192,9 +211,7 @@ pub async fn serve(
     drop(state);
     match pending {
         None => Ok(End::Closed),
-        Some(upgrade) => take_upgraded(upgrade)
-            .await
-            .map(|upgraded| End::Upgraded(Box::new(upgraded))),
+        Some(upgrade) => take_upgraded(upgrade).await.map(End::Upgraded),
     }
 }
 
@@ -206,6 +223,15 @@ fn reload_close(ctx: &ConnCtx, services: &Services) -> bool {
         && ctx.close_reason() == CloseReason::Reload
         && !services.shutdown.is_stopped()
         && ctx.info().protocol != Some(Protocol::WebSocket)
+}
+
+/// Whether the connection's close request is a shed's while it is plain HTTP: it then
+/// closes after the request in flight, as on a drain. An upgrade already forwarded goes
+/// through, and the WebSocket relay then sends the Close at once.
+fn shed_close(ctx: &ConnCtx, services: &Services) -> bool {
+    ctx.close_requested()
+        && ctx.close_reason() == CloseReason::Shed
+        && !services.shutdown.is_stopped()
 }
 
 /// Both streams of a WebSocket upgrade, out of hyper's hands, with the route and listener
@@ -415,8 +441,13 @@ impl HttpConn {
         // The reload kept this connection for plain requests (see `reload_close`); an
         // operator's close since, or an upgrade, which would run under the spent token, is
         // told to come back on a new connection.
+        // A shed lets the request in flight through, as a drain does.
         if self.ctx.close_requested()
-            && (websocket || self.ctx.close_reason() != CloseReason::Reload)
+            && (websocket
+                || !matches!(
+                    self.ctx.close_reason(),
+                    CloseReason::Reload | CloseReason::Shed
+                ))
         {
             return Err(ProxyError::Closing);
         }

@@ -7,7 +7,7 @@
 //! no lock, and a buffer never needs zeroing again.
 //!
 //! Two sizes, each with its own list: [`Plain`] buffers hold what a relay reads, [`Sealed`]
-//! ones hold that much as TLS records (see [`crate::io::tls`]), so one relay read is one
+//! ones hold that much as TLS records (see `io::tls`), so one relay read is one
 //! TLS write.
 
 use std::cell::RefCell;

@@ -10,6 +10,7 @@
 //! - drain, operator close and idle timeout: Close 1001 to both sides at each direction's next
 //!   frame boundary (drain spreads these over `drain_spread`), replies awaited up to
 //!   `close_timeout`; a reload that removed the route or backend: Close 1012, also spread;
+//!   a shed (`POST /connections/shed`): Close 1012 at once, the gateway having spread them;
 //! - backend lost without a Close: Close 1014 to the client; client lost: Close 1001 to the
 //!   backend;
 //! - a protocol violation, a message over `max_message_size`, or client messages over
@@ -242,6 +243,8 @@ where
                     w.reload_close = true;
                 }
                 CloseReason::Operator => conn.initiate(GatewayClose::Operator),
+                // Already spread by whoever scheduled the shed.
+                CloseReason::Shed => conn.initiate(GatewayClose::Shed),
             }
         }
         if let Some(timer) = w.drain_timer.as_mut()

@@ -19,6 +19,7 @@ mod http;
 mod limits;
 mod python;
 mod reload;
+mod shed;
 mod support;
 mod tcp;
 mod tls;

@@ -39,6 +39,8 @@ pub(super) enum GatewayClose {
     Operator,
     /// A reload removed the connection's route or backend.
     Reload,
+    /// An operator shed connections so that clients reconnect to other replicas.
+    Shed,
     /// Nothing moved for `idle_timeout`.
     Idle,
     /// The client left the gateway's ping unanswered past `pong_timeout`.
@@ -53,11 +55,13 @@ impl GatewayClose {
         const SHUTDOWN: &str = "gateway is shutting down";
         const OPERATOR: &str = "closed by the gateway operator";
         const RELOAD: &str = "route or backend removed by a reload";
+        const SHED: &str = "rebalancing: reconnect";
         const IDLE: &str = "idle timeout";
         match self {
             GatewayClose::Drain => (code::GOING_AWAY, SHUTDOWN, SHUTDOWN),
             GatewayClose::Operator => (code::GOING_AWAY, OPERATOR, OPERATOR),
             GatewayClose::Reload => (code::SERVICE_RESTART, RELOAD, RELOAD),
+            GatewayClose::Shed => (code::SERVICE_RESTART, SHED, SHED),
             GatewayClose::Idle => (code::GOING_AWAY, IDLE, IDLE),
             // To the backend the client is gone; the client is told why.
             GatewayClose::PongTimeout => (
@@ -374,6 +378,27 @@ mod tests {
             }
         );
         both_reply(&mut closing, 1012);
+    }
+
+    #[test]
+    fn a_shed_closes_both_sides_with_1012() {
+        let mut closing = Closing::default();
+        let reason = "rebalancing: reconnect";
+        assert_eq!(
+            closing.initiate(GatewayClose::Shed),
+            Outcome {
+                started: Some((1012, "gateway")),
+                frames: [
+                    frame(Side::Client, 1012, reason),
+                    frame(Side::Backend, 1012, reason)
+                ],
+            }
+        );
+        both_reply(&mut closing, 1012);
+        assert_eq!(
+            closing.end(EndReason::Closed).close,
+            Some((1012, "gateway"))
+        );
     }
 
     #[test]
