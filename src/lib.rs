@@ -28,6 +28,7 @@ pub mod upgrade;
 pub mod workers;
 
 mod admin;
+mod certwatch;
 mod conn;
 mod detect;
 mod io;
@@ -249,6 +250,7 @@ impl Gateway {
         }
         let snapshot = Arc::new(snapshot);
         self.services.publish(snapshot.clone());
+        certwatch::export_expiry(&self.services.metrics, &snapshot.config);
         if snapshot.config.defaults.access_log_interval != old.config.defaults.access_log_interval {
             self.progress_interval_changed.notify_one();
         }
@@ -306,6 +308,32 @@ impl Gateway {
                 "closing connections whose route or backend the reload removed"
             );
         }
+    }
+}
+
+/// Certificates changed on disk are put in force the way a reload puts in force what it
+/// read, serialized with reloads, but only the TLS configurations change: no listener is
+/// rebound and no connection closed.
+impl certwatch::Target for Gateway {
+    type Error = SnapshotError;
+
+    fn config(&self) -> Arc<Config> {
+        self.snapshot().config.clone()
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.services.metrics
+    }
+
+    async fn apply(&self, loaded: Vec<certwatch::Loaded>) -> Result<(), SnapshotError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let old = self.snapshot();
+        if let Some(config) = certwatch::replace(&old.config, &loaded) {
+            let snapshot = Arc::new(old.with_certificates(config)?);
+            self.services.publish(snapshot.clone());
+            certwatch::export_expiry(&self.services.metrics, &snapshot.config);
+        }
+        Ok(())
     }
 }
 
@@ -458,6 +486,11 @@ pub async fn start_adopting(
     gateway
         .snapshot()
         .start_health(None, gateway.services.shutdown.drain_token());
+    certwatch::export_expiry(&gateway.services.metrics, &gateway.snapshot().config);
+    tokio::spawn(certwatch::run(
+        gateway.clone(),
+        gateway.services.shutdown.drain_token().clone(),
+    ));
     gateway.ready.store(true, Ordering::Relaxed);
     Ok(Handle {
         gateway,

@@ -26,6 +26,10 @@ pub struct Metrics {
     pub websocket_ping_rtt_seconds: HistogramVec,
     pub unrouted_total: IntCounterVec,
     pub config_reloads_total: IntCounterVec,
+    /// Certificate pairs re-read after they changed on disk (`certwatch`), by result.
+    pub certificate_reloads_total: IntCounterVec,
+    /// notAfter of each served certificate, as Unix time.
+    pub certificate_expiry_seconds: IntGaugeVec,
     pub rejected_total: IntCounterVec,
     pub shed_total: IntCounterVec,
     pub backend_up: IntGaugeVec,
@@ -176,6 +180,18 @@ impl Metrics {
                 "sockgate_config_reloads_total",
                 "Config reloads, by result.",
                 &["result"],
+            ),
+            certificate_reloads_total: counter(
+                &r,
+                "sockgate_certificate_reloads_total",
+                "Certificate/key pairs re-read after they changed on disk, by result.",
+                &["result"],
+            ),
+            certificate_expiry_seconds: gauge(
+                &r,
+                "sockgate_certificate_expiry_seconds",
+                "notAfter of each served certificate as Unix time (name: `default` or the first name of an SNI entry).",
+                &["listener", "name"],
             ),
             rejected_total: counter(
                 &r,

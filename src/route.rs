@@ -71,7 +71,7 @@ impl Route {
 /// multi-tenant edge's are): a route with a `host` can only match a request with that Host,
 /// one with an `sni` (and no host) only a connection with that server name. Only routes
 /// with neither key are tried for every query.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
     /// Routes with a `host`, by host, in file order.

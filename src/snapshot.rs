@@ -19,8 +19,12 @@ pub struct Snapshot {
     listeners: HashMap<String, Arc<ListenerSnap>>,
     /// Every backend's pool, in config order.
     backends: Vec<Arc<Pool>>,
+    /// Where each backend's pool is in `backends`, by name: a reload looks up every
+    /// backend of the snapshot before, and must stay linear in their number.
+    by_name: HashMap<Arc<str>, usize>,
 }
 
+#[derive(Clone)]
 pub struct ListenerSnap {
     pub name: Arc<str>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
@@ -80,21 +84,22 @@ impl Snapshot {
                 ))
             })
             .collect();
-        let backends: HashMap<String, Arc<Pool>> = pools
+        let by_name: HashMap<Arc<str>, usize> = pools
             .iter()
-            .map(|p| (p.name.to_string(), p.clone()))
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), i))
             .collect();
         let mut listeners = HashMap::new();
         for l in &config.listeners {
             let mut routes = Vec::with_capacity(l.routes.len());
             for r in &l.routes {
-                let backend =
-                    backends
-                        .get(&r.backend)
-                        .ok_or_else(|| SnapshotError::UnknownBackend {
-                            route: r.name.clone(),
-                            backend: r.backend.clone(),
-                        })?;
+                let backend = by_name
+                    .get(r.backend.as_str())
+                    .map(|&i| &pools[i])
+                    .ok_or_else(|| SnapshotError::UnknownBackend {
+                        route: r.name.clone(),
+                        backend: r.backend.clone(),
+                    })?;
                 routes.push(Arc::new(Route::new(r, backend.clone(), defaults)));
             }
             let routes = RouteTable::new(routes);
@@ -123,11 +128,12 @@ impl Snapshot {
             config: Arc::new(config),
             listeners,
             backends: pools,
+            by_name,
         })
     }
 
     fn backend(&self, name: &str) -> Option<&Arc<Pool>> {
-        self.backends.iter().find(|p| &*p.name == name)
+        self.by_name.get(name).map(|&i| &self.backends[i])
     }
 
     pub fn backends(&self) -> &[Arc<Pool>] {
@@ -145,7 +151,8 @@ impl Snapshot {
         }
         let Some(previous) = previous else { return };
         for old in &previous.backends {
-            if self.backends.iter().any(|p| p.same_servers(old)) {
+            // A kept backend's new pool shares the old one's servers (see `build_after`).
+            if self.backend(&old.name).is_some_and(|p| p.same_servers(old)) {
                 continue;
             }
             old.stop_health();
@@ -154,6 +161,45 @@ impl Snapshot {
                     .is_some_and(|p| p.view().iter().any(|s| s.address == server))
             });
         }
+    }
+
+    /// This snapshot with the certificates of `config`, which is this snapshot's config with
+    /// certificate pairs replaced and nothing else changed. Routes and backend pools carry
+    /// over as they are (their counters and schedules too). Each TLS listener gets a fresh
+    /// ticketer and session cache, as a reload gives it: a client's next handshake is a full
+    /// one that sees the new certificate, rather than resuming a session the old one
+    /// authenticated.
+    pub fn with_certificates(&self, config: Config) -> Result<Snapshot, SnapshotError> {
+        let mut listeners = HashMap::with_capacity(self.listeners.len());
+        for (name, old) in &self.listeners {
+            let tls = config
+                .listeners
+                .iter()
+                .find(|l| l.name == **name)
+                .and_then(|l| l.tls.as_ref());
+            let tls = match (&old.tls, tls) {
+                (Some(_), Some(tls)) => Some(
+                    crate::tls::server_config(tls, old.routes.any_http()).map_err(|source| {
+                        SnapshotError::Tls {
+                            listener: name.clone(),
+                            source,
+                        }
+                    })?,
+                ),
+                _ => old.tls.clone(),
+            };
+            let snap = ListenerSnap {
+                tls,
+                ..ListenerSnap::clone(old)
+            };
+            listeners.insert(name.clone(), Arc::new(snap));
+        }
+        Ok(Snapshot {
+            config: Arc::new(config),
+            listeners,
+            backends: self.backends.clone(),
+            by_name: self.by_name.clone(),
+        })
     }
 
     pub fn listener(&self, name: &str) -> Option<&Arc<ListenerSnap>> {

@@ -22,13 +22,26 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "gateway",
         &[
-            "admin", "listener", "services", "snapshot", "handoff", "config", "metrics", "live",
-            "workers", "error", "shed",
+            "admin",
+            "listener",
+            "services",
+            "snapshot",
+            "handoff",
+            "config",
+            "metrics",
+            "live",
+            "workers",
+            "error",
+            "shed",
+            "certwatch",
         ],
     ),
     // Shedding: picks connections and closes them over a window, by id, through the live
     // table; part of the control plane, split out of lib.rs.
     ("shed", &["services", "live"]),
+    // Watches the certificate files of the config in force; the gateway applies what it
+    // re-reads.
+    ("certwatch", &["certs", "config", "metrics", "error"]),
     // Asks the gateway through `admin::Control`; reaches no connection itself.
     ("admin", &["config", "live"]),
     (

@@ -13,6 +13,7 @@ mod demo;
 
 mod admin;
 mod balance;
+mod certwatch;
 mod cli;
 mod deploy;
 mod http;
