@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
@@ -39,7 +39,13 @@ pub struct ConnInfo {
 pub struct ConnCtx {
     pub id: u64,
     pub listener: Arc<str>,
-    pub client: SocketAddr,
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The client's address from a PROXY header and the address it reached, when the
+    /// listener reads one; set once, before routing.
+    proxied: OnceLock<(SocketAddr, SocketAddr)>,
+    /// The address the client reached, when a backend is sent a PROXY header.
+    local: OnceLock<SocketAddr>,
     pub started: SystemTime,
     pub started_at: Instant,
     info: Mutex<ConnInfo>,
@@ -59,11 +65,13 @@ pub struct ConnCtx {
 }
 
 impl ConnCtx {
-    pub fn new(id: u64, listener: Arc<str>, client: SocketAddr, cancel: CancellationToken) -> Self {
+    pub fn new(id: u64, listener: Arc<str>, peer: SocketAddr, cancel: CancellationToken) -> Self {
         ConnCtx {
             id,
             listener,
-            client,
+            peer,
+            proxied: OnceLock::new(),
+            local: OnceLock::new(),
             started: SystemTime::now(),
             started_at: Instant::now(),
             info: Mutex::new(ConnInfo::default()),
@@ -75,6 +83,41 @@ impl ConnCtx {
             close_reason: AtomicU8::new(CloseReason::Operator as u8),
             close_requested: AtomicBool::new(false),
         }
+    }
+
+    /// The client's address: the one a PROXY header carried, else the TCP peer's.
+    pub fn client(&self) -> SocketAddr {
+        self.proxied.get().map_or(self.peer, |p| p.0)
+    }
+
+    /// The address the client reached: from a PROXY header, else the socket's (when
+    /// [`ConnCtx::set_local`] recorded it).
+    pub fn local(&self) -> Option<SocketAddr> {
+        self.proxied.get().map(|p| p.1).or(self.local.get().copied())
+    }
+
+    /// The address the client reached, for a PROXY header toward a backend: unspecified
+    /// (port 0) when unknown.
+    pub fn reached(&self) -> SocketAddr {
+        self.local().unwrap_or_else(|| {
+            let client = self.client();
+            let any: std::net::IpAddr = if client.is_ipv4() {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            };
+            SocketAddr::new(any, 0)
+        })
+    }
+
+    /// What a PROXY header said; once, before anything reads the client's address.
+    pub fn set_proxied(&self, client: SocketAddr, local: SocketAddr) {
+        let _ = self.proxied.set((client, local));
+        tracing::Span::current().record("client.address", tracing::field::display(client));
+    }
+
+    pub fn set_local(&self, local: SocketAddr) {
+        let _ = self.local.set(local);
     }
 
     /// Asks the connection to close: WebSockets get a Close frame that says why, other
@@ -126,7 +169,7 @@ impl ConnCtx {
         ConnSummary {
             id: self.id,
             listener: self.listener.to_string(),
-            client: self.client.to_string(),
+            client: self.client().to_string(),
             sni: info.sni,
             protocol: info.protocol.map(Protocol::as_str),
             route: info.route.map(|r| r.to_string()),

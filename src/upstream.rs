@@ -11,7 +11,7 @@ use std::time::Duration;
 use prometheus::{Histogram, IntCounter};
 use tokio::net::TcpStream;
 
-use crate::config::BackendConfig;
+use crate::config::{BackendConfig, ProxyVersion};
 use crate::metrics::Metrics;
 
 #[derive(Debug)]
@@ -40,6 +40,8 @@ pub struct Pool {
     schedule: Schedule,
     next: AtomicUsize,
     connect_timeout: Duration,
+    /// Servers expect a PROXY header first.
+    pub send_proxy: Option<ProxyVersion>,
     connect_duration: Histogram,
     connect_errors: IntCounter,
 }
@@ -71,6 +73,7 @@ impl Pool {
             schedule,
             next: AtomicUsize::new(0),
             connect_timeout,
+            send_proxy: config.send_proxy_protocol,
             connect_duration: metrics
                 .backend_connect_duration_seconds
                 .with_label_values(&[&config.name]),
@@ -102,6 +105,24 @@ impl Pool {
             server: String::new(),
             source: io::Error::new(io::ErrorKind::NotFound, "backend has no servers"),
         }))
+    }
+
+    /// Writes the PROXY header the servers expect, if they do, as the connection's first
+    /// bytes: `client` is the client's address, `local` the one it reached. Called right
+    /// after [`Pool::connect`], before anything of the client's.
+    pub async fn send_proxy_header(
+        &self,
+        stream: &mut TcpStream,
+        client: SocketAddr,
+        local: SocketAddr,
+    ) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let header = match self.send_proxy {
+            None => return Ok(()),
+            Some(ProxyVersion::V1) => crate::io::proxy_header::v1(client, local),
+            Some(ProxyVersion::V2) => crate::io::proxy_header::v2(client, local),
+        };
+        stream.write_all(header.as_bytes()).await
     }
 
     async fn connect_one(&self, server: &Server) -> Result<TcpStream, ConnectError> {

@@ -55,22 +55,6 @@ static LISTENER: Section = Section {
     keys: fields_of::<RawListener>,
     unsupported: &[
         (
-            "proxy_protocol",
-            "no PROXY header is read: the client address is the TCP peer; remove the key",
-        ),
-        (
-            "max_connections",
-            "only the process-wide limit exists: set `max_connections` in [defaults] instead",
-        ),
-        (
-            "max_connections_per_ip",
-            "connections are not limited per client address; remove the key",
-        ),
-        (
-            "max_new_connections_per_ip",
-            "new connections are not rate-limited per client address; remove the key",
-        ),
-        (
             "client_cert_header",
             "clients are not asked for certificates, so there is no subject to pass on; remove the key",
         ),
@@ -118,10 +102,6 @@ static BACKEND: Section = Section {
         (
             "passive",
             "servers that fail to connect stay in rotation; remove the key",
-        ),
-        (
-            "send_proxy_protocol",
-            "servers see the gateway's address as the client's; remove the key",
         ),
         (
             "tls",

@@ -51,6 +51,10 @@ pub(super) struct RawListener {
     pub listen: Text,
     pub tls: Option<Spanned<RawTls>>,
     pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
+    pub proxy_protocol: Option<Spanned<bool>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_connections_per_ip: Option<Spanned<i64>>,
+    pub max_new_connections_per_ip: Text,
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
 }
@@ -94,6 +98,7 @@ pub(super) struct RawRoute {
 pub(super) struct RawBackend {
     pub name: Text,
     pub servers: Option<Spanned<Vec<Spanned<RawServer>>>>,
+    pub send_proxy_protocol: Text,
 }
 
 /// A `servers` entry: `"127.0.0.1:9001"` or `{ address = "127.0.0.1:9001", weight = 3 }`.

@@ -369,7 +369,7 @@ impl HttpConn {
                 let trusted = listener
                     .trusted_proxies
                     .iter()
-                    .any(|c| c.contains(self.ctx.client.ip()));
+                    .any(|c| c.contains(self.ctx.client().ip()));
                 if websocket {
                     self.websocket(req, route, &listener, trusted).await
                 } else {
@@ -496,8 +496,21 @@ impl HttpConn {
     }
 
     async fn connect(&self, route: &Route) -> Result<TcpStream, ProxyError> {
-        let (stream, server) = route.backend.connect().await.map_err(ProxyError::Connect)?;
+        let (mut stream, server) = route.backend.connect().await.map_err(ProxyError::Connect)?;
         self.ctx.set_server(&server.address);
+        if route.backend.send_proxy.is_some() {
+            let (client, reached) = (self.ctx.client(), self.ctx.reached());
+            route
+                .backend
+                .send_proxy_header(&mut stream, client, reached)
+                .await
+                .map_err(|source| {
+                    ProxyError::Connect(crate::upstream::ConnectError::Io {
+                        server: server.address.clone(),
+                        source,
+                    })
+                })?;
+        }
         Ok(stream)
     }
 
@@ -536,7 +549,7 @@ impl HttpConn {
         add_forwarding(
             &mut parts.headers,
             &parts.uri,
-            self.ctx.client.ip(),
+            self.ctx.client().ip(),
             self.tls,
             trusted,
         );
@@ -637,7 +650,7 @@ impl HttpConn {
         add_forwarding(
             &mut parts.headers,
             &parts.uri,
-            self.ctx.client.ip(),
+            self.ctx.client().ip(),
             self.tls,
             trusted,
         );
