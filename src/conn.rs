@@ -631,7 +631,12 @@ servers = ["127.0.0.1:9"]
         let snapshot = Arc::new(Snapshot::build(config, &metrics).unwrap());
         let services = Arc::new(Services::new(snapshot, metrics));
         let limit = crate::live::ConnLimit::new(1);
-        let permit = limit.try_acquire().unwrap();
+        let permits = Permits {
+            global: limit.try_acquire().unwrap(),
+            listener: crate::live::ConnLimit::new(usize::MAX).try_acquire().unwrap(),
+            ip: None,
+            ip_table: None,
+        };
         let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let ctx = Arc::new(ConnCtx::new(
             services.live.next_id(),
@@ -656,7 +661,7 @@ servers = ["127.0.0.1:9"]
                 ctx,
                 services: services.clone(),
                 span: tracing::Span::none(),
-                permit,
+                permits,
                 done: false,
             };
             tokio::spawn(async move {

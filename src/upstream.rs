@@ -272,6 +272,7 @@ mod tests {
                     address: address.clone(),
                     weight: 1,
                 }],
+                send_proxy_protocol: None,
             };
             let metrics = crate::metrics::Metrics::new();
             let pool = Pool::new(&config, std::time::Duration::from_secs(2), &metrics);

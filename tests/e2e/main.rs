@@ -16,6 +16,7 @@ mod cli;
 mod deploy;
 mod http;
 mod limits;
+mod proxy_protocol;
 mod python;
 mod reload;
 mod support;
