@@ -294,11 +294,7 @@ async fn proxied(
     let Some(table) = ip_table else {
         return Ok(None);
     };
-    match table.admit(
-        ctx.client().ip(),
-        listener.ip_rules(),
-        Instant::now(),
-    ) {
+    match table.admit(ctx.client().ip(), listener.ip_rules(), Instant::now()) {
         Ok(permit) => Ok(Some(permit)),
         Err(refused) => {
             count(refused.reason());
@@ -447,7 +443,10 @@ async fn tcp_path(
         }
     };
     if route.backend.send_proxy.is_some()
-        && let Err(source) = route.backend.send_proxy_header(&mut backend, ctx.client(), ctx.reached()).await
+        && let Err(source) = route
+            .backend
+            .send_proxy_header(&mut backend, ctx.client(), ctx.reached())
+            .await
     {
         close_gently(&mut client).await;
         return Err(ConnError::Connect(ConnectError::Io {
@@ -633,7 +632,9 @@ servers = ["127.0.0.1:9"]
         let limit = crate::live::ConnLimit::new(1);
         let permits = Permits {
             global: limit.try_acquire().unwrap(),
-            listener: crate::live::ConnLimit::new(usize::MAX).try_acquire().unwrap(),
+            listener: crate::live::ConnLimit::new(usize::MAX)
+                .try_acquire()
+                .unwrap(),
             ip: None,
             ip_table: None,
         };

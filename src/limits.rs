@@ -212,7 +212,11 @@ mod tests {
         drop(a);
         let c = table.admit(ip(1), rules, now).unwrap();
         drop((b, c, other));
-        assert_eq!(table.len(), 0, "closed addresses without a rate leave at once");
+        assert_eq!(
+            table.len(),
+            0,
+            "closed addresses without a rate leave at once"
+        );
     }
 
     #[test]
@@ -252,7 +256,10 @@ mod tests {
             }
             assert!(table.len() <= cap, "{} addresses tracked", table.len());
         }
-        assert!(refused > 90_000, "the full table refuses new addresses: {refused}");
+        assert!(
+            refused > 90_000,
+            "the full table refuses new addresses: {refused}"
+        );
         // Once the windows pass and the connections close, the table empties and admits.
         drop(held);
         let later = t0 + Duration::from_secs(61);

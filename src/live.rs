@@ -93,7 +93,10 @@ impl ConnCtx {
     /// The address the client reached: from a PROXY header, else the socket's (when
     /// [`ConnCtx::set_local`] recorded it).
     pub fn local(&self) -> Option<SocketAddr> {
-        self.proxied.get().map(|p| p.1).or(self.local.get().copied())
+        self.proxied
+            .get()
+            .map(|p| p.1)
+            .or(self.local.get().copied())
     }
 
     /// The address the client reached, for a PROXY header toward a backend: unspecified

@@ -86,7 +86,10 @@ async fn read_header(tcp: &mut TcpStream) -> Result<Header, ProxyHeaderError> {
             return Err(ProxyHeaderError::Malformed("v1 line longer than 107 bytes"));
         }
         // Whatever is queued, without taking it: the bytes after the CRLF are the client's.
-        let n = tcp.peek(&mut buf[have..]).await.map_err(ProxyHeaderError::Io)?;
+        let n = tcp
+            .peek(&mut buf[have..])
+            .await
+            .map_err(ProxyHeaderError::Io)?;
         if n == 0 {
             return Err(ProxyHeaderError::Truncated);
         }
@@ -189,9 +192,7 @@ pub fn parse_v2(fixed: &[u8; 16], addresses: &[u8]) -> Result<Header, &'static s
 
 /// A v1 line, CRLF included.
 pub fn parse_v1(line: &[u8]) -> Result<Header, &'static str> {
-    let line = line
-        .strip_suffix(b"\r\n")
-        .ok_or("v1 line without CRLF")?;
+    let line = line.strip_suffix(b"\r\n").ok_or("v1 line without CRLF")?;
     let line = std::str::from_utf8(line).map_err(|_| "v1 line is not text")?;
     let mut fields = line.split(' ');
     if fields.next() != Some("PROXY") {
@@ -236,9 +237,18 @@ mod tests {
 
     fn addrs() -> [(SocketAddr, SocketAddr); 3] {
         [
-            ("192.0.2.7:40000".parse().unwrap(), "10.0.0.1:443".parse().unwrap()),
-            ("[2001:db8::7]:1".parse().unwrap(), "[::1]:65535".parse().unwrap()),
-            ("203.0.113.9:5".parse().unwrap(), "[2001:db8::1]:80".parse().unwrap()),
+            (
+                "192.0.2.7:40000".parse().unwrap(),
+                "10.0.0.1:443".parse().unwrap(),
+            ),
+            (
+                "[2001:db8::7]:1".parse().unwrap(),
+                "[::1]:65535".parse().unwrap(),
+            ),
+            (
+                "203.0.113.9:5".parse().unwrap(),
+                "[2001:db8::1]:80".parse().unwrap(),
+            ),
         ]
     }
 

@@ -31,16 +31,29 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "listener",
         &[
-            "conn", "services", "snapshot", "limits", "handoff", "live", "io", "workers",
-            "config",
+            "conn", "services", "snapshot", "limits", "handoff", "live", "io", "workers", "config",
         ],
     ),
     // The pipeline: calls every stage in order and maps their errors and ends.
     (
         "conn",
         &[
-            "http", "proxy_header", "tls", "detect", "route", "limits", "upstream", "relay", "services", "snapshot", "live",
-            "metrics", "shutdown", "io", "error", "config",
+            "http",
+            "proxy_header",
+            "tls",
+            "detect",
+            "route",
+            "limits",
+            "upstream",
+            "relay",
+            "services",
+            "snapshot",
+            "live",
+            "metrics",
+            "shutdown",
+            "io",
+            "error",
+            "config",
         ],
     ),
     // The HTTP stage routes and connects per request, so it uses route and upstream.

@@ -53,12 +53,10 @@ static DEFAULTS: Section = Section {
 static LISTENER: Section = Section {
     name: "[[listener]]",
     keys: fields_of::<RawListener>,
-    unsupported: &[
-        (
-            "client_cert_header",
-            "clients are not asked for certificates, so there is no subject to pass on; remove the key",
-        ),
-    ],
+    unsupported: &[(
+        "client_cert_header",
+        "clients are not asked for certificates, so there is no subject to pass on; remove the key",
+    )],
     children: &[("tls", &TLS), ("route", &ROUTE)],
 };
 

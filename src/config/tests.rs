@@ -1553,7 +1553,10 @@ send_proxy_protocol = "v2"
     );
     let plain = &config.listeners[1];
     assert!(!plain.proxy_protocol);
-    assert_eq!((plain.max_connections, plain.max_connections_per_ip), (None, None));
+    assert_eq!(
+        (plain.max_connections, plain.max_connections_per_ip),
+        (None, None)
+    );
     assert_eq!(
         plain.max_new_connections_per_ip,
         Some(Rate {
@@ -1561,7 +1564,10 @@ send_proxy_protocol = "v2"
             per: Duration::from_secs(60)
         })
     );
-    assert_eq!(config.backends[0].send_proxy_protocol, Some(ProxyVersion::V2));
+    assert_eq!(
+        config.backends[0].send_proxy_protocol,
+        Some(ProxyVersion::V2)
+    );
 }
 
 #[test]

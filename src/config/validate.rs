@@ -308,7 +308,9 @@ impl Validator<'_, '_> {
             Some((count, _)) => {
                 self.report.error(
                     raw.span(),
-                    format!("`{key}` = \"{text}\" must allow 1 to {MAX_RATE} connections, found {count}"),
+                    format!(
+                        "`{key}` = \"{text}\" must allow 1 to {MAX_RATE} connections, found {count}"
+                    ),
                     "remove the key for no limit",
                 );
                 None
@@ -412,7 +414,9 @@ impl Validator<'_, '_> {
         let proxy_protocol = l.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref());
         if let Some(p) = &l.proxy_protocol
             && *p.get_ref()
-            && l.trusted_proxies.as_ref().is_none_or(|t| t.get_ref().is_empty())
+            && l.trusted_proxies
+                .as_ref()
+                .is_none_or(|t| t.get_ref().is_empty())
         {
             self.report.error(
                 p.span(),
@@ -889,7 +893,9 @@ impl Validator<'_, '_> {
                 other => {
                     self.report.error(
                         v.span(),
-                        format!("`send_proxy_protocol` = \"{other}\" is not a PROXY protocol version"),
+                        format!(
+                            "`send_proxy_protocol` = \"{other}\" is not a PROXY protocol version"
+                        ),
                         r#"write "v1" (text) or "v2" (binary), whichever the servers expect"#,
                     );
                     None

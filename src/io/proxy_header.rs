@@ -107,7 +107,10 @@ mod tests {
     fn v1_lines() {
         let c: SocketAddr = "192.0.2.7:40000".parse().unwrap();
         let l: SocketAddr = "10.0.0.1:443".parse().unwrap();
-        assert_eq!(v1(c, l).as_bytes(), b"PROXY TCP4 192.0.2.7 10.0.0.1 40000 443\r\n");
+        assert_eq!(
+            v1(c, l).as_bytes(),
+            b"PROXY TCP4 192.0.2.7 10.0.0.1 40000 443\r\n"
+        );
         let c6: SocketAddr = "[2001:db8::1]:5".parse().unwrap();
         assert_eq!(
             v1(c6, l).as_bytes(),

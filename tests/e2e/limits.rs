@@ -384,9 +384,10 @@ servers = ["{backend}"]
 }
 
 async fn rejected(gw: &Gateway, reason: &str) -> f64 {
-    gw.metrics()
-        .await
-        .get("sockgate_rejected_total", &[("listener", "edge"), ("reason", reason)])
+    gw.metrics().await.get(
+        "sockgate_rejected_total",
+        &[("listener", "edge"), ("reason", reason)],
+    )
 }
 
 /// An echoed connection from `source`, or `None` when the gateway closed it.
@@ -476,10 +477,16 @@ async fn max_new_connections_per_ip_refuses_the_one_over_the_rate() {
     if closed {
         assert_eq!(rejected(&gw, "rate").await, 1.0);
     }
-    assert!(echoed_from("127.0.0.2", addr).await.is_some(), "another address");
+    assert!(
+        echoed_from("127.0.0.2", addr).await.is_some(),
+        "another address"
+    );
     // A second later the window starts over.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert!(echoed_from("127.0.0.1", addr).await.is_some(), "next window");
+    assert!(
+        echoed_from("127.0.0.1", addr).await.is_some(),
+        "next window"
+    );
 }
 
 #[tokio::test]
@@ -495,7 +502,10 @@ async fn a_plaintext_http_listener_over_a_limit_answers_503() {
     // One held open (keep-alive, nothing sent).
     let _held = TcpStream::connect(addr).await.unwrap();
     eventually("the first connection is counted", || async {
-        http_get(gw.admin(), "/connections").await.1.contains("\"client\"")
+        http_get(gw.admin(), "/connections")
+            .await
+            .1
+            .contains("\"client\"")
     })
     .await;
     let mut over = TcpStream::connect(addr).await.unwrap();

@@ -32,9 +32,7 @@ fn v2_header(client: SocketAddr, local: SocketAddr) -> Vec<u8> {
 /// Connects from `source` (any address of 127/8 routes to lo on Linux).
 pub async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();
-    socket
-        .bind(format!("{source}:0").parse().unwrap())
-        .unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
     socket.connect(to).await.unwrap()
 }
 
@@ -77,9 +75,10 @@ async fn connections(gw: &Gateway) -> String {
 }
 
 async fn rejected(gw: &Gateway, reason: &str) -> f64 {
-    gw.metrics()
-        .await
-        .get("sockgate_rejected_total", &[("listener", "edge"), ("reason", reason)])
+    gw.metrics().await.get(
+        "sockgate_rejected_total",
+        &[("listener", "edge"), ("reason", reason)],
+    )
 }
 
 /// Whether the gateway closes `stream` within `limit`, without a byte.
@@ -132,7 +131,10 @@ async fn v1_and_v2_addresses_are_the_clients_for_http_forwarding_and_connections
         assert!(!page.contains("192.0.2.66"), "{page}");
         // The connection is still open (keep-alive): /connections names the header's client.
         let listed = connections(&gw).await;
-        assert!(listed.contains(&format!("\"client\":\"{client}\"")), "{listed}");
+        assert!(
+            listed.contains(&format!("\"client\":\"{client}\"")),
+            "{listed}"
+        );
         drop(sender);
     }
 }
@@ -156,7 +158,10 @@ async fn tcp_bytes_after_the_header_and_tls_after_it_are_untouched() {
         .unwrap();
     assert!(got == payload, "the relayed bytes differ");
     let listed = connections(&gw).await;
-    assert!(listed.contains("\"client\":\"203.0.113.7:40000\""), "{listed}");
+    assert!(
+        listed.contains("\"client\":\"203.0.113.7:40000\""),
+        "{listed}"
+    );
     drop(tcp);
 
     // TLS: the header precedes the ClientHello, in the same write.
@@ -180,7 +185,10 @@ async fn tcp_bytes_after_the_header_and_tls_after_it_are_untouched() {
     tls.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"over tls");
     let listed = connections(&gw).await;
-    assert!(listed.contains("\"client\":\"198.51.100.9:5555\""), "{listed}");
+    assert!(
+        listed.contains("\"client\":\"198.51.100.9:5555\""),
+        "{listed}"
+    );
 }
 
 #[tokio::test]
@@ -242,7 +250,10 @@ async fn bad_truncated_and_slow_headers_are_closed_within_detect_timeout_and_cou
             "{:?}",
             String::from_utf8_lossy(bytes)
         );
-        assert!(started.elapsed() < Duration::from_millis(250), "not at once");
+        assert!(
+            started.elapsed() < Duration::from_millis(250),
+            "not at once"
+        );
     }
     assert_eq!(rejected(&gw, "bad_proxy_header").await, 5.0);
 
