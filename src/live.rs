@@ -41,11 +41,10 @@ pub struct ConnCtx {
     pub listener: Arc<str>,
     /// The TCP peer.
     pub peer: SocketAddr,
-    /// The client's address from a PROXY header and the address it reached, when the
-    /// listener reads one; set once, before routing.
-    proxied: OnceLock<(SocketAddr, SocketAddr)>,
-    /// The address the client reached, when a backend is sent a PROXY header.
-    local: OnceLock<SocketAddr>,
+    /// What the client reached, and its address when a PROXY header named it (else the
+    /// peer is the client). Set once, before routing; unset when neither a PROXY header nor
+    /// a backend's `send_proxy_protocol` needs it.
+    reached: OnceLock<(Option<SocketAddr>, SocketAddr)>,
     pub started: SystemTime,
     pub started_at: Instant,
     info: Mutex<ConnInfo>,
@@ -70,8 +69,7 @@ impl ConnCtx {
             id,
             listener,
             peer,
-            proxied: OnceLock::new(),
-            local: OnceLock::new(),
+            reached: OnceLock::new(),
             started: SystemTime::now(),
             started_at: Instant::now(),
             info: Mutex::new(ConnInfo::default()),
@@ -87,24 +85,20 @@ impl ConnCtx {
 
     /// The client's address: the one a PROXY header carried, else the TCP peer's.
     pub fn client(&self) -> SocketAddr {
-        self.proxied.get().map_or(self.peer, |p| p.0)
+        self.reached.get().and_then(|r| r.0).unwrap_or(self.peer)
     }
 
     /// The address the client reached: from a PROXY header, else the socket's (when
     /// [`ConnCtx::set_local`] recorded it).
     pub fn local(&self) -> Option<SocketAddr> {
-        self.proxied
-            .get()
-            .map(|p| p.1)
-            .or(self.local.get().copied())
+        self.reached.get().map(|r| r.1)
     }
 
     /// The address the client reached, for a PROXY header toward a backend: unspecified
     /// (port 0) when unknown.
     pub fn reached(&self) -> SocketAddr {
         self.local().unwrap_or_else(|| {
-            let client = self.client();
-            let any: std::net::IpAddr = if client.is_ipv4() {
+            let any: std::net::IpAddr = if self.client().is_ipv4() {
                 std::net::Ipv4Addr::UNSPECIFIED.into()
             } else {
                 std::net::Ipv6Addr::UNSPECIFIED.into()
@@ -115,12 +109,13 @@ impl ConnCtx {
 
     /// What a PROXY header said; once, before anything reads the client's address.
     pub fn set_proxied(&self, client: SocketAddr, local: SocketAddr) {
-        let _ = self.proxied.set((client, local));
+        let _ = self.reached.set((Some(client), local));
         tracing::Span::current().record("client.address", tracing::field::display(client));
     }
 
+    /// The socket's own address, when no PROXY header gave one.
     pub fn set_local(&self, local: SocketAddr) {
-        let _ = self.local.set(local);
+        let _ = self.reached.set((None, local));
     }
 
     /// Asks the connection to close: WebSockets get a Close frame that says why, other

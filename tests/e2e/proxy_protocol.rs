@@ -504,3 +504,91 @@ async fn per_ip_limits_count_the_address_in_the_header() {
     }
     assert!(back, "the client's place never came back");
 }
+
+#[tokio::test]
+async fn a_websocket_upgrade_connection_starts_with_the_header_too() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let pki = Pki::new();
+    let (listener, backend) = listen().await;
+    let (tx, mut saw) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let Some(addrs) = read_header(&mut stream).await else {
+                    return;
+                };
+                let _ = tx.send(addrs);
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if message.is_text() && ws.send(message).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(
+        pki.path(),
+        &sending_config("websocket", backend, "v2", false),
+    )
+    .await;
+    let tcp = TcpStream::connect(gw.addr("edge")).await.unwrap();
+    let client = tcp.local_addr().unwrap();
+    let (mut ws, response) = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_tungstenite::client_async("ws://localhost/ws", tcp),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(response.status(), 101);
+    ws.send(Message::text("hi")).await.unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, Message::text("hi"));
+    assert_eq!(saw.recv().await.unwrap(), (client, gw.addr("edge")));
+}
+
+#[tokio::test]
+async fn the_access_log_names_the_client_in_the_header() {
+    let echo = tcp_echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sockgate.toml");
+    std::fs::write(&path, config(false, "tcp", echo, "")).unwrap();
+    let path = path.to_str().unwrap().to_owned();
+    let mut gw = Binary::spawn(&["--config", &path, "--log-format", "json"], dir);
+    let ready = gw.ready().await;
+    let addr: SocketAddr = ready["listeners"]["edge"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 203.0.113.7 10.0.0.1 40000 80\r\nhello")
+        .await
+        .unwrap();
+    let mut got = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    drop(tcp);
+    eventually("the access-log event", || {
+        let stderr = gw.stderr();
+        async move {
+            stderr.lines().any(|l| {
+                l.contains("connection finished")
+                    && l.contains("\"client.address\":\"203.0.113.7:40000\"")
+            })
+        }
+    })
+    .await;
+}
