@@ -1,7 +1,7 @@
 //! The per-connection pipeline, top to bottom:
 //!
 //! ```text
-//! accept ─► TLS handshake (SNI → cert, ALPN) ─► detect ─► route ─► connect ─► relay ─► finish
+//! accept ─► [PROXY header] ─► TLS handshake (SNI → cert, ALPN) ─► detect ─► route ─► connect ─► relay ─► finish
 //! ```
 //!
 //! [`serve`] runs one connection in its own task. Each stage returns the next stream or a
@@ -25,7 +25,9 @@ use crate::config::Protocol;
 use crate::detect::{self, DetectError, Detected};
 use crate::error::Side;
 use crate::io::{ClientStream, Rewind};
+use crate::limits::{IpPermit, IpTable};
 use crate::live::{ConnCtx, Permit, access_event};
+use crate::proxy_header::{self, Header, ProxyHeaderError};
 use crate::relay::tcp::{self as tcp_relay, Flow};
 use crate::relay::{self, RelayEnd};
 use crate::route::{Route, RouteQuery};
@@ -49,6 +51,10 @@ pub enum Finish {
 /// Which stage failed and why. The side follows from the variant.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
+    #[error(transparent)]
+    ProxyHeader(ProxyHeaderError),
+    #[error("refused: over the listener's limit ({0})")]
+    Refused(&'static str),
     #[error("TLS handshake failed")]
     Tls(#[source] io::Error),
     #[error("TLS handshake timed out")]
@@ -70,6 +76,8 @@ pub enum ConnError {
 impl ConnError {
     pub fn stage(&self) -> &'static str {
         match self {
+            ConnError::ProxyHeader(_) => "proxy_header",
+            ConnError::Refused(_) => "limits",
             ConnError::Tls(_) | ConnError::TlsTimeout => "tls",
             ConnError::Detect(_) => "detect",
             ConnError::NoRoute => "route",
@@ -84,7 +92,9 @@ impl ConnError {
     /// Who is to blame: `client`, `backend`, or `gateway`.
     pub fn side(&self) -> &'static str {
         match self {
-            ConnError::Tls(_)
+            ConnError::ProxyHeader(_)
+            | ConnError::Refused(_)
+            | ConnError::Tls(_)
             | ConnError::TlsTimeout
             | ConnError::Detect(_)
             | ConnError::Http(http::Error::Http(_) | http::Error::HeadTimeout) => "client",
@@ -116,8 +126,22 @@ pub struct WebSocketReady {
     lease: Lease,
 }
 
-/// Runs one accepted connection through the whole pipeline. `permit` (the `max_connections`
-/// slot) is held until the connection ends.
+/// The places a connection holds under the limits, given back when it ends.
+pub struct Permits {
+    /// `[defaults] max_connections`.
+    #[expect(dead_code, reason = "held for its drop")]
+    pub global: Permit,
+    /// The listener's `max_connections`.
+    #[expect(dead_code, reason = "held for its drop")]
+    pub listener: Permit,
+    /// The client address's place under the per-address limits.
+    pub ip: Option<IpPermit>,
+    /// Per-address limits still to check, on the address a PROXY header carries.
+    pub ip_table: Option<Arc<IpTable>>,
+}
+
+/// Runs one accepted connection through the whole pipeline. `permits` (its places under
+/// the limits) are held until the connection ends.
 ///
 /// A plain function returning an `async move` block rather than an `async fn`: an `async fn`
 /// keeps a second copy of its arguments in the task for the connection's whole life.
@@ -126,22 +150,18 @@ pub struct WebSocketReady {
     reason = "an async fn would store its arguments twice in every connection's task"
 )]
 pub fn serve(
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     peer: SocketAddr,
-    listener: Arc<str>,
+    lsnap: Arc<ListenerSnap>,
     services: Arc<Services>,
-    permit: Permit,
+    permits: Permits,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        // The TLS configuration comes from the snapshot in force now; the route is picked on
-        // the one in force when detection is done (see `pipeline`).
-        let Some(lsnap) = services.snapshot().listener(&listener).cloned() else {
-            drop(permit);
-            return;
-        };
+        // The TLS configuration comes from the snapshot in force at accept; the route is
+        // picked on the one in force when detection is done (see `pipeline`).
         let ctx = Arc::new(ConnCtx::new(
             services.live.next_id(),
-            listener,
+            lsnap.name.clone(),
             peer,
             services.shutdown.stop_token().child_token(),
         ));
@@ -150,6 +170,7 @@ pub fn serve(
             "conn",
             conn.id = ctx.id,
             network.peer.address = %peer,
+            client.address = Empty,
             listener = %ctx.listener,
             tls.sni = Empty,
             route = Empty,
@@ -162,9 +183,30 @@ pub fn serve(
             ctx,
             services,
             span,
-            permit,
+            permits,
             done: false,
         };
+        if lsnap.proxy_protocol {
+            let admitted = Box::pin(proxied(
+                &mut tcp,
+                &finishing.ctx,
+                &lsnap,
+                &finishing.services,
+                finishing.permits.ip_table.take(),
+            ))
+            .instrument(finishing.span.clone())
+            .await;
+            match admitted {
+                Ok(ip) => finishing.permits.ip = ip,
+                Err(e) => return finishing.finish(Err(e)),
+            }
+        }
+        if lsnap.sends_proxy_header
+            && finishing.ctx.local().is_none()
+            && let Ok(local) = tcp.local_addr()
+        {
+            finishing.ctx.set_local(local);
+        }
         let Finishing {
             ctx,
             services,
@@ -201,9 +243,8 @@ struct Finishing {
     ctx: Arc<ConnCtx>,
     services: Arc<Services>,
     span: tracing::Span,
-    /// The `max_connections` place, given back once the connection is finished.
-    #[expect(dead_code, reason = "held for its drop")]
-    permit: Permit,
+    /// The places under the limits, given back once the connection is finished.
+    permits: Permits,
     done: bool,
 }
 
@@ -229,6 +270,49 @@ impl Drop for Finishing {
                 );
             }
             self.finish(Err(ConnError::Aborted));
+        }
+    }
+}
+
+/// The PROXY header stage, then the per-address limits on the address it carries. Over
+/// them, or with a bad header, the connection is closed and counted.
+async fn proxied(
+    tcp: &mut TcpStream,
+    ctx: &ConnCtx,
+    listener: &ListenerSnap,
+    services: &Services,
+    ip_table: Option<Arc<IpTable>>,
+) -> Result<Option<IpPermit>, ConnError> {
+    let count = |reason: &str| {
+        services
+            .metrics
+            .rejected_total
+            .with_label_values(&[&listener.name, reason])
+            .inc();
+    };
+    let header = unless_closed(ctx, async {
+        proxy_header::read(tcp, listener.defaults.detect_timeout)
+            .await
+            .map_err(|e| {
+                count(e.reason());
+                ConnError::ProxyHeader(e)
+            })
+    })
+    .await?;
+    if let Header::Proxied { client, local } = header {
+        ctx.set_proxied(client, local);
+    }
+    let Some(table) = ip_table else {
+        return Ok(None);
+    };
+    match table.admit(ctx.client().ip(), listener.ip_rules(), Instant::now()) {
+        Ok(permit) => Ok(Some(permit)),
+        Err(refused) => {
+            count(refused.reason());
+            if listener.tls.is_none() && listener.detect {
+                let _ = tcp.try_write(crate::limits::REFUSED_503);
+            }
+            Err(ConnError::Refused(refused.reason()))
         }
     }
 }
@@ -374,7 +458,7 @@ async fn tcp_path(
     };
     ctx.set_route(&route.name, &route.backend.name);
     // TCP has no request: only `hash_on = "client_ip"` finds its key.
-    let affinity = route.backend.affinity(ctx.client.ip(), None);
+    let affinity = route.backend.affinity(ctx.client().ip(), None);
     let connected = unless_closed(ctx, async {
         route
             .backend
@@ -391,6 +475,18 @@ async fn tcp_path(
             return Err(e);
         }
     };
+    if route.backend.send_proxy.is_some()
+        && let Err(source) = route
+            .backend
+            .send_proxy_header(&mut backend, ctx.client(), ctx.reached())
+            .await
+    {
+        close_gently(&mut client).await;
+        return Err(ConnError::Connect(ConnectError::Io {
+            server: lease.address().to_owned(),
+            source,
+        }));
+    }
     ctx.set_server(lease.address());
 
     let counters =
@@ -542,7 +638,14 @@ servers = ["127.0.0.1:9"]
         let snapshot = Arc::new(Snapshot::build(config, &metrics).unwrap());
         let services = Arc::new(Services::new(snapshot, metrics));
         let limit = crate::live::ConnLimit::new(1);
-        let permit = limit.try_acquire().unwrap();
+        let permits = Permits {
+            global: limit.try_acquire().unwrap(),
+            listener: crate::live::ConnLimit::new(usize::MAX)
+                .try_acquire()
+                .unwrap(),
+            ip: None,
+            ip_table: None,
+        };
         let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let ctx = Arc::new(ConnCtx::new(
             services.live.next_id(),
@@ -567,7 +670,7 @@ servers = ["127.0.0.1:9"]
                 ctx,
                 services: services.clone(),
                 span: tracing::Span::none(),
-                permit,
+                permits,
                 done: false,
             };
             tokio::spawn(async move {

@@ -12,8 +12,11 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::conn::Permits;
+use crate::limits::IpTable;
 use crate::live::ConnLimit;
 use crate::services::Services;
+use crate::snapshot::ListenerSnap;
 use crate::workers::Workers;
 
 /// A listener's address could not be bound.
@@ -150,13 +153,20 @@ impl Pending {
         let stop = CancellationToken::new();
         let name: Arc<str> = self.name.as_str().into();
         let copies = crate::handoff::Copies::default();
+        // Shared by the listener's accept loops on every worker; they outlive reloads, so
+        // counts carry on while a reload changes the limits.
+        let limits = ListenerLimits {
+            global: limit.clone(),
+            listener: ConnLimit::new(usize::MAX),
+            per_ip: IpTable::new(),
+        };
         for (i, socket) in self.sockets.into_iter().enumerate() {
             let copy = copies.keep(&socket);
             let accept = accept_loop(
                 socket,
                 name.clone(),
                 services.clone(),
-                limit.clone(),
+                limits.clone(),
                 stop.clone(),
             );
             let accept = async move {
@@ -181,11 +191,32 @@ impl Pending {
     }
 }
 
+/// The counts one listener's connections are admitted against.
+#[derive(Clone)]
+struct ListenerLimits {
+    /// `[defaults] max_connections`, shared by every listener.
+    global: Arc<ConnLimit>,
+    /// The listener's `max_connections` (unlimited when not set).
+    listener: Arc<ConnLimit>,
+    /// `max_connections_per_ip`, `max_new_connections_per_ip`.
+    per_ip: Arc<IpTable>,
+}
+
+/// Closes a connection refused at once. Plaintext HTTP listeners answer 503 first (SPEC),
+/// with one non-blocking `write(2)`; a TLS client only sees the close: a handshake would cost
+/// more than the refused connection is worth.
+pub fn refuse(tcp: tokio::net::TcpStream, listener: Option<&ListenerSnap>) {
+    if listener.is_some_and(|l| l.tls.is_none() && l.detect) {
+        let _ = tcp.try_write(crate::limits::REFUSED_503);
+    }
+    drop(tcp);
+}
+
 async fn accept_loop(
     socket: std::net::TcpListener,
     name: Arc<str>,
     services: Arc<Services>,
-    limit: Arc<ConnLimit>,
+    limits: ListenerLimits,
     stop: CancellationToken,
 ) {
     let socket = match TcpListener::from_std(socket) {
@@ -211,22 +242,66 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Some(permit) = limit.try_acquire() else {
-            services
-                .metrics
-                .rejected_total
-                .with_label_values(&[&name, "max_connections"])
-                .inc();
-            tracing::debug!(listener = %name, client = %peer, "max_connections reached; closed");
+        // The snapshot in force now: its limits, and the TLS configuration the connection
+        // starts with.
+        let lsnap = services.snapshot().listener(&name).cloned();
+        let Some(lsnap) = lsnap else {
             drop(tcp);
             continue;
         };
+        let reject = |tcp: tokio::net::TcpStream, reason: &'static str| {
+            services
+                .metrics
+                .rejected_total
+                .with_label_values(&[&name, reason])
+                .inc();
+            tracing::debug!(listener = %name, network.peer.address = %peer, reason, "connection refused");
+            refuse(tcp, Some(&lsnap));
+        };
+        let Some(global) = limits.global.try_acquire() else {
+            reject(tcp, "max_connections");
+            continue;
+        };
+        limits
+            .listener
+            .set_max(lsnap.max_connections.unwrap_or(usize::MAX));
+        let Some(listener) = limits.listener.try_acquire() else {
+            reject(tcp, "max_connections");
+            continue;
+        };
+        let mut permits = Permits {
+            global,
+            listener,
+            ip: None,
+            ip_table: None,
+        };
+        if lsnap.proxy_protocol {
+            if !lsnap.trusts(peer.ip()) {
+                reject(tcp, "untrusted_proxy");
+                continue;
+            }
+            // The address that counts is the one in the header: checked after it.
+            if lsnap.limits_per_ip() {
+                permits.ip_table = Some(limits.per_ip.clone());
+            }
+        } else if lsnap.limits_per_ip() {
+            match limits
+                .per_ip
+                .admit(peer.ip(), lsnap.ip_rules(), std::time::Instant::now())
+            {
+                Ok(permit) => permits.ip = Some(permit),
+                Err(refused) => {
+                    reject(tcp, refused.reason());
+                    continue;
+                }
+            }
+        }
         services.shutdown.spawn(crate::conn::serve(
             tcp,
             peer,
-            name.clone(),
+            lsnap,
             services.clone(),
-            permit,
+            permits,
         ));
     }
     tracing::debug!(listener = %name, "stopped accepting");

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
@@ -42,7 +42,12 @@ pub struct ConnInfo {
 pub struct ConnCtx {
     pub id: u64,
     pub listener: Arc<str>,
-    pub client: SocketAddr,
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// What the client reached, and its address when a PROXY header named it (else the
+    /// peer is the client). Set once, before routing; unset when neither a PROXY header nor
+    /// a backend's `send_proxy_protocol` needs it.
+    reached: OnceLock<(Option<SocketAddr>, SocketAddr)>,
     pub started: SystemTime,
     pub started_at: Instant,
     info: Mutex<ConnInfo>,
@@ -64,11 +69,12 @@ pub struct ConnCtx {
 }
 
 impl ConnCtx {
-    pub fn new(id: u64, listener: Arc<str>, client: SocketAddr, cancel: CancellationToken) -> Self {
+    pub fn new(id: u64, listener: Arc<str>, peer: SocketAddr, cancel: CancellationToken) -> Self {
         ConnCtx {
             id,
             listener,
-            client,
+            peer,
+            reached: OnceLock::new(),
             started: SystemTime::now(),
             started_at: Instant::now(),
             info: Mutex::new(ConnInfo::default()),
@@ -81,6 +87,41 @@ impl ConnCtx {
             close_requested: AtomicBool::new(false),
             shed_picked: AtomicBool::new(false),
         }
+    }
+
+    /// The client's address: the one a PROXY header carried, else the TCP peer's.
+    pub fn client(&self) -> SocketAddr {
+        self.reached.get().and_then(|r| r.0).unwrap_or(self.peer)
+    }
+
+    /// The address the client reached: from a PROXY header, else the socket's (when
+    /// [`ConnCtx::set_local`] recorded it).
+    pub fn local(&self) -> Option<SocketAddr> {
+        self.reached.get().map(|r| r.1)
+    }
+
+    /// The address the client reached, for a PROXY header toward a backend: unspecified
+    /// (port 0) when unknown.
+    pub fn reached(&self) -> SocketAddr {
+        self.local().unwrap_or_else(|| {
+            let any: std::net::IpAddr = if self.client().is_ipv4() {
+                std::net::Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                std::net::Ipv6Addr::UNSPECIFIED.into()
+            };
+            SocketAddr::new(any, 0)
+        })
+    }
+
+    /// What a PROXY header said; once, before anything reads the client's address.
+    pub fn set_proxied(&self, client: SocketAddr, local: SocketAddr) {
+        let _ = self.reached.set((Some(client), local));
+        tracing::Span::current().record("client.address", tracing::field::display(client));
+    }
+
+    /// The socket's own address, when no PROXY header gave one.
+    pub fn set_local(&self, local: SocketAddr) {
+        let _ = self.reached.set((None, local));
     }
 
     /// Asks the connection to close: WebSockets get a Close frame that says why, other
@@ -152,7 +193,7 @@ impl ConnCtx {
         ConnSummary {
             id: self.id,
             listener: self.listener.clone(),
-            client: self.client,
+            client: self.client(),
             sni: info.sni,
             alpn: info.alpn,
             protocol: info.protocol.map(Protocol::as_str),

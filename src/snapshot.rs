@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{Cidr, Config, Defaults};
+use crate::config::{Cidr, Config, Defaults, Rate};
 use crate::metrics::Metrics;
 use crate::route::{Route, RouteTable};
 use tokio_util::sync::CancellationToken;
@@ -34,6 +34,33 @@ pub struct ListenerSnap {
     pub defaults: Defaults,
     /// Clients whose forwarded headers are kept and appended to (usually none).
     pub trusted_proxies: Box<[Cidr]>,
+    /// Connections start with a PROXY header, from `trusted_proxies` only.
+    pub proxy_protocol: bool,
+    /// Some route's backend is sent a PROXY header: the address the client reached is kept.
+    pub sends_proxy_header: bool,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<u32>,
+    pub max_new_connections_per_ip: Option<Rate>,
+}
+
+impl ListenerSnap {
+    /// Whether `ip` may send this listener PROXY headers and forwarded headers.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
+
+    /// The per-address limits in force.
+    pub fn ip_rules(&self) -> crate::limits::IpRules {
+        crate::limits::IpRules {
+            max_open: self.max_connections_per_ip,
+            rate: self.max_new_connections_per_ip.map(|r| (r.count, r.per)),
+        }
+    }
+
+    /// Whether any per-address limit is set.
+    pub fn limits_per_ip(&self) -> bool {
+        self.max_connections_per_ip.is_some() || self.max_new_connections_per_ip.is_some()
+    }
 }
 
 impl std::fmt::Debug for ListenerSnap {
@@ -102,6 +129,7 @@ impl Snapshot {
                     })?;
                 routes.push(Arc::new(Route::new(r, backend.clone(), defaults)));
             }
+            let sends_proxy_header = routes.iter().any(|r| r.backend.send_proxy.is_some());
             let routes = RouteTable::new(routes);
             let tls = match &l.tls {
                 None => None,
@@ -121,6 +149,11 @@ impl Snapshot {
                     routes,
                     defaults: defaults.clone(),
                     trusted_proxies: l.trusted_proxies.as_slice().into(),
+                    proxy_protocol: l.proxy_protocol,
+                    sends_proxy_header,
+                    max_connections: l.max_connections,
+                    max_connections_per_ip: l.max_connections_per_ip,
+                    max_new_connections_per_ip: l.max_new_connections_per_ip,
                 }),
             );
         }

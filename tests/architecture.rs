@@ -47,15 +47,29 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "listener",
         &[
-            "conn", "services", "handoff", "live", "io", "workers", "config",
+            "conn", "services", "snapshot", "limits", "handoff", "live", "io", "workers", "config",
         ],
     ),
     // The pipeline: calls every stage in order and maps their errors and ends.
     (
         "conn",
         &[
-            "http", "tls", "detect", "route", "upstream", "relay", "services", "snapshot", "live",
-            "metrics", "shutdown", "io", "error", "config",
+            "http",
+            "proxy_header",
+            "tls",
+            "detect",
+            "route",
+            "limits",
+            "upstream",
+            "relay",
+            "services",
+            "snapshot",
+            "live",
+            "metrics",
+            "shutdown",
+            "io",
+            "error",
+            "config",
         ],
     ),
     // The HTTP stage routes and connects per request, so it uses route and upstream.
@@ -70,8 +84,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The config in force and what is built from it for the stages.
     (
         "snapshot",
-        &["route", "upstream", "tls", "config", "metrics"],
+        &["route", "upstream", "tls", "config", "metrics", "limits"],
     ),
+    // The PROXY header a load balancer puts before the client's bytes.
+    ("proxy_header", &["io"]),
     ("tls", &["certs", "config", "io"]),
     ("detect", &["io"]),
     ("route", &["upstream", "config"]),
@@ -85,6 +101,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("live", &["config", "metrics"]),
     ("config", &["certs", "error"]),
     ("io", &[]),
+    // Per-client-address counts of one listener, bounded in memory.
+    ("limits", &[]),
     // Listening sockets passed to a new process over a Unix socket (SCM_RIGHTS).
     ("handoff", &[]),
     ("certs", &[]),

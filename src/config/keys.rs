@@ -53,28 +53,10 @@ static DEFAULTS: Section = Section {
 static LISTENER: Section = Section {
     name: "[[listener]]",
     keys: fields_of::<RawListener>,
-    unsupported: &[
-        (
-            "proxy_protocol",
-            "no PROXY header is read: the client address is the TCP peer; remove the key",
-        ),
-        (
-            "max_connections",
-            "only the process-wide limit exists: set `max_connections` in [defaults] instead",
-        ),
-        (
-            "max_connections_per_ip",
-            "connections are not limited per client address; remove the key",
-        ),
-        (
-            "max_new_connections_per_ip",
-            "new connections are not rate-limited per client address; remove the key",
-        ),
-        (
-            "client_cert_header",
-            "clients are not asked for certificates, so there is no subject to pass on; remove the key",
-        ),
-    ],
+    unsupported: &[(
+        "client_cert_header",
+        "clients are not asked for certificates, so there is no subject to pass on; remove the key",
+    )],
     children: &[("tls", &TLS), ("route", &ROUTE)],
 };
 
@@ -108,16 +90,10 @@ static ROUTE: Section = Section {
 static BACKEND: Section = Section {
     name: "[[backend]]",
     keys: fields_of::<RawBackend>,
-    unsupported: &[
-        (
-            "send_proxy_protocol",
-            "servers see the gateway's address as the client's; remove the key",
-        ),
-        (
-            "tls",
-            "connections to servers are plain TCP: TLS ends at the gateway; remove the key",
-        ),
-    ],
+    unsupported: &[(
+        "tls",
+        "connections to servers are plain TCP: TLS ends at the gateway; remove the key",
+    )],
     children: &[
         ("servers", &SERVER),
         ("health", &HEALTH),

@@ -147,8 +147,31 @@ pub struct ListenerConfig {
     /// Clients whose forwarded headers (`X-Forwarded-*`, `Forwarded`) are kept and appended
     /// to; everyone else's are replaced. Empty: nobody.
     pub trusted_proxies: Vec<Cidr>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2), accepted only from
+    /// `trusted_proxies`.
+    pub proxy_protocol: bool,
+    /// Open connections on this listener (besides the process-wide limit).
+    pub max_connections: Option<usize>,
+    /// Open connections from one client address.
+    pub max_connections_per_ip: Option<u32>,
+    /// New connections from one client address per window.
+    pub max_new_connections_per_ip: Option<Rate>,
     /// In file order; the first match wins.
     pub routes: Vec<RouteConfig>,
+}
+
+/// `count` events per `per` (a fixed window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+/// The PROXY protocol version a backend's servers expect first on each connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyVersion {
+    V1,
+    V2,
 }
 
 #[derive(Debug, Clone)]
@@ -236,6 +259,8 @@ pub struct BackendConfig {
     pub health: Option<HealthCheck>,
     /// Ejection after consecutive connect failures; `None`: never ejected.
     pub passive: Option<Passive>,
+    /// Write a PROXY protocol header first on every connection to a server.
+    pub send_proxy_protocol: Option<ProxyVersion>,
 }
 
 /// How a backend picks a server for a new connection.

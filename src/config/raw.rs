@@ -52,6 +52,10 @@ pub(super) struct RawListener {
     pub listen: Text,
     pub tls: Option<Spanned<RawTls>>,
     pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
+    pub proxy_protocol: Option<Spanned<bool>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_connections_per_ip: Option<Spanned<i64>>,
+    pub max_new_connections_per_ip: Text,
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
 }
@@ -99,6 +103,7 @@ pub(super) struct RawBackend {
     pub hash_on: Text,
     pub health: Option<Spanned<RawHealth>>,
     pub passive: Option<Spanned<RawPassive>>,
+    pub send_proxy_protocol: Text,
 }
 
 #[derive(Deserialize)]

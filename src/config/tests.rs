@@ -258,7 +258,7 @@ servers = [{ address = "127.0.0.1:9001", wieght = 2 }]
     );
     assert_reports(
         &printed,
-        "sockgate.toml:8:1: unknown key `listn` in [[listener]]\n  hint: valid keys: name, listen, tls, trusted_proxies, route; did you mean `listen`?",
+        "sockgate.toml:8:1: unknown key `listn` in [[listener]]\n  hint: valid keys: name, listen, tls, trusted_proxies, proxy_protocol, max_connections, max_connections_per_ip, max_new_connections_per_ip, route; did you mean `listen`?",
     );
     assert_reports(
         &printed,
@@ -286,7 +286,7 @@ fn unsupported_keys_say_what_happens_instead() {
 [[listener]]
 name = "edge"
 listen = "0.0.0.0:8443"
-proxy_protocol = true
+proxy_protocol = false
 max_connections = 100
 tls = { cert = "certs/dev/server.crt", key = "certs/dev/server.key", client_auth = { ca = "ca.crt", mode = "require" } }
 
@@ -299,17 +299,8 @@ tls = { cert = "certs/dev/server.crt", key = "certs/dev/server.key", client_auth
 [[backend]]
 name = "chat"
 servers = ["127.0.0.1:9001"]
-send_proxy_protocol = "v2"
 tls = { verify = true }
 "#,
-    );
-    assert_reports(
-        &printed,
-        "sockgate.toml:4:1: `proxy_protocol` is not supported by this version of sockgate\n  hint: no PROXY header is read: the client address is the TCP peer; remove the key",
-    );
-    assert_reports(
-        &printed,
-        "sockgate.toml:5:1: `max_connections` is not supported by this version of sockgate\n  hint: only the process-wide limit exists: set `max_connections` in [defaults] instead",
     );
     assert_reports(
         &printed,
@@ -325,13 +316,9 @@ tls = { verify = true }
     );
     assert_reports(
         &printed,
-        "sockgate.toml:17:1: `send_proxy_protocol` is not supported by this version of sockgate\n",
+        "sockgate.toml:17:1: `tls` is not supported by this version of sockgate\n  hint: connections to servers are plain TCP: TLS ends at the gateway; remove the key",
     );
-    assert_reports(
-        &printed,
-        "sockgate.toml:18:1: `tls` is not supported by this version of sockgate\n  hint: connections to servers are plain TCP: TLS ends at the gateway; remove the key",
-    );
-    assert_eq!(printed.matches("sockgate.toml:").count(), 7, "{printed}");
+    assert_eq!(printed.matches("sockgate.toml:").count(), 4, "{printed}");
 }
 
 #[test]
@@ -1203,7 +1190,7 @@ idle_timeout = "forever"
 [[listener]]
 name = "edge"
 listen = "0.0.0.0:99999"
-max_connections_per_ip = 200
+max_connections_per_ip = 0
 
   [[listener.route]]
   name = "chat"
@@ -1222,12 +1209,12 @@ timeout = "1s"
         .collect();
     assert_eq!(
         positions,
-        ["2:16", "6:10", "7:1", "11:13", "15:12", "16:1"],
+        ["2:16", "6:10", "7:26", "11:13", "15:12", "16:1"],
         "{printed}"
     );
     assert_reports(
         &printed,
-        "sockgate.toml:7:1: `max_connections_per_ip` is not supported by this version of sockgate\n  hint: connections are not limited per client address; remove the key",
+        "sockgate.toml:7:26: `max_connections_per_ip` must be at least 1, found 0: every connection would be refused\n  hint: remove the key for no limit",
     );
 }
 
@@ -1521,6 +1508,132 @@ route = [{ name = "v6", host = "::1", backend = "chat" }]
         printed,
         "sockgate.toml:4:32: `host` = \"::1\" is not a host name, so it never matches a Host header\n  hint: write IPv6 addresses in brackets, as Host headers carry them: host = \"[::1]\"\n"
     );
+}
+
+#[test]
+fn proxy_protocol_and_limits_are_read() {
+    let config = valid(
+        r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:0"
+proxy_protocol = true
+trusted_proxies = ["10.0.0.0/8"]
+max_connections = 50000
+max_connections_per_ip = 200
+max_new_connections_per_ip = "50/s"
+route = [{ name = "r", backend = "b" }]
+
+[[listener]]
+name = "plain"
+listen = "127.0.0.1:0"
+max_new_connections_per_ip = " 600 / m "
+route = [{ name = "r", backend = "b" }]
+
+[[backend]]
+name = "b"
+servers = ["127.0.0.1:9001"]
+send_proxy_protocol = "v2"
+"#,
+    );
+    let edge = &config.listeners[0];
+    assert!(edge.proxy_protocol);
+    assert_eq!(edge.max_connections, Some(50000));
+    assert_eq!(edge.max_connections_per_ip, Some(200));
+    assert_eq!(
+        edge.max_new_connections_per_ip,
+        Some(Rate {
+            count: 50,
+            per: Duration::from_secs(1)
+        })
+    );
+    let plain = &config.listeners[1];
+    assert!(!plain.proxy_protocol);
+    assert_eq!(
+        (plain.max_connections, plain.max_connections_per_ip),
+        (None, None)
+    );
+    assert_eq!(
+        plain.max_new_connections_per_ip,
+        Some(Rate {
+            count: 600,
+            per: Duration::from_secs(60)
+        })
+    );
+    assert_eq!(
+        config.backends[0].send_proxy_protocol,
+        Some(ProxyVersion::V2)
+    );
+}
+
+#[test]
+fn proxy_protocol_needs_trusted_proxies() {
+    let printed = errors(
+        r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:0"
+proxy_protocol = true
+route = [{ name = "r", backend = "b" }]
+[[backend]]
+name = "b"
+servers = ["127.0.0.1:9001"]
+"#,
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:4:18: listener `edge` expects a PROXY header but trusts no one to send it, so every connection would be closed\n  hint: list the load balancers' addresses, as in trusted_proxies = [\"10.0.0.0/8\"]",
+    );
+}
+
+#[test]
+fn listener_limits_are_bounded() {
+    let printed = errors(
+        r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:0"
+max_connections = 0
+max_connections_per_ip = 10000001
+max_new_connections_per_ip = "50/h"
+route = [{ name = "r", backend = "b" }]
+[[listener]]
+name = "other"
+listen = "127.0.0.1:0"
+max_connections = -3
+max_new_connections_per_ip = "0/s"
+route = [{ name = "r", backend = "b" }]
+[[backend]]
+name = "b"
+servers = ["127.0.0.1:9001"]
+send_proxy_protocol = "v3"
+"#,
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:4:19: `max_connections` must be at least 1, found 0: every connection would be refused\n  hint: remove the key for no limit",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:5:26: `max_connections_per_ip` must be at most 10000000, found 10000001\n  hint: remove the key for no limit",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:6:30: `max_new_connections_per_ip` = \"50/h\" is not a rate\n  hint: write a count per second or per minute, as in \"50/s\" or \"600/m\"",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:11:19: `max_connections` must be at least 1, found -3",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:12:30: `max_new_connections_per_ip` = \"0/s\" must allow 1 to 1000000 connections, found 0",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:17:23: `send_proxy_protocol` = \"v3\" is not a PROXY protocol version\n  hint: write \"v1\" (text) or \"v2\" (binary), whichever the servers expect",
+    );
+    assert_eq!(printed.matches("sockgate.toml:").count(), 6, "{printed}");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use super::error::Report;
 use super::model::{
     AdminConfig, AdminToken, BackendConfig, Balance, CertPair, Config, Defaults, HashOn,
     HealthCheck, HealthKind, ListenerConfig, MIN_ACCESS_LOG_INTERVAL, Passive, Protocol,
-    RouteConfig, ServerConfig, SniCert, TlsConfig, WebSocketLimits,
+    ProxyVersion, Rate, RouteConfig, ServerConfig, SniCert, TlsConfig, WebSocketLimits,
 };
 use super::raw::{
     RawAdmin, RawBackend, RawConfig, RawDefaults, RawHealth, RawListener, RawPassive, RawRoute,
@@ -56,6 +56,9 @@ const DEFAULT_PASSIVE_FAILURES: u32 = 3;
 
 /// `max_connections` at most: ten million connections are twenty million open files.
 pub const MAX_CONNECTIONS: usize = 10_000_000;
+
+/// `max_new_connections_per_ip` at most: a million a second is no limit at all.
+pub const MAX_RATE: u32 = 1_000_000;
 
 pub(super) fn validate(
     raw: &RawConfig,
@@ -320,6 +323,70 @@ impl Validator<'_, '_> {
         ranges.into_iter().collect()
     }
 
+    /// A whole number of connections, 1 to `max`.
+    fn count(&mut self, raw: &Spanned<i64>, key: &str, max: u32) -> Option<u32> {
+        match u32::try_from(*raw.get_ref()) {
+            Ok(n) if (1..=max).contains(&n) => Some(n),
+            _ if *raw.get_ref() > i64::from(max) => {
+                self.report.error(
+                    raw.span(),
+                    format!("`{key}` must be at most {max}, found {}", raw.get_ref()),
+                    "remove the key for no limit",
+                );
+                None
+            }
+            _ => {
+                self.report.error(
+                    raw.span(),
+                    format!(
+                        "`{key}` must be at least 1, found {}: every connection would be refused",
+                        raw.get_ref()
+                    ),
+                    "remove the key for no limit",
+                );
+                None
+            }
+        }
+    }
+
+    /// A rate like `"50/s"` or `"600/m"`.
+    fn rate(&mut self, raw: &Spanned<String>, key: &str) -> Option<Rate> {
+        const FORMS: &str = r#"write a count per second or per minute, as in "50/s" or "600/m""#;
+        let text = raw.get_ref().trim();
+        let parsed = text.split_once('/').and_then(|(count, unit)| {
+            let per = match unit.trim() {
+                "s" => Duration::from_secs(1),
+                "m" => Duration::from_secs(60),
+                _ => return None,
+            };
+            Some((count.trim().parse::<u64>().ok()?, per))
+        });
+        match parsed {
+            Some((count, per)) if (1..=u64::from(MAX_RATE)).contains(&count) => Some(Rate {
+                count: count as u32,
+                per,
+            }),
+            Some((count, _)) => {
+                self.report.error(
+                    raw.span(),
+                    format!(
+                        "`{key}` = \"{text}\" must allow 1 to {MAX_RATE} connections, found {count}"
+                    ),
+                    "remove the key for no limit",
+                );
+                None
+            }
+            None => {
+                self.report.error(
+                    raw.span(),
+                    format!("`{key}` = \"{text}\" is not a rate"),
+                    FORMS,
+                );
+                None
+            }
+        }
+    }
+
     fn admin(&mut self, raw: &Spanned<RawAdmin>) -> Option<AdminConfig> {
         let listen = self.required(
             &raw.get_ref().listen,
@@ -405,6 +472,29 @@ impl Validator<'_, '_> {
             .and_then(|listen| self.listen_addr(listen, label.clone()));
         let tls = present(l.tls.as_ref(), |t| self.tls(t, &label));
         let trusted_proxies = present(l.trusted_proxies.as_ref(), |t| self.trusted_proxies(t));
+        let proxy_protocol = l.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref());
+        if let Some(p) = &l.proxy_protocol
+            && *p.get_ref()
+            && l.trusted_proxies
+                .as_ref()
+                .is_none_or(|t| t.get_ref().is_empty())
+        {
+            self.report.error(
+                p.span(),
+                format!("{label} expects a PROXY header but trusts no one to send it, so every connection would be closed"),
+                r#"list the load balancers' addresses, as in trusted_proxies = ["10.0.0.0/8"]"#,
+            );
+        }
+        let max_connections = present(l.max_connections.as_ref(), |m| {
+            self.count(m, "max_connections", MAX_CONNECTIONS as u32)
+                .map(|n| n as usize)
+        });
+        let per_ip = present(l.max_connections_per_ip.as_ref(), |m| {
+            self.count(m, "max_connections_per_ip", MAX_CONNECTIONS as u32)
+        });
+        let rate = present(l.max_new_connections_per_ip.as_ref(), |r| {
+            self.rate(r, "max_new_connections_per_ip")
+        });
         if l.route.is_empty() {
             let at = l.name.as_ref().map_or(raw.span(), Spanned::span);
             self.report.error(
@@ -424,6 +514,10 @@ impl Validator<'_, '_> {
             listen: listen?,
             tls: tls?,
             trusted_proxies: trusted_proxies?.unwrap_or_default(),
+            proxy_protocol,
+            max_connections: max_connections?,
+            max_connections_per_ip: per_ip?,
+            max_new_connections_per_ip: rate?,
             routes: routes.into_iter().collect::<Option<_>>()?,
         })
     }
@@ -875,12 +969,29 @@ impl Validator<'_, '_> {
         let balance = self.balance(b, &label);
         let health = present(b.health.as_ref(), |h| self.health(h));
         let passive = present(b.passive.as_ref(), |p| self.passive(p));
+        let send_proxy_protocol = present(b.send_proxy_protocol.as_ref(), |v| {
+            match v.get_ref().as_str() {
+                "v1" => Some(ProxyVersion::V1),
+                "v2" => Some(ProxyVersion::V2),
+                other => {
+                    self.report.error(
+                        v.span(),
+                        format!(
+                            "`send_proxy_protocol` = \"{other}\" is not a PROXY protocol version"
+                        ),
+                        r#"write "v1" (text) or "v2" (binary), whichever the servers expect"#,
+                    );
+                    None
+                }
+            }
+        });
         Some(BackendConfig {
             name: name?,
             servers: servers?,
             balance: balance?,
             health: health?,
             passive: passive?,
+            send_proxy_protocol: send_proxy_protocol?,
         })
     }
 

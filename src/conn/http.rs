@@ -402,7 +402,7 @@ impl HttpConn {
                 let trusted = listener
                     .trusted_proxies
                     .iter()
-                    .any(|c| c.contains(self.ctx.client.ip()));
+                    .any(|c| c.contains(self.ctx.client().ip()));
                 if websocket {
                     self.websocket(req, route, &listener, trusted).await
                 } else {
@@ -538,12 +538,25 @@ impl HttpConn {
         route: &Route,
         affinity: Affinity,
     ) -> Result<(TcpStream, Lease), ProxyError> {
-        let (stream, lease) = route
+        let (mut stream, lease) = route
             .backend
             .connect(affinity)
             .await
             .map_err(ProxyError::Connect)?;
         self.ctx.set_server(lease.address());
+        if route.backend.send_proxy.is_some() {
+            let (client, reached) = (self.ctx.client(), self.ctx.reached());
+            route
+                .backend
+                .send_proxy_header(&mut stream, client, reached)
+                .await
+                .map_err(|source| {
+                    ProxyError::Connect(crate::upstream::ConnectError::Io {
+                        server: lease.address().to_owned(),
+                        source,
+                    })
+                })?;
+        }
         Ok((stream, lease))
     }
 
@@ -581,12 +594,12 @@ impl HttpConn {
         // The key as the client sent it, before the forwarded headers are rewritten.
         let affinity = route
             .backend
-            .affinity(self.ctx.client.ip(), Some((&parts.headers, &parts.uri)));
+            .affinity(self.ctx.client().ip(), Some((&parts.headers, &parts.uri)));
         strip_hop_by_hop(&mut parts.headers);
         add_forwarding(
             &mut parts.headers,
             &parts.uri,
-            self.ctx.client.ip(),
+            self.ctx.client().ip(),
             self.tls,
             trusted,
         );
@@ -674,7 +687,7 @@ impl HttpConn {
     ) -> Result<Response<Body>, ProxyError> {
         let affinity = route
             .backend
-            .affinity(self.ctx.client.ip(), Some((req.headers(), req.uri())));
+            .affinity(self.ctx.client().ip(), Some((req.headers(), req.uri())));
         let (stream, lease) = self.connect(&route, affinity).await?;
         let mut sender = self.upgrade_handshake(stream).await?;
         let client_upgrade = hyper::upgrade::on(&mut req);
@@ -690,7 +703,7 @@ impl HttpConn {
         add_forwarding(
             &mut parts.headers,
             &parts.uri,
-            self.ctx.client.ip(),
+            self.ctx.client().ip(),
             self.tls,
             trusted,
         );

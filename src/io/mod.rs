@@ -2,6 +2,7 @@
 //! settings; nothing here knows about routes, config or the gateway.
 
 pub mod buffer;
+pub mod proxy_header;
 pub mod tls;
 
 use std::io;

@@ -14,7 +14,7 @@ use prometheus::{Histogram, IntCounter, IntGaugeVec};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BackendConfig, Balance, HealthCheck, Passive, ServerConfig};
+use crate::config::{BackendConfig, Balance, HealthCheck, Passive, ProxyVersion, ServerConfig};
 use crate::metrics::Metrics;
 
 mod balance;
@@ -142,6 +142,8 @@ pub struct Pool {
     next: AtomicUsize,
     passive: Option<Passive>,
     connect_timeout: Duration,
+    /// Servers expect a PROXY header first.
+    pub send_proxy: Option<ProxyVersion>,
     connect_duration: Histogram,
     connect_errors: IntCounter,
     no_healthy_server: IntCounter,
@@ -203,6 +205,7 @@ impl Pool {
             next: AtomicUsize::new(0),
             passive: config.passive.clone(),
             connect_timeout,
+            send_proxy: config.send_proxy_protocol,
             connect_duration: metrics
                 .backend_connect_duration_seconds
                 .with_label_values(&[&config.name]),
@@ -427,6 +430,24 @@ impl Pool {
                 .find(|&i| usable(i))
                 .or_else(|| (0..list.len()).find(|&i| usable(i))),
         }
+    }
+
+    /// Writes the PROXY header the servers expect, if they do, as the connection's first
+    /// bytes: `client` is the client's address, `local` the one it reached. Called right
+    /// after [`Pool::connect`], before anything of the client's.
+    pub async fn send_proxy_header(
+        &self,
+        stream: &mut TcpStream,
+        client: SocketAddr,
+        local: SocketAddr,
+    ) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let header = match self.send_proxy {
+            None => return Ok(()),
+            Some(ProxyVersion::V1) => crate::io::proxy_header::v1(client, local),
+            Some(ProxyVersion::V2) => crate::io::proxy_header::v2(client, local),
+        };
+        stream.write_all(header.as_bytes()).await
     }
 
     async fn connect_one(

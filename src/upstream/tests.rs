@@ -18,6 +18,7 @@ fn backend(addresses: &[String], balance: Balance, passive: Option<Passive>) -> 
         balance,
         health: None,
         passive,
+        send_proxy_protocol: None,
     }
 }
 

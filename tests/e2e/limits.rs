@@ -358,3 +358,163 @@ async fn a_splice_relay_without_descriptors_for_a_pipe_copies_instead() {
     assert!(echoed == data, "the echoed bytes differ");
     drop(idle);
 }
+
+/// A plain listener `edge` with `listener_keys`, one route of `protocol` to `backend`.
+fn limited_config(listener_keys: &str, protocol: &str, backend: SocketAddr) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:0"
+{listener_keys}
+
+  [[listener.route]]
+  name = "r"
+  protocol = "{protocol}"
+  backend = "b"
+
+[[backend]]
+name = "b"
+servers = ["{backend}"]
+"#
+    )
+}
+
+async fn rejected(gw: &Gateway, reason: &str) -> f64 {
+    gw.metrics().await.get(
+        "sockgate_rejected_total",
+        &[("listener", "edge"), ("reason", reason)],
+    )
+}
+
+/// An echoed connection from `source`, or `None` when the gateway closed it.
+async fn echoed_from(source: &str, to: SocketAddr) -> Option<TcpStream> {
+    let mut tcp = crate::proxy_protocol::connect_from(source, to).await;
+    echoes(&mut tcp, b"ping").await.then_some(tcp)
+}
+
+#[tokio::test]
+async fn a_listeners_max_connections_closes_the_one_over_and_its_place_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = tcp_echo().await;
+    let gw = Gateway::start(
+        dir.path(),
+        &limited_config("max_connections = 2", "tcp", echo),
+    )
+    .await;
+    let addr = gw.addr("edge");
+    let a = echoed_from("127.0.0.1", addr).await.expect("first");
+    let _b = echoed_from("127.0.0.2", addr).await.expect("second");
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    assert!(closed_at_once(&mut c).await, "the third is closed");
+    assert_eq!(rejected(&gw, "max_connections").await, 1.0);
+    drop(a);
+    let mut back = None;
+    for _ in 0..50 {
+        back = echoed_from("127.0.0.1", addr).await;
+        if back.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(back.is_some(), "the place never came back");
+}
+
+#[tokio::test]
+async fn max_connections_per_ip_counts_each_client_address_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = tcp_echo().await;
+    let gw = Gateway::start(
+        dir.path(),
+        &limited_config("max_connections_per_ip = 2", "tcp", echo),
+    )
+    .await;
+    let addr = gw.addr("edge");
+    let a1 = echoed_from("127.0.0.1", addr).await.expect("a1");
+    let _a2 = echoed_from("127.0.0.1", addr).await.expect("a2");
+    let mut a3 = crate::proxy_protocol::connect_from("127.0.0.1", addr).await;
+    assert!(closed_at_once(&mut a3).await, "a third from 127.0.0.1");
+    assert_eq!(rejected(&gw, "per_ip").await, 1.0);
+    // Another address has its own count.
+    let _b1 = echoed_from("127.0.0.2", addr).await.expect("b1");
+    let _b2 = echoed_from("127.0.0.2", addr).await.expect("b2");
+    drop(a1);
+    let mut back = None;
+    for _ in 0..50 {
+        back = echoed_from("127.0.0.1", addr).await;
+        if back.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(back.is_some(), "127.0.0.1's place never came back");
+}
+
+#[tokio::test]
+async fn max_new_connections_per_ip_refuses_the_one_over_the_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let echo = tcp_echo().await;
+    let gw = Gateway::start(
+        dir.path(),
+        &limited_config("max_new_connections_per_ip = \"3/s\"", "tcp", echo),
+    )
+    .await;
+    let addr = gw.addr("edge");
+    let started = Instant::now();
+    // Closed at once after their echo: the rate counts new connections, not open ones.
+    for i in 0..3 {
+        assert!(echoed_from("127.0.0.1", addr).await.is_some(), "{i}");
+    }
+    let mut fourth = crate::proxy_protocol::connect_from("127.0.0.1", addr).await;
+    let closed = closed_at_once(&mut fourth).await;
+    assert!(
+        closed || started.elapsed() >= Duration::from_secs(1),
+        "the fourth within a second went through"
+    );
+    if closed {
+        assert_eq!(rejected(&gw, "rate").await, 1.0);
+    }
+    assert!(
+        echoed_from("127.0.0.2", addr).await.is_some(),
+        "another address"
+    );
+    // A second later the window starts over.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(
+        echoed_from("127.0.0.1", addr).await.is_some(),
+        "next window"
+    );
+}
+
+#[tokio::test]
+async fn a_plaintext_http_listener_over_a_limit_answers_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = ws_echo().await;
+    let gw = Gateway::start(
+        dir.path(),
+        &limited_config("max_connections_per_ip = 1", "http", backend),
+    )
+    .await;
+    let addr = gw.addr("edge");
+    // One held open (keep-alive, nothing sent).
+    let _held = TcpStream::connect(addr).await.unwrap();
+    eventually("the first connection is counted", || async {
+        http_get(gw.admin(), "/connections")
+            .await
+            .1
+            .contains("\"client\"")
+    })
+    .await;
+    let mut over = TcpStream::connect(addr).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), over.read_to_end(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, _) = parse_response(&raw);
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&raw));
+    assert_eq!(rejected(&gw, "per_ip").await, 1.0);
+}

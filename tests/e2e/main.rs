@@ -18,6 +18,7 @@ mod cli;
 mod deploy;
 mod http;
 mod limits;
+mod proxy_protocol;
 mod python;
 mod reload;
 mod shed;
