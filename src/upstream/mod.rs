@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Uri};
-use prometheus::{Histogram, IntCounter, IntGaugeVec};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -134,6 +134,33 @@ pub struct ServerView {
     pub active_connections: usize,
 }
 
+/// A backend's counter, resolved on first use: like the connect histogram, a child per
+/// backend that a config of many idle backends would hold for nothing.
+struct LazyCounter {
+    family: IntCounterVec,
+    child: std::sync::OnceLock<IntCounter>,
+}
+
+impl LazyCounter {
+    fn new(family: &IntCounterVec) -> Self {
+        LazyCounter {
+            family: family.clone(),
+            child: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn get(&self, backend: &str) -> &IntCounter {
+        self.child
+            .get_or_init(|| self.family.with_label_values(&[backend]))
+    }
+
+    /// The count so far, without creating the series.
+    #[cfg(test)]
+    fn value(&self) -> u64 {
+        self.child.get().map_or(0, IntCounter::get)
+    }
+}
+
 pub struct Pool {
     pub name: Arc<str>,
     servers: Arc<Servers>,
@@ -144,9 +171,12 @@ pub struct Pool {
     connect_timeout: Duration,
     /// Servers expect a PROXY header first.
     pub send_proxy: Option<ProxyVersion>,
-    connect_duration: Histogram,
-    connect_errors: IntCounter,
-    no_healthy_server: IntCounter,
+    /// Resolved on the first connect: a histogram child holds a few hundred bytes of
+    /// buckets per backend, which a config of many idle backends would pay for nothing.
+    connect_duration: std::sync::OnceLock<Histogram>,
+    connect_durations: HistogramVec,
+    connect_errors: LazyCounter,
+    no_healthy_server: LazyCounter,
     up_gauge: IntGaugeVec,
 }
 
@@ -206,15 +236,10 @@ impl Pool {
             passive: config.passive.clone(),
             connect_timeout,
             send_proxy: config.send_proxy_protocol,
-            connect_duration: metrics
-                .backend_connect_duration_seconds
-                .with_label_values(&[&config.name]),
-            connect_errors: metrics
-                .backend_connect_errors_total
-                .with_label_values(&[&config.name]),
-            no_healthy_server: metrics
-                .no_healthy_server_total
-                .with_label_values(&[&config.name]),
+            connect_duration: std::sync::OnceLock::new(),
+            connect_durations: metrics.backend_connect_duration_seconds.clone(),
+            connect_errors: LazyCounter::new(&metrics.backend_connect_errors_total),
+            no_healthy_server: LazyCounter::new(&metrics.no_healthy_server_total),
             up_gauge: metrics.backend_up.clone(),
         }
     }
@@ -327,7 +352,7 @@ impl Pool {
                 }
                 Err(e) => {
                     drop(lease);
-                    self.connect_errors.inc();
+                    self.connect_errors.get(&self.name).inc();
                     self.connect_failed(server);
                     tracing::debug!(backend = %self.name, server = %server.address, error = %crate::error::error_chain(&e), "backend connect failed");
                     last_error = Some(e);
@@ -336,7 +361,7 @@ impl Pool {
             }
         }
         Err(last_error.unwrap_or_else(|| {
-            self.no_healthy_server.inc();
+            self.no_healthy_server.get(&self.name).inc();
             ConnectError::NoHealthyServer {
                 backend: self.name.clone(),
             }
@@ -472,6 +497,7 @@ impl Pool {
             Ok(Ok(stream)) => stream,
         };
         self.connect_duration
+            .get_or_init(|| self.connect_durations.with_label_values(&[&self.name]))
             .observe(started.elapsed().as_secs_f64());
         // Small writes (WebSocket frames, request/response protocols) go out at once.
         let _ = stream.set_nodelay(true);

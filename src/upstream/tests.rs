@@ -120,7 +120,7 @@ async fn a_refused_server_moves_on_to_the_next_within_one_budget() {
     );
     let (_stream, lease) = pool.connect(Affinity::default()).await.unwrap();
     assert_eq!(lease.address(), addresses[1]);
-    assert_eq!(pool.connect_errors.get(), 1);
+    assert_eq!(pool.connect_errors.value(), 1);
 }
 
 #[tokio::test]
@@ -139,19 +139,23 @@ async fn consecutive_failures_eject_a_server_then_it_is_tried_again_with_backoff
     for _ in 0..4 {
         pool.connect(Affinity::default()).await.unwrap();
     }
-    assert_eq!(pool.connect_errors.get(), 2);
+    assert_eq!(pool.connect_errors.value(), 2);
     assert!(!pool.view()[0].healthy);
     for _ in 0..10 {
         pool.connect(Affinity::default()).await.unwrap();
     }
-    assert_eq!(pool.connect_errors.get(), 2, "an ejected server was tried");
+    assert_eq!(
+        pool.connect_errors.value(),
+        2,
+        "an ejected server was tried"
+    );
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert!(pool.view()[0].healthy);
     // One failure after the ejection ends ejects it again, for twice as long.
     for _ in 0..2 {
         pool.connect(Affinity::default()).await.unwrap();
     }
-    assert_eq!(pool.connect_errors.get(), 3);
+    assert_eq!(pool.connect_errors.value(), 3);
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert!(
         !pool.view()[0].healthy,
@@ -180,7 +184,7 @@ async fn no_server_available_is_its_own_error_and_counted() {
         pool.connect(Affinity::default()).await,
         Err(ConnectError::NoHealthyServer { .. })
     ));
-    assert_eq!(pool.no_healthy_server.get(), 1);
+    assert_eq!(pool.no_healthy_server.value(), 1);
 }
 
 #[test]
