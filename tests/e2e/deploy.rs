@@ -156,6 +156,20 @@ servers = ["{echo}"]
 [[backend]]
 name = "gone"
 servers = ["{gone}"]
+
+[[listener]]
+name = "unhealthy"
+listen = "127.0.0.1:0"
+
+  [[listener.route]]
+  name = "down"
+  protocol = "tcp"
+  backend = "down"
+
+[[backend]]
+name = "down"
+servers = ["{gone}"]
+health = {{ kind = "tcp", interval = "100ms", timeout = "100ms", fall = 1 }}
 "#
     )
 }
@@ -199,6 +213,17 @@ async fn every_metric_the_dashboard_and_alerts_name_is_exported() {
     let mut broken = TcpStream::connect(gw.addr("broken")).await.unwrap();
     broken.write_all(b"hello").await.unwrap();
     assert_eq!(read_with_timeout(&mut broken, &mut [0u8; 16]).await, 0);
+
+    // A backend whose only server fails its health check: closed at once, counted.
+    eventually("the failing server to be marked down", || async {
+        gw.metrics()
+            .await
+            .get("sockgate_backend_up", &[("backend", "down")])
+            == 0.0
+    })
+    .await;
+    let mut refused = TcpStream::connect(gw.addr("unhealthy")).await.unwrap();
+    assert_eq!(read_with_timeout(&mut refused, &mut [0u8; 16]).await, 0);
 
     // A TLS handshake, a WebSocket echo with keepalive pings answered, and a client Close.
     let tls = tls_connect(gw.addr("edge"), pki.client_config(&[]), "localhost").await;
