@@ -6,6 +6,8 @@
 //! Transport Security requires of servers): every suite rustls implements is ECDHE + AEAD,
 //! and the list is spelled out below so a provider change cannot widen it silently.
 
+pub mod ats;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

@@ -169,6 +169,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             match config::load(&path) {
                 Ok(config) => {
+                    // Warnings never fail a check: the config is accepted as it is.
+                    for warning in &config.warnings {
+                        eprintln!("{warning}");
+                    }
                     let routes: usize = config.listeners.iter().map(|l| l.routes.len()).sum();
                     println!(
                         "{}: ok ({}, {}, {})",
@@ -341,6 +345,9 @@ async fn run_gateway(
     let workers = workers.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let workers = Workers::spawn(workers).context("cannot start the worker threads")?;
     let (handle, supervisor) = match start_gateway(config, workers, &mut upgrades, usr2).await {
         Ok(started) => started,

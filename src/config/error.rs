@@ -61,6 +61,8 @@ pub(super) struct Report<'a> {
     file: &'a Path,
     /// With the byte offset they were reported at, to sort them into file order.
     errors: Vec<(usize, ConfigError)>,
+    /// Accepted but worth telling: never fail a check.
+    warnings: Vec<(usize, ConfigError)>,
 }
 
 impl<'a> Report<'a> {
@@ -69,6 +71,7 @@ impl<'a> Report<'a> {
             text,
             file,
             errors: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -85,6 +88,26 @@ impl<'a> Report<'a> {
     /// An error at `span` that carries its own explanation (parser and type errors).
     pub(super) fn bare(&mut self, span: Range<usize>, message: impl Into<String>) {
         self.push(span.start, message.into(), None);
+    }
+
+    /// A warning at `span`: `message` is printed after `warning: `; checking goes on.
+    pub(super) fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, col) = line_col(self.text, span.start);
+        let warning = ConfigError {
+            file: self.file.to_owned(),
+            line,
+            col,
+            message: format!("warning: {}", message.into()),
+            hint: None,
+        };
+        self.warnings.push((span.start, warning));
+    }
+
+    /// The warnings so far, in file order, taken out of the report.
+    pub(super) fn take_warnings(&mut self) -> Vec<ConfigError> {
+        let mut warnings = std::mem::take(&mut self.warnings);
+        warnings.sort_by_key(|(offset, _)| *offset);
+        warnings.into_iter().map(|(_, w)| w).collect()
     }
 
     /// A span rendered as `LINE:COL`, for hints that point at another place in the file.

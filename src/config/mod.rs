@@ -82,7 +82,10 @@ pub fn from_str(text: &str, file: &Path, base_dir: &Path) -> Result<Config, Conf
         }
     };
     let config = validate::validate(&raw, base_dir, &mut report);
-    report.finish(config)
+    let warnings = report.take_warnings();
+    let mut config = report.finish(config)?;
+    config.warnings = warnings;
+    Ok(config)
 }
 
 /// The hint under every TOML syntax error.

@@ -10,6 +10,7 @@ use std::time::Duration;
 use rustls::sign::CertifiedKey;
 
 use super::cidr::Cidr;
+use super::error::ConfigError;
 
 /// One whole, validated config file.
 #[derive(Debug, Clone)]
@@ -20,6 +21,9 @@ pub struct Config {
     pub defaults: Defaults,
     pub listeners: Vec<ListenerConfig>,
     pub backends: Vec<BackendConfig>,
+    /// What `sockgate check` prints as `warning:` and the gateway logs at start: accepted,
+    /// but some clients would fail (Apple's App Transport Security), in file order.
+    pub warnings: Vec<ConfigError>,
 }
 
 #[derive(Debug, Clone)]

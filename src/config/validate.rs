@@ -113,6 +113,7 @@ pub(super) fn validate(
         defaults: defaults?,
         listeners: listeners.into_iter().collect::<Option<_>>()?,
         backends: backends.into_iter().collect::<Option<_>>()?,
+        warnings: Vec::new(),
     })
 }
 
@@ -524,7 +525,16 @@ impl Validator<'_, '_> {
 
     fn tls(&mut self, raw: &Spanned<RawTls>, listener: &str) -> Option<TlsConfig> {
         let t = raw.get_ref();
-        let default = self.cert_pair(&t.cert, &t.key, raw.span(), "[listener.tls]", listener);
+        // The default certificate is served for any name, or none: only its signature
+        // and key are looked at for Apple clients.
+        let default = self.cert_pair(
+            &t.cert,
+            &t.key,
+            raw.span(),
+            "[listener.tls]",
+            listener,
+            None,
+        );
         let sni: Vec<_> = t.sni.iter().map(|s| self.sni(s, listener)).collect();
         Some(TlsConfig {
             default: default?,
@@ -554,6 +564,7 @@ impl Validator<'_, '_> {
             raw.span(),
             "[[listener.tls.sni]]",
             listener,
+            names.as_deref(),
         );
         Some(SniCert {
             names: names?,
@@ -584,6 +595,7 @@ impl Validator<'_, '_> {
         table: Range<usize>,
         table_name: &str,
         listener: &str,
+        names: Option<&[String]>,
     ) -> Option<CertPair> {
         let cert = self.required(
             cert,
@@ -598,6 +610,15 @@ impl Validator<'_, '_> {
         let key_path = self.base_dir.join(key.get_ref());
         let error = match certs::load_cert_pair(&cert_path, &key_path) {
             Ok(certified) => {
+                for reason in certs::ats::refusals(&certified.cert, names) {
+                    self.report.warn(
+                        cert.span(),
+                        format!(
+                            "{listener} certificate {}: Apple clients (App Transport Security) would refuse it: {reason}",
+                            cert.get_ref()
+                        ),
+                    );
+                }
                 return Some(CertPair {
                     cert: cert_path,
                     key: key_path,

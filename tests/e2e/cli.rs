@@ -125,6 +125,77 @@ fn cert_dev_writes_a_ca_and_a_server_pair_that_check_accepts() {
     .unwrap();
 }
 
+#[test]
+fn check_warns_about_certificates_apple_clients_would_refuse_and_still_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Binary::command()
+        .args(["cert", "dev", "--out"])
+        .arg(dir.path().join("dev"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // A P-256 leaf for localhost signed with SHA-1 by a test CA (openssl `-sha1`).
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ats");
+    std::fs::create_dir(dir.path().join("old")).unwrap();
+    for f in ["sha1.crt", "sha1.key"] {
+        std::fs::copy(fixtures.join(f), dir.path().join("old").join(f)).unwrap();
+    }
+    let path = dir.path().join("ats.toml");
+    std::fs::write(
+        &path,
+        r#"[[listener]]
+name = "edge"
+listen = "127.0.0.1:8443"
+
+  [listener.tls]
+  cert = "dev/server.crt"
+  key = "dev/server.key"
+
+  [[listener.tls.sni]]
+  names = ["localhost"]
+  cert = "dev/server.crt"
+  key = "dev/server.key"
+
+  [[listener.tls.sni]]
+  names = ["localhost", "api.example.com"]
+  cert = "old/sha1.crt"
+  key = "old/sha1.key"
+
+  [[listener.route]]
+  name = "chat"
+  backend = "chat"
+
+[[backend]]
+name = "chat"
+servers = ["127.0.0.1:9001"]
+"#,
+    )
+    .unwrap();
+    let (code, stdout, stderr) = check(&path);
+    assert_eq!(code, 0, "warnings must not fail check:\n{stderr}");
+    assert!(
+        stdout.ends_with(": ok (1 listener, 1 route, 1 backend)\n"),
+        "{stdout}"
+    );
+    let prefix = format!(
+        "{}:16:10: warning: listener `edge` certificate old/sha1.crt: Apple clients (App Transport Security) would refuse it: ",
+        path.display()
+    );
+    let warnings: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        warnings,
+        [
+            format!(
+                "{prefix}the certificate is signed with SHA-1; reissue it with SHA-256 or stronger"
+            ),
+            format!(
+                "{prefix}`api.example.com` is not in its subjectAltName (its subjectAltName DNS names are localhost; the CN does not count)"
+            ),
+        ],
+        "only the SHA-1 certificate is warned about, never the dev one:\n{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn sigterm_drains_lets_a_tcp_connection_finish_and_exits_zero() {
     let echo = tcp_echo().await;
