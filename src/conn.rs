@@ -21,6 +21,7 @@ use tracing::field::Empty;
 
 pub mod http;
 
+use crate::client_hello::{self, Hello};
 use crate::config::Protocol;
 use crate::detect::{self, DetectError, Detected};
 use crate::error::Side;
@@ -61,6 +62,8 @@ pub enum ConnError {
     TlsTimeout,
     #[error("protocol detection failed")]
     Detect(#[source] DetectError),
+    #[error("reading the TLS ClientHello")]
+    ClientHello(#[source] client_hello::Malformed),
     #[error("no route matches")]
     NoRoute,
     #[error("backend unreachable")]
@@ -79,7 +82,7 @@ impl ConnError {
             ConnError::ProxyHeader(_) => "proxy_header",
             ConnError::Refused(_) => "limits",
             ConnError::Tls(_) | ConnError::TlsTimeout => "tls",
-            ConnError::Detect(_) => "detect",
+            ConnError::Detect(_) | ConnError::ClientHello(_) => "detect",
             ConnError::NoRoute => "route",
             ConnError::Connect(_) => "connect",
             ConnError::Http(http::Error::Http(_) | http::Error::HeadTimeout) => "http",
@@ -97,6 +100,7 @@ impl ConnError {
             | ConnError::Tls(_)
             | ConnError::TlsTimeout
             | ConnError::Detect(_)
+            | ConnError::ClientHello(_)
             | ConnError::Http(http::Error::Http(_) | http::Error::HeadTimeout) => "client",
             ConnError::Connect(_) | ConnError::Http(http::Error::Upgrade(_)) => "backend",
             ConnError::NoRoute | ConnError::Cancelled | ConnError::Aborted => "gateway",
@@ -339,6 +343,8 @@ async fn pipeline(
         None => ClientStream::Plain(tcp),
     };
     let tls = matches!(client, ClientStream::Tls(_));
+    // A ClientHello still being read after detection has what is left of the same budget.
+    let detect_deadline = tokio::time::Instant::now() + listener.defaults.detect_timeout;
     let (detected, client) = if listener.detect {
         unless_closed(ctx, async {
             detect::detect(client, listener.defaults.detect_timeout)
@@ -362,7 +368,14 @@ async fn pipeline(
         }
     };
     match detected {
-        Detected::Http => {
+        Detected::Tls if listener.routes.any_passthrough() => {
+            passthrough_path(client, ctx, &listener, services, detect_deadline)
+                .await
+                .map(Handoff::Finished)
+        }
+        // A listener whose only routes are TCP and passthrough runs detection for the
+        // ClientHello alone: HTTP-looking bytes are TCP there, as they were without it.
+        Detected::Http if listener.routes.any_http() => {
             match http::serve(client, ctx.clone(), listener, services.clone(), tls).await? {
                 http::End::Closed => Ok(Handoff::Finished(Finish::Http)),
                 http::End::Cancelled => Ok(Handoff::Finished(Finish::Cancelled)),
@@ -384,9 +397,11 @@ async fn pipeline(
                 }
             }
         }
-        Detected::Tcp => tcp_path(client, ctx, &listener, services)
-            .await
-            .map(Handoff::Finished),
+        Detected::Http | Detected::Tls | Detected::Tcp => {
+            tcp_path(client, ctx, &listener, services)
+                .await
+                .map(Handoff::Finished)
+        }
     }
 }
 
@@ -440,7 +455,13 @@ async fn tcp_path(
     services: &Services,
 ) -> Result<Finish, ConnError> {
     ctx.set_protocol(Protocol::Tcp, &services.metrics);
-    let sni = ctx.info().sni.clone();
+    // The server name a TLS listener's handshake gave; a ClientHello read on a plaintext
+    // listener is not one a `tcp` route can match (config refuses `sni` there).
+    let sni = if listener.tls.is_some() {
+        ctx.info().sni.clone()
+    } else {
+        None
+    };
     let query = RouteQuery {
         protocol: Protocol::Tcp,
         sni: sni.as_deref(),
@@ -456,6 +477,82 @@ async fn tcp_path(
         close_gently(&mut client).await;
         return Err(ConnError::NoRoute);
     };
+    relay_tcp(client, &route, ctx, listener, services).await
+}
+
+/// A TLS session relayed untouched, routed on the server name in its ClientHello, which is
+/// read whole (it may span records) within what is left of `detect_timeout`. A server name
+/// no passthrough route takes goes to the listener's TCP routes, as any other bytes would.
+async fn passthrough_path(
+    client: Rewind<ClientStream>,
+    ctx: &ConnCtx,
+    listener: &ListenerSnap,
+    services: &Services,
+    deadline: tokio::time::Instant,
+) -> Result<Finish, ConnError> {
+    let read = unless_closed(ctx, async {
+        detect::read_until(client, deadline, client_hello::MAX_BUFFERED, |buf| {
+            match client_hello::parse(buf) {
+                Ok(Hello::Incomplete) => None,
+                Ok(Hello::Complete { sni }) => Some(Ok(sni)),
+                Err(malformed) => Some(Err(malformed)),
+            }
+        })
+        .await
+        .map_err(ConnError::Detect)
+    })
+    .await;
+    let (sni, mut client) = match read {
+        Ok((Ok(sni), client)) => (sni, client),
+        Ok((Err(malformed), mut client)) => {
+            close_gently(&mut client).await;
+            return Err(ConnError::ClientHello(malformed));
+        }
+        // The stream was dropped, which closed it.
+        Err(e) => return Err(e),
+    };
+    if let Some(sni) = &sni {
+        tracing::Span::current().record("tls.sni", sni.as_str());
+    }
+    let query = RouteQuery {
+        protocol: Protocol::TlsPassthrough,
+        sni: sni.as_deref(),
+        host: None,
+        path: None,
+    };
+    let route = listener.routes.find(&query).cloned();
+    ctx.info().sni = sni;
+    if let Some(route) = route {
+        ctx.set_protocol(Protocol::TlsPassthrough, &services.metrics);
+        return relay_tcp(client, &route, ctx, listener, services).await;
+    }
+    let tcp = RouteQuery {
+        protocol: Protocol::Tcp,
+        sni: None,
+        host: None,
+        path: None,
+    };
+    if listener.routes.find(&tcp).is_some() {
+        return tcp_path(client, ctx, listener, services).await;
+    }
+    ctx.set_protocol(Protocol::TlsPassthrough, &services.metrics);
+    services
+        .metrics
+        .unrouted_total
+        .with_label_values(&[&listener.name, Protocol::TlsPassthrough.as_str()])
+        .inc();
+    close_gently(&mut client).await;
+    Err(ConnError::NoRoute)
+}
+
+/// Connects to the route's backend and relays bytes both ways until either side ends.
+async fn relay_tcp(
+    mut client: Rewind<ClientStream>,
+    route: &Route,
+    ctx: &ConnCtx,
+    listener: &ListenerSnap,
+    services: &Services,
+) -> Result<Finish, ConnError> {
     ctx.set_route(&route.name, &route.backend.name);
     // TCP has no request: only `hash_on = "client_ip"` finds its key.
     let affinity = route.backend.affinity(ctx.client().ip(), None);
