@@ -331,20 +331,38 @@ async fn pipeline(
     // `listener::bind`).
     #[cfg(not(target_os = "linux"))]
     let _ = tcp.set_nodelay(true);
+    // A ClientHello still being read after detection has what is left of the same budget.
+    let detect_deadline = tokio::time::Instant::now() + listener.defaults.detect_timeout;
     let client = match &listener.tls {
         // Boxed so the handshake's state is freed when it ends instead of sizing the task.
         Some(config) => {
+            let (received, tcp) = if listener.routes.any_passthrough() {
+                match peek_client_hello(tcp, ctx, &listener, detect_deadline).await? {
+                    Peeked::Passthrough(client) => {
+                        let Some(current) = services.snapshot().listener(&listener.name).cloned()
+                        else {
+                            return Err(ConnError::NoRoute);
+                        };
+                        return passthrough_path(client, ctx, &current, services, detect_deadline)
+                            .await
+                            .map(Handoff::Finished);
+                    }
+                    Peeked::Terminate(received, tcp) => (received, tcp),
+                }
+            } else {
+                (Bytes::new(), tcp)
+            };
             unless_closed(
                 ctx,
-                Box::pin(tls_handshake(tcp, config, &listener, ctx, services)),
+                Box::pin(tls_handshake(
+                    tcp, received, config, &listener, ctx, services,
+                )),
             )
             .await?
         }
         None => ClientStream::Plain(tcp),
     };
     let tls = matches!(client, ClientStream::Tls(_));
-    // A ClientHello still being read after detection has what is left of the same budget.
-    let detect_deadline = tokio::time::Instant::now() + listener.defaults.detect_timeout;
     let (detected, client) = if listener.detect {
         unless_closed(ctx, async {
             detect::detect(client, listener.defaults.detect_timeout)
@@ -405,8 +423,61 @@ async fn pipeline(
     }
 }
 
+/// What a TLS listener with passthrough routes does with a connection.
+enum Peeked {
+    /// The ClientHello names a passthrough route: relay it (it is the stream's prefix).
+    Passthrough(Rewind<ClientStream>),
+    /// Terminate TLS here; the bytes read so far start the handshake.
+    Terminate(Bytes, TcpStream),
+}
+
+/// Reads the ClientHello before the handshake, on a TLS listener with passthrough routes, to
+/// tell a session it relays untouched from one it terminates. Bytes that are not a
+/// ClientHello go to the handshake, which answers them with a TLS alert.
+async fn peek_client_hello(
+    tcp: TcpStream,
+    ctx: &ConnCtx,
+    listener: &ListenerSnap,
+    deadline: tokio::time::Instant,
+) -> Result<Peeked, ConnError> {
+    let (sni, rewind) = unless_closed(ctx, async {
+        detect::read_until(
+            Rewind::new(Bytes::new(), tcp),
+            deadline,
+            client_hello::MAX_BUFFERED,
+            |buf| match client_hello::parse(buf) {
+                Ok(Hello::Incomplete) => None,
+                Ok(Hello::Complete { sni }) => Some(sni),
+                Err(_) => Some(None),
+            },
+        )
+        .await
+        .map_err(ConnError::Detect)
+    })
+    .await?;
+    let passthrough = sni.as_deref().is_some_and(|sni| {
+        let query = RouteQuery {
+            protocol: Protocol::TlsPassthrough,
+            sni: Some(sni),
+            host: None,
+            path: None,
+        };
+        listener.routes.find(&query).is_some()
+    });
+    let (received, tcp) = rewind.into_parts();
+    Ok(if passthrough {
+        Peeked::Passthrough(Rewind {
+            prefix: received,
+            inner: ClientStream::Plain(tcp),
+        })
+    } else {
+        Peeked::Terminate(received, tcp)
+    })
+}
+
 async fn tls_handshake(
     tcp: TcpStream,
+    received: Bytes,
     config: &Arc<rustls::ServerConfig>,
     listener: &ListenerSnap,
     ctx: &ConnCtx,
@@ -415,7 +486,7 @@ async fn tls_handshake(
     let started = Instant::now();
     let result = tokio::time::timeout(
         listener.defaults.handshake_timeout,
-        crate::io::tls::accept(tcp, config.clone()),
+        crate::io::tls::accept_after(tcp, &received, config.clone()),
     )
     .await;
     let ok = matches!(result, Ok(Ok(_)));

@@ -660,18 +660,6 @@ impl Validator<'_, '_> {
             }
             _ => None,
         };
-        let protocol = match (protocol, &listener.tls) {
-            (Some(Some(Protocol::TlsPassthrough)), Some(_)) => {
-                let at = r.protocol.as_ref().map(Spanned::span).unwrap_or_default();
-                self.report.error(
-                    at,
-                    format!("`protocol = \"tls_passthrough\"` on {label} needs a listener without `tls`: this version reads the ClientHello only where it does not terminate TLS, and {listener_label} has `tls`"),
-                    "move the route to a listener without `tls` on its own port, or remove `tls` from this listener",
-                );
-                None
-            }
-            (protocol, _) => protocol,
-        };
         if kind == Some(Protocol::TlsPassthrough) && r.sni.is_none() {
             self.report.error(
                 raw.span(),

@@ -255,3 +255,108 @@ async fn garbage_and_a_truncated_client_hello_are_closed_within_detect_timeout()
     .unwrap();
     assert!(tls.is_ok());
 }
+
+#[tokio::test]
+async fn a_tls_listener_relays_its_passthrough_names_and_terminates_the_rest() {
+    let gateway_pki = Pki::new();
+    let backend_pki = Pki::for_names(&[NAME]);
+    let (backend, leaf) = tls_echo_backend(&backend_pki).await;
+    let echo = tcp_echo().await;
+    let gw = Gateway::start(
+        gateway_pki.path(),
+        &format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:0"
+tls = {{ cert = "server.crt", key = "server.key" }}
+route = [
+  {{ name = "db", protocol = "tls_passthrough", sni = "{NAME}", backend = "db" }},
+  {{ name = "echo", protocol = "tcp", backend = "echo" }},
+]
+
+[[backend]]
+name = "db"
+servers = ["{backend}"]
+
+[[backend]]
+name = "echo"
+servers = ["{echo}"]
+"#
+        ),
+    )
+    .await;
+    let trust = gateway_pki.client_config(&[backend_pki.pki.ca.cert.as_str()]);
+
+    // The passthrough name: the backend's certificate, the backend's echo.
+    let mut tls = tokio::time::timeout(
+        Duration::from_secs(5),
+        tls_connect(gw.addr("edge"), trust.clone(), NAME),
+    )
+    .await
+    .unwrap();
+    let presented = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    assert!(presented == leaf, "not the backend's certificate");
+    tls.write_all(b"through").await.unwrap();
+    let mut got = [0u8; 7];
+    tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"through");
+
+    // Any other name: the gateway's own certificate, terminated, then the TCP route.
+    let gateway_leaf = CertificateDer::pem_slice_iter(gateway_pki.pki.server.cert.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap()
+        .to_vec();
+    let mut tls = tokio::time::timeout(
+        Duration::from_secs(5),
+        tls_connect(gw.addr("edge"), trust, "localhost"),
+    )
+    .await
+    .unwrap();
+    let presented = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    assert!(presented == gateway_leaf, "not the gateway's certificate");
+    tls.write_all(b"terminated").await.unwrap();
+    let mut got = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(5), tls.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"terminated");
+
+    let m = gw.metrics().await;
+    let edge = ("listener", "edge");
+    for (protocol, want) in [("tls_passthrough", 1.0), ("tcp", 1.0)] {
+        assert_eq!(
+            m.get(
+                "sockgate_connections_total",
+                &[edge, ("protocol", protocol)]
+            ),
+            want,
+            "{protocol}"
+        );
+    }
+    assert_eq!(
+        m.get("sockgate_tls_handshakes_total", &[edge, ("result", "ok")]),
+        1.0
+    );
+
+    // Bytes that are not TLS still get the handshake's answer: an alert, then a close.
+    let mut tcp = TcpStream::connect(gw.addr("edge")).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut buf))
+        .await
+        .unwrap();
+    assert_eq!(
+        buf.first(),
+        Some(&21),
+        "expected a TLS alert record, got {buf:?}"
+    );
+}
