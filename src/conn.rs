@@ -386,7 +386,9 @@ async fn pipeline(
         }
     };
     match detected {
-        Detected::Tls if listener.routes.any_passthrough() => {
+        // On a TLS listener the ClientHello was looked at before the handshake; TLS inside
+        // the session is the client's business.
+        Detected::Tls if !tls && listener.routes.any_passthrough() => {
             passthrough_path(client, ctx, &listener, services, detect_deadline)
                 .await
                 .map(Handoff::Finished)
