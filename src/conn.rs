@@ -21,6 +21,7 @@ use tracing::field::Empty;
 
 pub mod http;
 
+use crate::client_hello::{self, Hello};
 use crate::config::Protocol;
 use crate::detect::{self, DetectError, Detected};
 use crate::error::Side;
@@ -61,6 +62,8 @@ pub enum ConnError {
     TlsTimeout,
     #[error("protocol detection failed")]
     Detect(#[source] DetectError),
+    #[error("reading the TLS ClientHello")]
+    ClientHello(#[source] client_hello::Malformed),
     #[error("no route matches")]
     NoRoute,
     #[error("backend unreachable")]
@@ -79,7 +82,7 @@ impl ConnError {
             ConnError::ProxyHeader(_) => "proxy_header",
             ConnError::Refused(_) => "limits",
             ConnError::Tls(_) | ConnError::TlsTimeout => "tls",
-            ConnError::Detect(_) => "detect",
+            ConnError::Detect(_) | ConnError::ClientHello(_) => "detect",
             ConnError::NoRoute => "route",
             ConnError::Connect(_) => "connect",
             ConnError::Http(http::Error::Http(_) | http::Error::HeadTimeout) => "http",
@@ -97,6 +100,7 @@ impl ConnError {
             | ConnError::Tls(_)
             | ConnError::TlsTimeout
             | ConnError::Detect(_)
+            | ConnError::ClientHello(_)
             | ConnError::Http(http::Error::Http(_) | http::Error::HeadTimeout) => "client",
             ConnError::Connect(_) | ConnError::Http(http::Error::Upgrade(_)) => "backend",
             ConnError::NoRoute | ConnError::Cancelled | ConnError::Aborted => "gateway",
@@ -327,12 +331,32 @@ async fn pipeline(
     // `listener::bind`).
     #[cfg(not(target_os = "linux"))]
     let _ = tcp.set_nodelay(true);
+    // A ClientHello still being read after detection has what is left of the same budget.
+    let detect_deadline = tokio::time::Instant::now() + listener.defaults.detect_timeout;
     let client = match &listener.tls {
         // Boxed so the handshake's state is freed when it ends instead of sizing the task.
         Some(config) => {
+            let (received, tcp) = if listener.routes.any_passthrough() {
+                match peek_client_hello(tcp, ctx, &listener, detect_deadline).await? {
+                    Peeked::Passthrough(client) => {
+                        let Some(current) = services.snapshot().listener(&listener.name).cloned()
+                        else {
+                            return Err(ConnError::NoRoute);
+                        };
+                        return passthrough_path(client, ctx, &current, services, detect_deadline)
+                            .await
+                            .map(Handoff::Finished);
+                    }
+                    Peeked::Terminate(received, tcp) => (received, tcp),
+                }
+            } else {
+                (Bytes::new(), tcp)
+            };
             unless_closed(
                 ctx,
-                Box::pin(tls_handshake(tcp, config, &listener, ctx, services)),
+                Box::pin(tls_handshake(
+                    tcp, received, config, &listener, ctx, services,
+                )),
             )
             .await?
         }
@@ -362,7 +386,16 @@ async fn pipeline(
         }
     };
     match detected {
-        Detected::Http => {
+        // On a TLS listener the ClientHello was looked at before the handshake; TLS inside
+        // the session is the client's business.
+        Detected::Tls if !tls && listener.routes.any_passthrough() => {
+            passthrough_path(client, ctx, &listener, services, detect_deadline)
+                .await
+                .map(Handoff::Finished)
+        }
+        // A listener whose only routes are TCP and passthrough runs detection for the
+        // ClientHello alone: HTTP-looking bytes are TCP there, as they were without it.
+        Detected::Http if listener.routes.any_http() => {
             match http::serve(client, ctx.clone(), listener, services.clone(), tls).await? {
                 http::End::Closed => Ok(Handoff::Finished(Finish::Http)),
                 http::End::Cancelled => Ok(Handoff::Finished(Finish::Cancelled)),
@@ -384,14 +417,69 @@ async fn pipeline(
                 }
             }
         }
-        Detected::Tcp => tcp_path(client, ctx, &listener, services)
-            .await
-            .map(Handoff::Finished),
+        Detected::Http | Detected::Tls | Detected::Tcp => {
+            tcp_path(client, ctx, &listener, services)
+                .await
+                .map(Handoff::Finished)
+        }
     }
+}
+
+/// What a TLS listener with passthrough routes does with a connection.
+enum Peeked {
+    /// The ClientHello names a passthrough route: relay it (it is the stream's prefix).
+    Passthrough(Rewind<ClientStream>),
+    /// Terminate TLS here; the bytes read so far start the handshake.
+    Terminate(Bytes, TcpStream),
+}
+
+/// Reads the ClientHello before the handshake, on a TLS listener with passthrough routes, to
+/// tell a session it relays untouched from one it terminates. Bytes that are not a
+/// ClientHello go to the handshake, which answers them with a TLS alert.
+async fn peek_client_hello(
+    tcp: TcpStream,
+    ctx: &ConnCtx,
+    listener: &ListenerSnap,
+    deadline: tokio::time::Instant,
+) -> Result<Peeked, ConnError> {
+    let (sni, rewind) = unless_closed(ctx, async {
+        detect::read_until(
+            Rewind::new(Bytes::new(), tcp),
+            deadline,
+            client_hello::MAX_BUFFERED,
+            |buf| match client_hello::parse(buf) {
+                Ok(Hello::Incomplete) => None,
+                Ok(Hello::Complete { sni }) => Some(sni),
+                Err(_) => Some(None),
+            },
+        )
+        .await
+        .map_err(ConnError::Detect)
+    })
+    .await?;
+    let passthrough = sni.as_deref().is_some_and(|sni| {
+        let query = RouteQuery {
+            protocol: Protocol::TlsPassthrough,
+            sni: Some(sni),
+            host: None,
+            path: None,
+        };
+        listener.routes.find(&query).is_some()
+    });
+    let (received, tcp) = rewind.into_parts();
+    Ok(if passthrough {
+        Peeked::Passthrough(Rewind {
+            prefix: received,
+            inner: ClientStream::Plain(tcp),
+        })
+    } else {
+        Peeked::Terminate(received, tcp)
+    })
 }
 
 async fn tls_handshake(
     tcp: TcpStream,
+    received: Bytes,
     config: &Arc<rustls::ServerConfig>,
     listener: &ListenerSnap,
     ctx: &ConnCtx,
@@ -400,7 +488,7 @@ async fn tls_handshake(
     let started = Instant::now();
     let result = tokio::time::timeout(
         listener.defaults.handshake_timeout,
-        crate::io::tls::accept(tcp, config.clone()),
+        crate::io::tls::accept_after(tcp, &received, config.clone()),
     )
     .await;
     let ok = matches!(result, Ok(Ok(_)));
@@ -440,7 +528,13 @@ async fn tcp_path(
     services: &Services,
 ) -> Result<Finish, ConnError> {
     ctx.set_protocol(Protocol::Tcp, &services.metrics);
-    let sni = ctx.info().sni.clone();
+    // The server name a TLS listener's handshake gave; a ClientHello read on a plaintext
+    // listener is not one a `tcp` route can match (config refuses `sni` there).
+    let sni = if listener.tls.is_some() {
+        ctx.info().sni.clone()
+    } else {
+        None
+    };
     let query = RouteQuery {
         protocol: Protocol::Tcp,
         sni: sni.as_deref(),
@@ -456,6 +550,82 @@ async fn tcp_path(
         close_gently(&mut client).await;
         return Err(ConnError::NoRoute);
     };
+    relay_tcp(client, &route, ctx, listener, services).await
+}
+
+/// A TLS session relayed untouched, routed on the server name in its ClientHello, which is
+/// read whole (it may span records) within what is left of `detect_timeout`. A server name
+/// no passthrough route takes goes to the listener's TCP routes, as any other bytes would.
+async fn passthrough_path(
+    client: Rewind<ClientStream>,
+    ctx: &ConnCtx,
+    listener: &ListenerSnap,
+    services: &Services,
+    deadline: tokio::time::Instant,
+) -> Result<Finish, ConnError> {
+    let read = unless_closed(ctx, async {
+        detect::read_until(client, deadline, client_hello::MAX_BUFFERED, |buf| {
+            match client_hello::parse(buf) {
+                Ok(Hello::Incomplete) => None,
+                Ok(Hello::Complete { sni }) => Some(Ok(sni)),
+                Err(malformed) => Some(Err(malformed)),
+            }
+        })
+        .await
+        .map_err(ConnError::Detect)
+    })
+    .await;
+    let (sni, mut client) = match read {
+        Ok((Ok(sni), client)) => (sni, client),
+        Ok((Err(malformed), mut client)) => {
+            close_gently(&mut client).await;
+            return Err(ConnError::ClientHello(malformed));
+        }
+        // The stream was dropped, which closed it.
+        Err(e) => return Err(e),
+    };
+    if let Some(sni) = &sni {
+        tracing::Span::current().record("tls.sni", sni.as_str());
+    }
+    let query = RouteQuery {
+        protocol: Protocol::TlsPassthrough,
+        sni: sni.as_deref(),
+        host: None,
+        path: None,
+    };
+    let route = listener.routes.find(&query).cloned();
+    ctx.info().sni = sni;
+    if let Some(route) = route {
+        ctx.set_protocol(Protocol::TlsPassthrough, &services.metrics);
+        return relay_tcp(client, &route, ctx, listener, services).await;
+    }
+    let tcp = RouteQuery {
+        protocol: Protocol::Tcp,
+        sni: None,
+        host: None,
+        path: None,
+    };
+    if listener.routes.find(&tcp).is_some() {
+        return tcp_path(client, ctx, listener, services).await;
+    }
+    ctx.set_protocol(Protocol::TlsPassthrough, &services.metrics);
+    services
+        .metrics
+        .unrouted_total
+        .with_label_values(&[&listener.name, Protocol::TlsPassthrough.as_str()])
+        .inc();
+    close_gently(&mut client).await;
+    Err(ConnError::NoRoute)
+}
+
+/// Connects to the route's backend and relays bytes both ways until either side ends.
+async fn relay_tcp(
+    mut client: Rewind<ClientStream>,
+    route: &Route,
+    ctx: &ConnCtx,
+    listener: &ListenerSnap,
+    services: &Services,
+) -> Result<Finish, ConnError> {
     ctx.set_route(&route.name, &route.backend.name);
     // TCP has no request: only `hash_on = "client_ip"` finds its key.
     let affinity = route.backend.affinity(ctx.client().ip(), None);

@@ -29,6 +29,7 @@ pub mod workers;
 
 mod admin;
 mod certwatch;
+mod client_hello;
 mod conn;
 mod detect;
 mod io;

@@ -56,7 +56,12 @@ impl Route {
                 Some(want) => have == Some(want.as_str()),
             }
         }
-        self.protocol.is_none_or(|p| p == q.protocol)
+        // A route for any protocol does not take passthrough TLS: those routes name it.
+        let protocol = match self.protocol {
+            None => q.protocol != Protocol::TlsPassthrough,
+            Some(p) => p == q.protocol,
+        };
+        protocol
             && key_matches(&self.sni, q.sni)
             && key_matches(&self.host, q.host)
             && match &self.path_prefix {
@@ -80,6 +85,8 @@ pub struct RouteTable {
     by_sni: HashMap<String, Vec<usize>>,
     /// Routes with neither, in file order.
     rest: Vec<usize>,
+    /// Some route is `tls_passthrough`: a ClientHello is read for its server name.
+    passthrough: bool,
 }
 
 impl RouteTable {
@@ -92,6 +99,9 @@ impl RouteTable {
                 (None, None) => table.rest.push(i),
             }
         }
+        table.passthrough = routes
+            .iter()
+            .any(|r| r.protocol == Some(Protocol::TlsPassthrough));
         table.routes = routes;
         table
     }
@@ -134,7 +144,12 @@ impl RouteTable {
     pub fn any_http(&self) -> bool {
         self.routes
             .iter()
-            .any(|r| r.protocol != Some(Protocol::Tcp))
+            .any(|r| !matches!(r.protocol, Some(Protocol::Tcp | Protocol::TlsPassthrough)))
+    }
+
+    /// Some route is `tls_passthrough` (known without a walk over the routes).
+    pub fn any_passthrough(&self) -> bool {
+        self.passthrough
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
@@ -167,11 +182,12 @@ mod tests {
     const HOSTS: [Option<&str>; 4] = [None, Some("a.test"), Some("b.test"), Some("c.test")];
     const SNIS: [Option<&str>; 3] = [None, Some("a.test"), Some("x.test")];
     const PATHS: [Option<&str>; 3] = [None, Some("/"), Some("/chat")];
-    const PROTOCOLS: [Option<Protocol>; 4] = [
+    const PROTOCOLS: [Option<Protocol>; 5] = [
         None,
         Some(Protocol::Tcp),
         Some(Protocol::Http),
         Some(Protocol::WebSocket),
+        Some(Protocol::TlsPassthrough),
     ];
 
     fn route(i: usize, keys: (usize, usize, usize, usize), backend: &Arc<Pool>) -> Arc<Route> {
@@ -192,8 +208,8 @@ mod tests {
         /// The index finds what a scan in file order finds, for any table and query.
         #[test]
         fn the_index_finds_the_first_match_in_file_order(
-            keys in proptest::collection::vec((0..4usize, 0..3usize, 0..3usize, 0..4usize), 0..40),
-            queries in proptest::collection::vec((0..4usize, 0..3usize, 0..3usize, 1..4usize), 1..20),
+            keys in proptest::collection::vec((0..4usize, 0..3usize, 0..3usize, 0..5usize), 0..40),
+            queries in proptest::collection::vec((0..4usize, 0..3usize, 0..3usize, 1..5usize), 1..20),
         ) {
             let backend = pool();
             let routes: Vec<_> = keys.iter().enumerate().map(|(i, k)| route(i, *k, &backend)).collect();

@@ -58,6 +58,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "proxy_header",
             "tls",
             "detect",
+            "client_hello",
             "route",
             "limits",
             "upstream",
@@ -90,6 +91,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("proxy_header", &["io"]),
     ("tls", &["certs", "config", "io"]),
     ("detect", &["io"]),
+    // The server name in a TLS ClientHello, for passthrough routes: a pure parser.
+    ("client_hello", &[]),
     ("route", &["upstream", "config"]),
     ("upstream", &["config", "metrics", "io", "error"]),
     // A relay knows its two streams, its counters and limits, and the drain signal.

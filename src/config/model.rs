@@ -206,6 +206,8 @@ pub enum Protocol {
     WebSocket,
     Http,
     Tcp,
+    /// TLS relayed untouched, picked by the server name in the client's ClientHello.
+    TlsPassthrough,
 }
 
 impl Protocol {
@@ -214,6 +216,7 @@ impl Protocol {
             Protocol::WebSocket => "websocket",
             Protocol::Http => "http",
             Protocol::Tcp => "tcp",
+            Protocol::TlsPassthrough => "tls_passthrough",
         }
     }
 }
@@ -226,7 +229,7 @@ pub struct RouteConfig {
     /// Lower-cased, without port; an IPv6 address in brackets, in its shortest form
     /// (`[::1]`). HTTP and WebSocket only.
     pub host: Option<String>,
-    /// Lower-cased TLS server name; any protocol.
+    /// Lower-cased TLS server name; any protocol, and required with `TlsPassthrough`.
     pub sni: Option<String>,
     /// HTTP and WebSocket only; starts with `/`.
     pub path_prefix: Option<String>,

@@ -295,6 +295,7 @@ tls = { cert = "certs/dev/server.crt", key = "certs/dev/server.key", client_auth
   protocol = "tls_passthrough"
   client_cert = true
   backend = "chat"
+  sni = "db.example.com"
 
 [[backend]]
 name = "chat"
@@ -308,17 +309,76 @@ tls = { verify = true }
     );
     assert_reports(
         &printed,
-        "sockgate.toml:10:14: `protocol = \"tls_passthrough\"` is not supported by this version of sockgate\n  hint: TLS always ends at a listener with `tls`",
-    );
-    assert_reports(
-        &printed,
         "sockgate.toml:11:3: `client_cert` is not supported by this version of sockgate\n",
     );
     assert_reports(
         &printed,
-        "sockgate.toml:17:1: `tls` is not supported by this version of sockgate\n  hint: connections to servers are plain TCP: TLS ends at the gateway; remove the key",
+        "sockgate.toml:18:1: `tls` is not supported by this version of sockgate\n  hint: connections to servers are plain TCP: TLS ends at the gateway; remove the key",
     );
-    assert_eq!(printed.matches("sockgate.toml:").count(), 4, "{printed}");
+    assert_eq!(printed.matches("sockgate.toml:").count(), 3, "{printed}");
+}
+
+#[test]
+fn a_tls_passthrough_route_on_a_plaintext_listener_is_valid_and_keeps_its_sni() {
+    let config = valid(
+        r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:0"
+route = [
+  { name = "db", protocol = "tls_passthrough", sni = "DB.example.com", backend = "b" },
+  { name = "rest", backend = "b" },
+]
+[[backend]]
+name = "b"
+servers = ["127.0.0.1:9"]
+"#,
+    );
+    let route = &config.listeners[0].routes[0];
+    assert_eq!(route.protocol, Some(Protocol::TlsPassthrough));
+    assert_eq!(route.sni.as_deref(), Some("db.example.com"));
+}
+
+#[test]
+fn a_tls_passthrough_route_needs_sni_and_takes_no_host_path_or_request_keys() {
+    let printed = errors(
+        r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:0"
+  [[listener.route]]
+  name = "db"
+  protocol = "tls_passthrough"
+  host = "db.example.com"
+  path_prefix = "/x"
+  request_timeout = "5s"
+  max_message_size = "1MiB"
+  backend = "b"
+[[backend]]
+name = "b"
+servers = ["127.0.0.1:9"]
+"#,
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:4:3: route `db` has protocol = \"tls_passthrough\" but no `sni`: passthrough routes are picked by the server name in the client's ClientHello\n  hint: add the server name this route is for, as in sni = \"db.example.com\"",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:7:10: `host` on route `db` never matches: TLS passthrough connections (relayed without decrypting) carry no Host header\n  hint: remove `host`",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:8:17: `path_prefix` on route `db` never matches: TLS passthrough connections (relayed without decrypting) carry no request path",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:9:21: `request_timeout` on route `db` has no effect: TLS passthrough connections (relayed without decrypting) carry no requests",
+    );
+    assert_reports(
+        &printed,
+        "`max_message_size` only applies to WebSocket connections, but route `db` has protocol = \"tls_passthrough\"",
+    );
 }
 
 #[test]
@@ -703,7 +763,7 @@ route = [{ name = "all", protocol = "udp", backend = "chat" }]
     ));
     assert_eq!(
         printed,
-        "sockgate.toml:4:37: `protocol` = \"udp\" is not a protocol this route can match\n  hint: use \"websocket\", \"http\" or \"tcp\", or leave `protocol` out to match any\n"
+        "sockgate.toml:4:37: `protocol` = \"udp\" is not a protocol this route can match\n  hint: use \"websocket\", \"http\", \"tcp\" or \"tls_passthrough\", or leave `protocol` out to match any but passthrough TLS\n"
     );
 }
 

@@ -673,11 +673,27 @@ impl Validator<'_, '_> {
         // An invalid protocol was reported; check the rest as if it matched any.
         let kind = protocol.flatten();
 
+        // TCP and passthrough TLS are relayed as bytes: no request, no Host, no path.
+        let opaque = match kind {
+            Some(Protocol::Tcp) => Some("TCP connections"),
+            Some(Protocol::TlsPassthrough) => {
+                Some("TLS passthrough connections (relayed without decrypting)")
+            }
+            _ => None,
+        };
+        if kind == Some(Protocol::TlsPassthrough) && r.sni.is_none() {
+            self.report.error(
+                raw.span(),
+                format!("{label} has protocol = \"tls_passthrough\" but no `sni`: passthrough routes are picked by the server name in the client's ClientHello"),
+                r#"add the server name this route is for, as in sni = "db.example.com""#,
+            );
+        }
+
         let host = present(r.host.as_ref(), |h| {
-            if kind == Some(Protocol::Tcp) {
+            if let Some(what) = opaque {
                 self.report.error(
                     h.span(),
-                    format!("`host` on {label} never matches: TCP connections carry no Host header"),
+                    format!("`host` on {label} never matches: {what} carry no Host header"),
                     "remove `host` (use `sni` to pick TLS connections by server name), or change `protocol`",
                 );
                 return None;
@@ -685,10 +701,10 @@ impl Validator<'_, '_> {
             self.host(h)
         });
         let path_prefix = present(r.path_prefix.as_ref(), |p| {
-            if kind == Some(Protocol::Tcp) {
+            if let Some(what) = opaque {
                 self.report.error(
                     p.span(),
-                    format!("`path_prefix` on {label} never matches: TCP connections carry no request path"),
+                    format!("`path_prefix` on {label} never matches: {what} carry no request path"),
                     "remove `path_prefix`, or change `protocol`",
                 );
                 return None;
@@ -707,7 +723,7 @@ impl Validator<'_, '_> {
             Some(p.get_ref().clone())
         });
         let sni = present(r.sni.as_ref(), |s| {
-            if listener.tls.is_none() {
+            if listener.tls.is_none() && kind != Some(Protocol::TlsPassthrough) {
                 self.report.error(
                     s.span(),
                     format!("`sni` on {label} never matches: {} is plaintext, so clients send no server name", listener_label),
@@ -737,11 +753,13 @@ impl Validator<'_, '_> {
             )
             .and_then(|b| self.backend_ref(b, &label))
             .and_then(|b| {
-                if kind == Some(Protocol::Tcp) && self.request_hashed.contains(&b) {
+                if let Some(kind @ (Protocol::Tcp | Protocol::TlsPassthrough)) = kind
+                    && self.request_hashed.contains(&b)
+                {
                     let at = r.backend.as_ref().map(Spanned::span).unwrap_or_default();
                     self.report.error(
                         at,
-                        format!("{label} is `tcp`, but backend `{b}` hashes on a request's header, cookie or query parameter, which a TCP connection does not have"),
+                        format!("{label} is `{}`, but backend `{b}` hashes on a request's header, cookie or query parameter, which a TCP connection does not have", kind.as_str()),
                         r#"give the backend hash_on = "client_ip", or route TCP to another backend"#,
                     );
                     return None;
@@ -750,10 +768,10 @@ impl Validator<'_, '_> {
             });
 
         let request_timeout = present(r.request_timeout.as_ref(), |t| {
-            if kind == Some(Protocol::Tcp) {
+            if let Some(what) = opaque {
                 self.report.error(
                     t.span(),
-                    format!("`request_timeout` on {label} has no effect: TCP connections carry no requests"),
+                    format!("`request_timeout` on {label} has no effect: {what} carry no requests"),
                     "remove `request_timeout` (`idle_timeout` in [defaults] ends silent TCP connections), or change `protocol`",
                 );
                 return None;
@@ -846,7 +864,8 @@ impl Validator<'_, '_> {
         kind: Option<Protocol>,
         route: &str,
     ) -> Option<()> {
-        let Some(protocol @ (Protocol::Http | Protocol::Tcp)) = kind else {
+        let Some(protocol @ (Protocol::Http | Protocol::Tcp | Protocol::TlsPassthrough)) = kind
+        else {
             return Some(());
         };
         self.report.error(
@@ -865,19 +884,12 @@ impl Validator<'_, '_> {
             "websocket" => Some(Protocol::WebSocket),
             "http" => Some(Protocol::Http),
             "tcp" => Some(Protocol::Tcp),
-            "tls_passthrough" => {
-                self.report.error(
-                    raw.span(),
-                    "`protocol = \"tls_passthrough\"` is not supported by this version of sockgate",
-                    r#"TLS always ends at a listener with `tls`; to forward TLS untouched, use a listener without `tls` and protocol = "tcp""#,
-                );
-                None
-            }
+            "tls_passthrough" => Some(Protocol::TlsPassthrough),
             other => {
                 self.report.error(
                     raw.span(),
                     format!("`protocol` = \"{other}\" is not a protocol this route can match"),
-                    r#"use "websocket", "http" or "tcp", or leave `protocol` out to match any"#,
+                    r#"use "websocket", "http", "tcp" or "tls_passthrough", or leave `protocol` out to match any but passthrough TLS"#,
                 );
                 None
             }

@@ -111,10 +111,31 @@ enum Drive {
 }
 
 /// Completes a TLS handshake on an accepted connection.
+#[cfg(test)]
 pub async fn accept<IO>(io: IO, config: Arc<ServerConfig>) -> io::Result<TlsStream<IO>>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    accept_after(io, &[], config).await
+}
+
+/// Completes a TLS handshake whose first bytes, `received`, were already read from `io`
+/// (a ClientHello looked at for its server name). They go into the receive buffer the
+/// handshake takes anyway, so the stream's type stays the same and reads nothing twice.
+pub async fn accept_after<IO>(
+    io: IO,
+    received: &[u8],
+    config: Arc<ServerConfig>,
+) -> io::Result<TlsStream<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    if received.len() > buffer::SEALED_SIZE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "TLS message larger than the receive buffer",
+        ));
+    }
     let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
     let mut stream = TlsStream {
         io,
@@ -135,6 +156,10 @@ where
         close_sent: false,
         failed: None,
     };
+    if !received.is_empty() {
+        stream.incoming.get()[..received.len()].copy_from_slice(received);
+        stream.in_end = received.len();
+    }
     poll_fn(|cx| {
         let polled = stream.poll_handshake(cx);
         stream.release_idle_input();
