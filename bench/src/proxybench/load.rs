@@ -53,6 +53,14 @@ pub enum Load {
     Connect { tls: bool, parallel: usize },
     /// WebSocket over TLS in a closed loop: one binary message of `size` bytes, its echo.
     Wss { size: usize, connections: usize },
+    /// As `Wss`, but each connection sends one message every `1 / per_second` s (spread
+    /// evenly over the interval across connections) instead of as fast as it can, so the
+    /// clients keep up with thousands of connections.
+    WssPaced {
+        size: usize,
+        connections: usize,
+        per_second: f64,
+    },
 }
 
 /// The TLS client configs: TCP frontends offer no ALPN, so neither do their clients.
@@ -225,6 +233,28 @@ pub async fn run(
                 .map(|(ws, _)| {
                     let counter = counter.clone();
                     tokio::spawn(async move { ws_echo(ws, size, w, &counter).await })
+                })
+                .collect();
+        }
+        Load::WssPaced {
+            size,
+            connections,
+            per_second,
+        } => {
+            let clients = connect_all(connections, || dial_ws(addr, clients)).await?;
+            negotiated = clients.first().map(|(_, n)| n.clone());
+            window = Window::starting(timing);
+            let w = window;
+            let interval = Duration::from_secs_f64(1.0 / per_second);
+            tasks = clients
+                .into_iter()
+                .enumerate()
+                .map(|(i, (ws, _))| {
+                    let counter = counter.clone();
+                    let phase = interval.mul_f64(i as f64 / connections as f64);
+                    tokio::spawn(
+                        async move { ws_paced(ws, size, w, interval, phase, &counter).await },
+                    )
                 })
                 .collect();
         }
@@ -402,6 +432,45 @@ async fn ws_echo(
         counter.fetch_add(1, Ordering::Relaxed);
         if w.counts(sent, received) {
             rtts.push(nanos(received - sent));
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        ws.close(None).await?;
+        while ws.next().await.is_some() {}
+        anyhow::Ok(())
+    })
+    .await;
+    Ok(rtts)
+}
+
+/// One message every `interval`, the first at `phase` after the start.
+async fn ws_paced(
+    mut ws: WsClient,
+    size: usize,
+    w: Window,
+    interval: Duration,
+    phase: Duration,
+    counter: &AtomicU64,
+) -> anyhow::Result<Vec<u64>> {
+    let payload: Bytes = pattern(size).into();
+    let mut rtts = Vec::new();
+    let mut next = w.start + phase;
+    loop {
+        tokio::time::sleep_until(next.into()).await;
+        let sent = Instant::now();
+        if sent >= w.end {
+            break;
+        }
+        round_trip(&mut ws, &payload).await?;
+        let received = Instant::now();
+        counter.fetch_add(1, Ordering::Relaxed);
+        if w.counts(sent, received) {
+            rtts.push(nanos(received - sent));
+        }
+        // A late client does not catch up in a burst: it skips the ticks it missed.
+        next += interval;
+        while next < received {
+            next += interval;
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), async {

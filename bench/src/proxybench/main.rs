@@ -12,6 +12,7 @@
 //! reuse.
 
 mod backend;
+mod curves;
 mod load;
 mod machine;
 mod proxies;
@@ -43,6 +44,14 @@ struct Args {
     /// installed are left out (and the table says so) instead of failing the run.
     #[arg(long)]
     smoke: bool,
+
+    /// Curves instead of the scenarios: sockgate against HAProxy as sizes grow (RSS per
+    /// idle wss connection at 1k/5k/9k connections, CPU per wss message at 100/1k/5k
+    /// active connections, CPU per new connection beside 0 and 9k idle ones). Writes
+    /// curves.md and a chart per curve; --repeats defaults to 1, the output folder to
+    /// bench/results/DATE-curves.
+    #[arg(long)]
+    curves: bool,
 
     /// Folder for results.md, the charts and the configs [default: bench/results/DATE, or
     /// a temporary folder with --smoke].
@@ -331,7 +340,9 @@ fn find_program(program: &Path) -> Option<PathBuf> {
 fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let began = Instant::now();
     let smoke = args.smoke;
-    let repeats = args.repeats.unwrap_or(if smoke { 1 } else { 3 });
+    let repeats = args
+        .repeats
+        .unwrap_or(if smoke || args.curves { 1 } else { 3 });
     let timing = Timing {
         warmup: Duration::from_secs_f64(args.warmup.unwrap_or(if smoke { 0.2 } else { 1.0 })),
         duration: Duration::from_secs_f64(args.duration.unwrap_or(if smoke { 0.6 } else { 3.0 })),
@@ -411,7 +422,11 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             .keep(),
         None => Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("results")
-            .join(machine::today()),
+            .join(if args.curves {
+                format!("{}-curves", machine::today())
+            } else {
+                machine::today()
+            }),
     };
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
 
@@ -431,6 +446,45 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         ws: tls::connector(&setup.certs.ca, &[b"http/1.1"])?,
     };
     let environment = machine::describe(&args.sockgate, &setup);
+    if args.curves {
+        let targets: Vec<Target> = targets
+            .iter()
+            .copied()
+            .filter(|t| matches!(t, Target::Haproxy | Target::Sockgate))
+            .collect();
+        if targets.is_empty() {
+            bail!("--curves compares sockgate and HAProxy: give at least one of them");
+        }
+        eprintln!(
+            "proxybench: curves of {} to {}",
+            targets
+                .iter()
+                .map(|t| t.label())
+                .collect::<Vec<_>>()
+                .join(" and "),
+            out.display()
+        );
+        let ok = curves::run(
+            runtime,
+            &setup,
+            &clients,
+            &targets,
+            repeats,
+            timing,
+            smoke,
+            &out,
+            &environment,
+            &mut backend,
+        )?;
+        drop(backend);
+        if !ok {
+            bail!(
+                "a sockgate run failed; see {}",
+                out.join("curves.md").display()
+            );
+        }
+        return Ok(());
+    }
     eprintln!(
         "proxybench: {} scenario rows × {} targets × {repeats} repeats, {:.1} s + {:.1} s warm-up each; results to {}",
         cases.len(),
@@ -624,7 +678,7 @@ fn measured(load: Load, o: &Outcome) -> Measured {
                 }
             }
         }
-        Load::Wss { .. } => {
+        Load::Wss { .. } | Load::WssPaced { .. } => {
             for (metric, q) in [(Metric::P50, 0.5), (Metric::P99, 0.99)] {
                 if let Some(v) = latency(q) {
                     values.insert(metric, v);

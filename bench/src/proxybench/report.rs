@@ -64,7 +64,7 @@ fn rate_unit(case: &Case) -> &'static str {
         Kind::Load(Load::Bulk { .. }, _) => "Gbit/s",
         Kind::Load(Load::RequestResponse { .. }, _) => "req/s",
         Kind::Load(Load::Handshake { .. }, _) => "handshakes/s",
-        Kind::Load(Load::Wss { .. }, _) => "msg/s",
+        Kind::Load(Load::Wss { .. } | Load::WssPaced { .. }, _) => "msg/s",
         Kind::Load(Load::Connect { .. }, _) => "conn/s",
         Kind::Idle { .. } => "",
     }
@@ -139,7 +139,9 @@ pub fn metrics_of(case: &Case) -> Vec<Metric> {
         Kind::Load(Load::RequestResponse { .. }, _) => {
             vec![Metric::Rate, Metric::P50, Metric::P99, Metric::P999]
         }
-        Kind::Load(Load::Wss { .. }, _) => vec![Metric::Rate, Metric::P50, Metric::P99],
+        Kind::Load(Load::Wss { .. } | Load::WssPaced { .. }, _) => {
+            vec![Metric::Rate, Metric::P50, Metric::P99]
+        }
         Kind::Load(Load::Handshake { .. } | Load::Connect { .. }, _) => {
             vec![Metric::Rate, Metric::CpuPerOp]
         }
@@ -190,7 +192,7 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-fn color(target: Target) -> &'static str {
+pub fn color(target: Target) -> &'static str {
     match target {
         Target::Direct => "#9e9e9e",
         Target::Haproxy => "#1f77b4",
