@@ -25,7 +25,8 @@
 //! answer goes back to the client as it came.
 //!
 //! hyper answers malformed requests itself: 400, or 431 when the head exceeds
-//! [`MAX_HEAD`], or 414 for an overlong URI.
+//! [`MAX_HEAD`], or 414 for an overlong URI. A head still incomplete after
+//! `handshake_timeout` gets 408 (RFC 9110 §15.5.9) from here: hyper closes without an answer.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -72,7 +73,7 @@ use idle::{Idle, stalled};
 /// Largest request head accepted; hyper answers 431 beyond it.
 pub const MAX_HEAD: usize = 32 * 1024;
 
-type ClientIo = Counting<Rewind<ClientStream>>;
+type ClientIo = Counting;
 type Body = Either<Idle<Incoming>, Full<Bytes>>;
 /// A request body on its way to the backend.
 type Upload = Idle<Incoming>;
@@ -117,10 +118,12 @@ pub async fn serve(
         session_stale: AtomicBool::new(false),
         upgrade: Mutex::new(None),
         flushed: Mutex::new(Flushed::default()),
+        head_late: AtomicBool::new(false),
+        parked: Mutex::new(None),
     });
     let io = Counting {
-        inner: client,
-        ctx: ctx.clone(),
+        inner: Some(client),
+        state: state.clone(),
     };
     let service = {
         let state = state.clone();
@@ -135,6 +138,7 @@ pub async fn serve(
         .header_read_timeout(listener.defaults.handshake_timeout)
         .max_buf_size(MAX_HEAD);
     let drain_timeout = listener.defaults.drain_timeout;
+    let head_timeout = listener.defaults.handshake_timeout;
     drop(listener);
     // Boxed: the HTTP phase's state lives on the heap only while it runs, so a WebSocket that
     // outlives it does not carry hyper's connection in its task for hours.
@@ -191,12 +195,26 @@ pub async fn serve(
             }
         }
     };
+    let head_late = matches!(&served, Err(e) if e.is_timeout());
+    // Dropping the connection with the flag up parks the client stream (see `Counting`'s
+    // drop) so that the 408 can be written after hyper has let go of it.
+    state.head_late.store(head_late, Ordering::Relaxed);
     drop(conn);
-    state.flush_bytes();
     // A connection that ended before any request (bad request, early close) is still HTTP.
     ctx.set_protocol(Protocol::Http, &services.metrics);
+    if head_late {
+        let parked = state
+            .parked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(client) = parked {
+            answer_late_head(client, &state, head_timeout).await;
+        }
+    }
+    state.flush_bytes();
     if let Err(e) = served {
-        return Err(if e.is_timeout() {
+        return Err(if head_late {
             Error::HeadTimeout
         } else {
             Error::Http(e)
@@ -254,7 +272,10 @@ async fn take_upgraded(pending: PendingUpgrade) -> Result<Upgraded, Error> {
     let backend = pending.backend.await.map_err(Error::Upgrade)?;
     let client = match client.downcast::<TokioIo<ClientIo>>() {
         Ok(parts) => {
-            let (unread, stream) = parts.io.into_inner().inner.into_parts();
+            let Some(client) = parts.io.into_inner().take() else {
+                return Err(Error::UpgradeLost(Side::Client));
+            };
+            let (unread, stream) = client.into_parts();
             Rewind::new(join(parts.read_buf, unread), stream)
         }
         Err(_) => return Err(Error::UpgradeLost(Side::Client)),
@@ -324,6 +345,10 @@ struct HttpConn {
     session_stale: AtomicBool,
     upgrade: Mutex<Option<PendingUpgrade>>,
     flushed: Mutex<Flushed>,
+    /// hyper gave up on a request head (`handshake_timeout`): the client stream is parked in
+    /// `parked` when hyper drops it, for the 408.
+    head_late: AtomicBool,
+    parked: Mutex<Option<Rewind<ClientStream>>>,
 }
 
 impl Drop for HttpConn {
@@ -834,22 +859,50 @@ fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool 
 
 /// Counts the bytes of the HTTP phase into the connection's totals. After an upgrade the
 /// WebSocket relay takes the stream out of this wrapper and counts for itself.
-struct Counting<S> {
-    inner: S,
-    ctx: Arc<ConnCtx>,
+///
+/// The stream is an `Option` only so that it can leave: taken by the upgrade, or parked in
+/// [`HttpConn::parked`] when hyper drops it after a late head. It is `Some` while hyper
+/// drives it.
+struct Counting {
+    inner: Option<Rewind<ClientStream>>,
+    state: Arc<HttpConn>,
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
+impl Counting {
+    fn take(mut self) -> Option<Rewind<ClientStream>> {
+        self.inner.take()
+    }
+
+    fn stream(&mut self) -> io::Result<Pin<&mut Rewind<ClientStream>>> {
+        match self.inner.as_mut() {
+            Some(inner) => Ok(Pin::new(inner)),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+impl Drop for Counting {
+    fn drop(&mut self) {
+        if self.state.head_late.load(Ordering::Relaxed)
+            && let Some(inner) = self.inner.take()
+        {
+            *self.state.parked.lock().unwrap_or_else(|p| p.into_inner()) = Some(inner);
+        }
+    }
+}
+
+impl AsyncRead for Counting {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let result = self.stream()?.poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
-            self.ctx
+            self.state
+                .ctx
                 .bytes_client_to_backend
                 .fetch_add(n as u64, Ordering::Relaxed);
         }
@@ -857,15 +910,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
+impl AsyncWrite for Counting {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        let result = self.stream()?.poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = result {
-            self.ctx
+            self.state
+                .ctx
                 .bytes_backend_to_client
                 .fetch_add(n as u64, Ordering::Relaxed);
         }
@@ -877,9 +931,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        let result = self.stream()?.poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = result {
-            self.ctx
+            self.state
+                .ctx
                 .bytes_backend_to_client
                 .fetch_add(n as u64, Ordering::Relaxed);
         }
@@ -887,14 +942,49 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner.as_ref().is_some_and(|s| s.is_write_vectored())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        self.stream()?.poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        self.stream()?.poll_shutdown(cx)
     }
+}
+
+/// The answer to a request head that did not arrive whole within `handshake_timeout`.
+const LATE_HEAD: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+/// How long the 408 may take to leave: it fits any socket buffer, so only a client that
+/// stopped reading as well as writing holds it up.
+const LATE_HEAD_WRITE: Duration = Duration::from_secs(1);
+
+/// Writes the 408 (and, on TLS, `close_notify`) to a client whose request head was late,
+/// then lets the connection close.
+async fn answer_late_head(mut client: Rewind<ClientStream>, state: &HttpConn, timeout: Duration) {
+    use tokio::io::AsyncWriteExt;
+    let written = tokio::time::timeout(LATE_HEAD_WRITE, async {
+        client.write_all(LATE_HEAD).await?;
+        client.shutdown().await
+    })
+    .await;
+    if matches!(written, Ok(Ok(()))) {
+        state
+            .ctx
+            .bytes_backend_to_client
+            .fetch_add(LATE_HEAD.len() as u64, Ordering::Relaxed);
+    }
+    tracing::info!(
+        ?timeout,
+        "request head not received within handshake_timeout: 408"
+    );
+    state
+        .services
+        .metrics
+        .http_responses_total
+        .with_label_values(&[&state.ctx.listener, "", "408"])
+        .inc();
 }

@@ -710,3 +710,120 @@ async fn an_upload_that_stalls_gets_408_after_idle_timeout() {
         1.0
     );
 }
+
+/// A head still incomplete after `handshake_timeout` gets 408 and the connection closes,
+/// on plain TCP and over TLS (where `close_notify` follows it); a whole head sent in
+/// pieces within the time is served.
+#[tokio::test]
+async fn a_request_head_that_does_not_finish_in_time_gets_408() {
+    let pki = Pki::new();
+    let app = ws_echo().await;
+    let gw = Gateway::start(
+        pki.path(),
+        &format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[defaults]
+handshake_timeout = "1s"
+
+[[listener]]
+name = "plain"
+listen = "127.0.0.1:0"
+  [[listener.route]]
+  name = "app"
+  backend = "app"
+
+[[listener]]
+name = "tls"
+listen = "127.0.0.1:0"
+tls = {{ cert = "server.crt", key = "server.key" }}
+  [[listener.route]]
+  name = "app"
+  backend = "app"
+
+[[backend]]
+name = "app"
+servers = ["{app}"]
+"#
+        ),
+    )
+    .await;
+
+    let started = Instant::now();
+    let mut plain = TcpStream::connect(gw.addr("plain")).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer))
+        .await
+        .expect("closed within 5 s")
+        .unwrap();
+    let waited = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{answer:?}"
+    );
+    assert!(answer.contains("connection: close\r\n"), "{answer:?}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+
+    let mut tls = tls_connect(
+        gw.addr("tls"),
+        client_config(&[&pki.pki.ca.cert], &[b"http/1.1"]),
+        "localhost",
+    )
+    .await;
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: loc").await.unwrap();
+    let mut answer = Vec::new();
+    // read_to_end succeeds only on close_notify: a bare FIN is an UnexpectedEof error.
+    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer))
+        .await
+        .expect("closed within 5 s")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "{answer:?}"
+    );
+
+    // A head trickled in well within the time is served as usual.
+    let mut slow = TcpStream::connect(gw.addr("plain")).await.unwrap();
+    for piece in [
+        "GET /ok HTTP/1.1\r\n",
+        "Host: localhost\r\n",
+        "connection: close\r\n\r\n",
+    ] {
+        slow.write_all(piece.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut answer))
+        .await
+        .expect("closed within 5 s")
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metrics.get("sockgate_http_responses_total", &[("code", "408")]),
+        2.0
+    );
+    assert_eq!(
+        metrics.get(
+            "sockgate_http_responses_total",
+            &[("listener", "plain"), ("code", "408")]
+        ),
+        1.0
+    );
+}
