@@ -9,6 +9,9 @@
 //! 3. Proxy CPU per new plain connection with 0 and 9,000 idle wss connections held open
 //!    beside it (scenario 6's plain row beside scenario 5's idle holder, a fresh proxy for
 //!    each point and run).
+//! 4. p99 latency of scenario 4's 128 B wss echo row (100 connections, closed loop) with 0
+//!    and 9,000 idle wss connections held open beside it (a fresh proxy for each point and
+//!    run).
 //!
 //! Writes `curves.md`, one table and one SVG chart per curve, and the proxies' configs.
 
@@ -38,6 +41,8 @@ pub const WSS_SIZE: usize = 128;
 pub const WSS_DURATION_FACTOR: u32 = 2;
 /// Connect loops of curve 3 (scenario 6's, full run).
 pub const CONNECT_PARALLEL: usize = 16;
+/// Connections of curve 4's echo row (scenario 4's).
+pub const ECHO_CONNECTIONS: usize = 100;
 
 pub struct Curve {
     pub file: &'static str,
@@ -76,8 +81,16 @@ pub fn curves(smoke: bool) -> Vec<Curve> {
             title: "Proxy CPU per new plain connection",
             unit: "µs per connection",
             axis: "idle wss connections held beside",
-            points: held,
+            points: held.clone(),
             what: "a fresh proxy holding N idle wss connections (opened as in curve 1) while 16 loops connect to its plain TCP frontend, echo 64 B, close and wait for the proxy to close; proxy CPU over the measured part divided by the connections completed",
+        },
+        Curve {
+            file: "curve-echo-p99.svg",
+            title: "p99 of the wss echo beside idle connections",
+            unit: "µs p99",
+            axis: "idle wss connections held beside",
+            points: held,
+            what: "a fresh proxy holding N idle wss connections (opened as in curve 1) while 100 other wss connections (10 in smoke mode) run scenario 4's closed loop of one 128 B binary message and its echo; the 99th percentile of the round trips in the measured part",
         },
     ]
 }
@@ -211,13 +224,58 @@ pub fn run(
             for i in 0..targets.len() {
                 let target = targets[(i + repeat + p) % targets.len()];
                 let instance = format!("curve-connect-{held}-{}", repeat + 1);
-                let result = connect_beside(
-                    runtime, target, setup, clients, held, &instance, timing, ticks,
+                let result = beside(
+                    runtime,
+                    target,
+                    setup,
+                    clients,
+                    held,
+                    &instance,
+                    timing,
+                    ticks,
+                    Load::Connect {
+                        tls: false,
+                        parallel: CONNECT_PARALLEL,
+                    },
                 )
                 .map_err(|e| format!("{e:#}"));
                 say(&curves[2], held, target, &result);
                 points.push(Point {
                     curve: 2,
+                    point: p,
+                    target,
+                    result,
+                });
+                backend.check_alive()?;
+            }
+        }
+    }
+
+    // Curve 4: the echo row's p99 beside N idle connections, a fresh proxy each time.
+    let echo_connections = if smoke { 10 } else { ECHO_CONNECTIONS };
+    for (p, &held) in curves[3].points.iter().enumerate() {
+        for repeat in 0..repeats {
+            for i in 0..targets.len() {
+                let target = targets[(i + repeat + p) % targets.len()];
+                let instance = format!("curve-echo-{held}-{}", repeat + 1);
+                let result = beside(
+                    runtime,
+                    target,
+                    setup,
+                    clients,
+                    held,
+                    &instance,
+                    timing,
+                    ticks,
+                    Load::Wss {
+                        size: WSS_SIZE,
+                        connections: echo_connections,
+                    },
+                )
+                .map_err(|e| format!("{e:#}"));
+                say(&curves[3], held, target, &result);
+                points.push(Point {
+                    curve: 3,
                     point: p,
                     target,
                     result,
@@ -249,8 +307,10 @@ pub fn run(
         .all(|p| p.result.is_ok() || p.target != Target::Sockgate))
 }
 
+/// Runs `load` through a fresh proxy that holds `held` idle wss connections beside it.
+/// A connect load gives the proxy CPU per connection; an echo load, the p99 round trip.
 #[allow(clippy::too_many_arguments)]
-fn connect_beside(
+fn beside(
     runtime: &tokio::runtime::Runtime,
     target: Target,
     setup: &Setup,
@@ -259,34 +319,45 @@ fn connect_beside(
     instance: &str,
     timing: Timing,
     ticks: f64,
+    load: Load,
 ) -> anyhow::Result<(f64, String)> {
     let mut running = proxies::start(target, setup, instance)?;
     let proc = running.proc.as_ref().context("no process to measure")?;
     let cpu = || proc.tree_cpu_seconds(ticks);
+    let connect = matches!(load, Load::Connect { .. });
+    let frontend = if connect {
+        running.frontends.tcp
+    } else {
+        running.frontends.wss
+    };
     let (value, note) = runtime.block_on(async {
         let mut idle = load::open_idle(running.frontends.wss, clients, held).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let o = load::run(
-            Load::Connect {
-                tls: false,
-                parallel: CONNECT_PARALLEL,
-            },
-            running.frontends.tcp,
-            clients,
-            timing,
-            &cpu,
-        )
-        .await?;
+        let o = load::run(load, frontend, clients, timing, &cpu).await?;
         // The held connections are still there.
         load::echo_once(&mut idle).await?;
         drop(idle);
+        if connect {
+            return anyhow::Ok((
+                o.proxy_cpu / o.count * 1e6,
+                format!(
+                    "{} conn/s, {:.2} cores, {} errors",
+                    thousands(o.rate()),
+                    o.proxy_cpu / o.seconds,
+                    o.errors
+                ),
+            ));
+        }
+        let quantile = |q| {
+            sockgate_bench::stats::quantile(&o.latencies, q).map_or(f64::NAN, |ns| ns as f64 / 1e3)
+        };
         anyhow::Ok((
-            o.proxy_cpu / o.count * 1e6,
+            quantile(0.99),
             format!(
-                "{} conn/s, {:.2} cores, {} errors",
+                "{} msg/s, p50 {} µs, {:.2} cores",
                 thousands(o.rate()),
-                o.proxy_cpu / o.seconds,
-                o.errors
+                thousands(quantile(0.5)),
+                o.proxy_cpu / o.seconds
             ),
         ))
     })?;
