@@ -254,6 +254,21 @@ pub(super) fn add_forwarding(
     set(headers, header::FORWARDED, forwarded);
 }
 
+/// The listener's `client_cert_header`: whatever the client sent under that name is
+/// removed, certificate or not, so that only the gateway speaks for the certificate; then
+/// the verified certificate's subject is set when there is one.
+pub(super) fn set_client_subject(
+    headers: &mut HeaderMap,
+    name: Option<&HeaderName>,
+    subject: Option<&HeaderValue>,
+) {
+    let Some(name) = name else { return };
+    headers.remove(name);
+    if let Some(subject) = subject {
+        headers.insert(name.clone(), subject.clone());
+    }
+}
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
