@@ -178,6 +178,8 @@ async fn ws_mirror() -> (
             };
             let tx = tx.clone();
             tokio::spawn(async move {
+                // tungstenite's callback type, whose error is a whole response.
+                #[allow(clippy::result_large_err)]
                 let callback =
                     |req: &tungstenite::handshake::server::Request,
                      resp: tungstenite::handshake::server::Response| {
