@@ -203,8 +203,8 @@ async fn ws_mirror() -> (
     (addr, rx)
 }
 
-fn config(strict_ca: &str, edge: [SocketAddr; 4]) -> String {
-    let [private, public, private_ws, public_ws] = edge;
+fn config(strict_ca: &str, backends: [SocketAddr; 5]) -> String {
+    let [private, public, private_ws, public_ws, echo] = backends;
     format!(
         r#"
 [admin]
@@ -257,6 +257,17 @@ client_cert_header = "X-Client-Cert-Subject"
   client_cert = false
   backend = "public"
 
+# TCP only: routed on the certificate right after the handshake, no detection.
+[[listener]]
+name = "tcp"
+listen = "127.0.0.1:0"
+tls = {{ cert = "server.crt", key = "server.key", client_auth = {{ ca = "clients-ca.crt", mode = "request" }} }}
+route = [{{ name = "echo", protocol = "tcp", client_cert = true, backend = "echo" }}]
+
+[[backend]]
+name = "echo"
+servers = ["{echo}"]
+
 [[backend]]
 name = "private"
 servers = ["{private}"]
@@ -301,6 +312,7 @@ async fn setup() -> Setup {
         http_mirror("public").await,
         private_ws,
         public_ws,
+        tcp_echo().await,
     ];
     let gw = Gateway::start(pki.path(), &config("clients-ca.crt", backends)).await;
     Setup {
@@ -559,4 +571,53 @@ async fn a_reload_puts_a_changed_client_ca_in_force() {
     assert!(body.contains("no PEM certificate found in"), "{body}");
     let tls = connect(strict, client_tls(&s.pki, Some(next.client()), alpn)).await;
     assert_eq!(forged_get(tls).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_resumed_session_keeps_its_client_certificate() {
+    let s = setup().await;
+    let edge = s.gw.addr("edge");
+    // One client config: its session cache makes the second connection a resumption.
+    let config = client_tls(&s.pki, Some(s.ca.client()), &[b"http/1.1"]);
+    for kind in [rustls::HandshakeKind::Full, rustls::HandshakeKind::Resumed] {
+        let tls = connect(edge, config.clone()).await;
+        assert_eq!(tls.get_ref().1.handshake_kind(), Some(kind));
+        let (status, page) = forged_get(tls).await;
+        assert_eq!(status, 200, "{page}");
+        assert!(page.starts_with("private\n"), "{kind:?}: {page}");
+        assert!(
+            page.contains(&format!("\nx-client-cert-subject: {SUBJECT}\n")),
+            "{kind:?}: {page}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tcp_routes_match_on_the_certificate_too() {
+    let s = setup().await;
+    let addr = s.gw.addr("tcp");
+    let mut tls = connect(addr, client_tls(&s.pki, Some(s.ca.client()), &[])).await;
+    tls.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 4];
+    tokio::time::timeout(LIMIT, tls.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"ping");
+
+    // Without a certificate no route takes it: closed, and counted as unrouted.
+    let mut tls = connect(addr, client_tls(&s.pki, None, &[])).await;
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(LIMIT, tls.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let m = s.gw.metrics().await;
+    assert_eq!(
+        m.get(
+            "sockgate_unrouted_total",
+            &[("listener", "tcp"), ("protocol", "tcp")]
+        ),
+        1.0
+    );
 }

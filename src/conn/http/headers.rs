@@ -586,4 +586,30 @@ mod tests {
             ])
         );
     }
+
+    #[test]
+    fn the_client_cert_header_is_only_ever_the_gateways() {
+        let name = HeaderName::from_static("x-client-cert-subject");
+        let forged = || {
+            let mut headers = HeaderMap::new();
+            headers.append(&name, HeaderValue::from_static("CN=admin"));
+            headers.append(&name, HeaderValue::from_static("CN=root"));
+            headers
+        };
+        let subject = HeaderValue::from_static("CN=client-1,O=Example");
+
+        let mut headers = forged();
+        set_client_subject(&mut headers, Some(&name), Some(&subject));
+        let values: Vec<_> = headers.get_all(&name).iter().collect();
+        assert_eq!(values, [&subject]);
+
+        let mut headers = forged();
+        set_client_subject(&mut headers, Some(&name), None);
+        assert!(!headers.contains_key(&name));
+
+        // A listener without the key leaves the header alone: it is not the gateway's.
+        let mut headers = forged();
+        set_client_subject(&mut headers, None, Some(&subject));
+        assert_eq!(headers.get_all(&name).iter().count(), 2);
+    }
 }
