@@ -183,6 +183,7 @@ fn route(c: &mut Criterion) {
         sni: None,
         host: Some("api.example.com"),
         path: Some(path),
+        client_cert: false,
     };
 
     let one = snapshot_with_routes(1);
@@ -216,6 +217,7 @@ fn route(c: &mut Criterion) {
             sni: None,
             host: Some(&host),
             path: Some("/events"),
+            client_cert: false,
         };
         assert_eq!(*tenants.find(&last).unwrap().name, *format!("t{}", n - 1));
         group.bench_function(format!("{n}_tenants_hit_last"), |b| {

@@ -43,6 +43,53 @@ pub enum CertLoadError {
     Mismatch { cert: PathBuf, key: PathBuf },
 }
 
+/// Why a bundle of CA certificates (for client certificates) could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CaLoadError {
+    #[error("cannot read CA certificate file {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("no PEM certificate found in {}", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("certificate {index} in {} cannot be a trust anchor", path.display())]
+    BadAnchor {
+        path: PathBuf,
+        /// 1-based, in file order.
+        index: usize,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// Reads a PEM bundle of CA certificates that client certificates are checked against.
+/// Every certificate in it must parse as a trust anchor: one that does not is an error
+/// rather than skipped, so a truncated bundle is not silently a smaller one.
+pub fn load_ca_bundle(path: &Path) -> Result<Arc<rustls::RootCertStore>, CaLoadError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| CaLoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(CaLoadError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in certs.into_iter().enumerate() {
+        roots.add(cert).map_err(|source| CaLoadError::BadAnchor {
+            path: path.to_owned(),
+            index: i + 1,
+            source,
+        })?;
+    }
+    Ok(Arc::new(roots))
+}
+
 // The crypto backends, chosen at build time by cargo features:
 // - `ring` alone: ring for everything;
 // - `aws-lc-rs` alone: aws-lc-rs for everything;

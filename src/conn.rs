@@ -463,6 +463,7 @@ async fn peek_client_hello(
             sni: Some(sni),
             host: None,
             path: None,
+            client_cert: false,
         };
         listener.routes.find(&query).is_some()
     });
@@ -497,9 +498,22 @@ async fn tls_handshake(
         .tls_handshakes_total
         .with_label_values(&[&*listener.name, if ok { "ok" } else { "error" }])
         .inc();
+    let failed = |reason: &str| {
+        services
+            .metrics
+            .tls_handshake_errors_total
+            .with_label_values(&[&*listener.name, reason])
+            .inc();
+    };
     let mut stream = match result {
-        Err(_) => return Err(ConnError::TlsTimeout),
-        Ok(Err(e)) => return Err(ConnError::Tls(e)),
+        Err(_) => {
+            failed("timeout");
+            return Err(ConnError::TlsTimeout);
+        }
+        Ok(Err(e)) => {
+            failed(handshake_error_reason(&e));
+            return Err(ConnError::Tls(e));
+        }
         Ok(Ok(stream)) => stream,
     };
     services
@@ -517,8 +531,27 @@ async fn tls_handshake(
         info.alpn = stream
             .alpn_protocol()
             .map(|p| String::from_utf8_lossy(p).into_owned());
+        // Verified by the listener's `client_auth`; its subject is formatted here, once,
+        // for the backend header, `/connections` and the access log.
+        if let Some(leaf) = stream.peer_certificates().and_then(<[_]>::first) {
+            info.client_cert = true;
+            info.client_subject = crate::tls::subject_rfc4514(leaf).map(Arc::from);
+        }
     }
     Ok(ClientStream::Tls(Box::new(stream)))
+}
+
+/// The `reason` label of a failed handshake: rustls' error, which the stream carries as
+/// the source of its `io::Error`, says whether the client certificate was the cause.
+fn handshake_error_reason(e: &io::Error) -> &'static str {
+    let rustls = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls {
+        Some(rustls::Error::NoCertificatesPresented) => "no_client_certificate",
+        Some(rustls::Error::InvalidCertificate(_)) => "bad_client_certificate",
+        _ => "other",
+    }
 }
 
 async fn tcp_path(
@@ -530,16 +563,18 @@ async fn tcp_path(
     ctx.set_protocol(Protocol::Tcp, &services.metrics);
     // The server name a TLS listener's handshake gave; a ClientHello read on a plaintext
     // listener is not one a `tcp` route can match (config refuses `sni` there).
-    let sni = if listener.tls.is_some() {
-        ctx.info().sni.clone()
+    let (sni, client_cert) = if listener.tls.is_some() {
+        let info = ctx.info();
+        (info.sni.clone(), info.client_cert)
     } else {
-        None
+        (None, false)
     };
     let query = RouteQuery {
         protocol: Protocol::Tcp,
         sni: sni.as_deref(),
         host: None,
         path: None,
+        client_cert,
     };
     let Some(route) = listener.routes.find(&query).cloned() else {
         services
@@ -592,6 +627,7 @@ async fn passthrough_path(
         sni: sni.as_deref(),
         host: None,
         path: None,
+        client_cert: false,
     };
     let route = listener.routes.find(&query).cloned();
     ctx.info().sni = sni;
@@ -604,6 +640,7 @@ async fn passthrough_path(
         sni: None,
         host: None,
         path: None,
+        client_cert: false,
     };
     if listener.routes.find(&tcp).is_some() {
         return tcp_path(client, ctx, listener, services).await;

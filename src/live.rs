@@ -32,6 +32,10 @@ pub enum CloseReason {
 pub struct ConnInfo {
     pub sni: Option<String>,
     pub alpn: Option<String>,
+    /// The client presented a certificate the listener's `client_auth` accepted.
+    pub client_cert: bool,
+    /// That certificate's subject (RFC 4514), formatted once after the handshake.
+    pub client_subject: Option<Arc<str>>,
     pub protocol: Option<Protocol>,
     pub route: Option<Arc<str>>,
     pub backend: Option<Arc<str>>,
@@ -196,6 +200,7 @@ impl ConnCtx {
             client: self.client(),
             sni: info.sni,
             alpn: info.alpn,
+            client_subject: info.client_subject,
             protocol: info.protocol.map(Protocol::as_str),
             route: info.route,
             backend: info.backend,
@@ -225,6 +230,8 @@ pub struct ConnSummary {
     pub sni: Option<String>,
     /// `tls.alpn`
     pub alpn: Option<String>,
+    /// `tls.client_subject`
+    pub client_subject: Option<Arc<str>>,
     pub protocol: Option<&'static str>,
     pub route: Option<Arc<str>>,
     pub backend: Option<Arc<str>>,
@@ -255,6 +262,7 @@ impl Serialize for ConnSummary {
         map.serialize_entry("client.address", &Display(&self.client))?;
         map.serialize_entry("tls.sni", &self.sni)?;
         map.serialize_entry("tls.alpn", &self.alpn)?;
+        map.serialize_entry("tls.client_subject", &self.client_subject.as_deref())?;
         map.serialize_entry("protocol", &self.protocol)?;
         map.serialize_entry("route", &self.route.as_deref())?;
         map.serialize_entry("backend", &self.backend.as_deref())?;
@@ -300,6 +308,7 @@ macro_rules! access_event {
             client.address = %s.client,
             tls.sni = s.sni.as_deref().unwrap_or(""),
             tls.alpn = s.alpn.as_deref().unwrap_or(""),
+            tls.client_subject = s.client_subject.as_deref().unwrap_or(""),
             protocol = s.protocol.unwrap_or(""),
             route = s.route.as_deref().unwrap_or(""),
             backend = s.backend.as_deref().unwrap_or(""),

@@ -18,6 +18,9 @@ pub struct Metrics {
     pub connection_duration_seconds: HistogramVec,
     pub tls_handshakes_total: IntCounterVec,
     pub tls_handshake_duration_seconds: HistogramVec,
+    /// Failed client handshakes by reason (`timeout`, `no_client_certificate`,
+    /// `bad_client_certificate`, `other`), beside `result="error"` of the family above.
+    pub tls_handshake_errors_total: IntCounterVec,
     pub backend_connect_duration_seconds: HistogramVec,
     pub backend_connect_errors_total: IntCounterVec,
     pub websocket_messages_total: IntCounterVec,
@@ -126,6 +129,12 @@ impl Metrics {
                 "Time from accept to a finished TLS handshake.",
                 &["listener"],
                 fast_buckets(),
+            ),
+            tls_handshake_errors_total: counter(
+                &r,
+                "sockgate_tls_handshake_errors_total",
+                "TLS handshakes with clients that failed, by reason.",
+                &["listener", "reason"],
             ),
             backend_connect_duration_seconds: histogram(
                 &r,

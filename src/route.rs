@@ -19,6 +19,9 @@ pub struct Route {
     pub backend: Arc<Pool>,
     /// HTTP: request sent to the backend's response head (the route's or the default).
     pub request_timeout: Duration,
+    /// `Some(true)`: only clients with a verified certificate; `Some(false)`: only those
+    /// without one.
+    pub client_cert: Option<bool>,
     pub websocket: WebSocketLimits,
 }
 
@@ -33,6 +36,8 @@ pub struct RouteQuery<'a> {
     pub host: Option<&'a str>,
     /// Request path (HTTP and WebSocket).
     pub path: Option<&'a str>,
+    /// The client presented a certificate the listener's `client_auth` verified.
+    pub client_cert: bool,
 }
 
 impl Route {
@@ -45,6 +50,7 @@ impl Route {
             path_prefix: config.path_prefix.clone(),
             backend,
             request_timeout: config.request_timeout.unwrap_or(defaults.request_timeout),
+            client_cert: config.client_cert,
             websocket: config.websocket.clone(),
         }
     }
@@ -62,6 +68,7 @@ impl Route {
             Some(p) => p == q.protocol,
         };
         protocol
+            && self.client_cert.is_none_or(|want| want == q.client_cert)
             && key_matches(&self.sni, q.sni)
             && key_matches(&self.host, q.host)
             && match &self.path_prefix {
@@ -190,8 +197,14 @@ mod tests {
         Some(Protocol::TlsPassthrough),
     ];
 
-    fn route(i: usize, keys: (usize, usize, usize, usize), backend: &Arc<Pool>) -> Arc<Route> {
-        let (host, sni, path, protocol) = keys;
+    const CLIENT_CERTS: [Option<bool>; 3] = [None, Some(true), Some(false)];
+
+    fn route(
+        i: usize,
+        keys: ((usize, usize, usize, usize), usize),
+        backend: &Arc<Pool>,
+    ) -> Arc<Route> {
+        let ((host, sni, path, protocol), client_cert) = keys;
         Arc::new(Route {
             name: format!("r{i}").into(),
             protocol: PROTOCOLS[protocol],
@@ -200,6 +213,7 @@ mod tests {
             path_prefix: PATHS[path].map(str::to_owned),
             backend: backend.clone(),
             request_timeout: Duration::from_secs(1),
+            client_cert: CLIENT_CERTS[client_cert],
             websocket: WebSocketLimits::default(),
         })
     }
@@ -208,18 +222,19 @@ mod tests {
         /// The index finds what a scan in file order finds, for any table and query.
         #[test]
         fn the_index_finds_the_first_match_in_file_order(
-            keys in proptest::collection::vec((0..4usize, 0..3usize, 0..3usize, 0..5usize), 0..40),
-            queries in proptest::collection::vec((0..4usize, 0..3usize, 0..3usize, 1..5usize), 1..20),
+            keys in proptest::collection::vec(((0..4usize, 0..3usize, 0..3usize, 0..5usize), 0..3usize), 0..40),
+            queries in proptest::collection::vec(((0..4usize, 0..3usize, 0..3usize, 1..5usize), any::<bool>()), 1..20),
         ) {
             let backend = pool();
             let routes: Vec<_> = keys.iter().enumerate().map(|(i, k)| route(i, *k, &backend)).collect();
             let table = RouteTable::new(routes.clone());
-            for (host, sni, path, protocol) in queries {
+            for ((host, sni, path, protocol), client_cert) in queries {
                 let q = RouteQuery {
                     protocol: PROTOCOLS[protocol].unwrap(),
                     sni: SNIS[sni],
                     host: HOSTS[host],
                     path: PATHS[path].map(|p| if p == "/" { "/other" } else { "/chat/room" }),
+                    client_cert,
                 };
                 let scanned = routes.iter().find(|r| r.matches(&q)).map(|r| r.name.clone());
                 prop_assert_eq!(table.find(&q).map(|r| r.name.clone()), scanned);

@@ -41,6 +41,8 @@ pub struct ListenerSnap {
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<u32>,
     pub max_new_connections_per_ip: Option<Rate>,
+    /// Carries the client certificate's subject to HTTP and WebSocket backends.
+    pub client_cert_header: Option<http::HeaderName>,
 }
 
 impl ListenerSnap {
@@ -154,6 +156,11 @@ impl Snapshot {
                     max_connections: l.max_connections,
                     max_connections_per_ip: l.max_connections_per_ip,
                     max_new_connections_per_ip: l.max_new_connections_per_ip,
+                    // Validated as a header name (a token) when the config was read.
+                    client_cert_header: l
+                        .client_cert_header
+                        .as_deref()
+                        .and_then(|h| http::HeaderName::from_bytes(h.as_bytes()).ok()),
                 }),
             );
         }

@@ -8,8 +8,8 @@ use toml::de::{DeTable, DeValue};
 
 use super::error::Report;
 use super::raw::{
-    RawAdmin, RawBackend, RawConfig, RawDefaults, RawHealth, RawListener, RawPassive, RawRoute,
-    RawServerTable, RawSni, RawTls,
+    RawAdmin, RawBackend, RawClientAuth, RawConfig, RawDefaults, RawHealth, RawListener,
+    RawPassive, RawRoute, RawServerTable, RawSni, RawTls,
 };
 
 /// One kind of table in the file.
@@ -53,21 +53,22 @@ static DEFAULTS: Section = Section {
 static LISTENER: Section = Section {
     name: "[[listener]]",
     keys: fields_of::<RawListener>,
-    unsupported: &[(
-        "client_cert_header",
-        "clients are not asked for certificates, so there is no subject to pass on; remove the key",
-    )],
+    unsupported: &[],
     children: &[("tls", &TLS), ("route", &ROUTE)],
 };
 
 static TLS: Section = Section {
     name: "[listener.tls]",
     keys: fields_of::<RawTls>,
-    unsupported: &[(
-        "client_auth",
-        "clients are not asked for certificates; remove the key",
-    )],
-    children: &[("sni", &SNI)],
+    unsupported: &[],
+    children: &[("sni", &SNI), ("client_auth", &CLIENT_AUTH)],
+};
+
+static CLIENT_AUTH: Section = Section {
+    name: "[listener.tls.client_auth]",
+    keys: fields_of::<RawClientAuth>,
+    unsupported: &[],
+    children: &[],
 };
 
 static SNI: Section = Section {
@@ -80,10 +81,7 @@ static SNI: Section = Section {
 static ROUTE: Section = Section {
     name: "[[listener.route]]",
     keys: fields_of::<RawRoute>,
-    unsupported: &[(
-        "client_cert",
-        "clients are not asked for certificates, so routes cannot match on one; remove the key",
-    )],
+    unsupported: &[],
     children: &[],
 };
 

@@ -160,6 +160,9 @@ pub struct ListenerConfig {
     pub max_connections_per_ip: Option<u32>,
     /// New connections from one client address per window.
     pub max_new_connections_per_ip: Option<Rate>,
+    /// Lower-cased header that carries the client certificate's subject to HTTP and
+    /// WebSocket backends; only with `tls.client_auth`.
+    pub client_cert_header: Option<String>,
     /// In file order; the first match wins.
     pub routes: Vec<RouteConfig>,
 }
@@ -184,6 +187,25 @@ pub struct TlsConfig {
     pub default: CertPair,
     /// Extra certificates chosen by SNI, in file order.
     pub sni: Vec<SniCert>,
+    /// Client certificates asked for, and checked against these CAs.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// `client_auth = { ca, mode }`: the CA bundle is read once per config load.
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    pub ca: PathBuf,
+    pub mode: ClientAuthMode,
+    /// The certificates of `ca`, at least one.
+    pub roots: Arc<rustls::RootCertStore>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMode {
+    /// A client without a valid certificate fails the handshake.
+    Require,
+    /// A client may present a certificate or not; one it presents must be valid.
+    Request,
 }
 
 /// A certificate chain and its key, loaded and checked to match.
@@ -237,6 +259,9 @@ pub struct RouteConfig {
     pub backend: String,
     /// Overrides `Defaults::request_timeout` for this route.
     pub request_timeout: Option<Duration>,
+    /// `Some(true)`: only clients that presented a valid certificate; `Some(false)`: only
+    /// those that presented none; `None`: either.
+    pub client_cert: Option<bool>,
     pub websocket: WebSocketLimits,
 }
 

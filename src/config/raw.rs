@@ -56,6 +56,7 @@ pub(super) struct RawListener {
     pub max_connections: Option<Spanned<i64>>,
     pub max_connections_per_ip: Option<Spanned<i64>>,
     pub max_new_connections_per_ip: Text,
+    pub client_cert_header: Text,
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
 }
@@ -65,8 +66,16 @@ pub(super) struct RawListener {
 pub(super) struct RawTls {
     pub cert: Text,
     pub key: Text,
+    pub client_auth: Option<Spanned<RawClientAuth>>,
     #[serde(default)]
     pub sni: Vec<Spanned<RawSni>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClientAuth {
+    pub ca: Text,
+    pub mode: Text,
 }
 
 #[derive(Deserialize)]
@@ -92,6 +101,7 @@ pub(super) struct RawRoute {
     pub max_frames_per_second: Option<Spanned<i64>>,
     pub ping_interval: Text,
     pub pong_timeout: Text,
+    pub client_cert: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]

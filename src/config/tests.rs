@@ -21,6 +21,14 @@ fn cert_dir() -> TempDir {
     write("certs/dev/server.crt", pair.cert.pem());
     write("certs/dev/server.key", pair.signing_key.serialize_pem());
     write("certs/other/server.key", other.serialize_pem());
+    // A CA for client certificates, a file with no certificate in it, and one whose
+    // certificate block is not a certificate.
+    write("certs/clients-ca.crt", pair.cert.pem());
+    write("certs/empty.crt", "nothing here\n".to_owned());
+    write(
+        "certs/bad-ca.crt",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".to_owned(),
+    );
     dir
 }
 
@@ -258,15 +266,15 @@ servers = [{ address = "127.0.0.1:9001", wieght = 2 }]
     );
     assert_reports(
         &printed,
-        "sockgate.toml:8:1: unknown key `listn` in [[listener]]\n  hint: valid keys: name, listen, tls, trusted_proxies, proxy_protocol, max_connections, max_connections_per_ip, max_new_connections_per_ip, route; did you mean `listen`?",
+        "sockgate.toml:8:1: unknown key `listn` in [[listener]]\n  hint: valid keys: name, listen, tls, trusted_proxies, proxy_protocol, max_connections, max_connections_per_ip, max_new_connections_per_ip, client_cert_header, route; did you mean `listen`?",
     );
     assert_reports(
         &printed,
-        "sockgate.toml:9:70: unknown key `alpn` in [listener.tls]\n  hint: valid keys: cert, key, sni\n",
+        "sockgate.toml:9:70: unknown key `alpn` in [listener.tls]\n  hint: valid keys: cert, key, client_auth, sni\n",
     );
     assert_reports(
         &printed,
-        "sockgate.toml:13:3: unknown key `backnd` in [[listener.route]]\n  hint: valid keys: name, protocol, host, sni, path_prefix, backend, request_timeout, max_message_size, max_messages_per_second, max_frames_per_second, ping_interval, pong_timeout; did you mean `backend`?",
+        "sockgate.toml:13:3: unknown key `backnd` in [[listener.route]]\n  hint: valid keys: name, protocol, host, sni, path_prefix, backend, request_timeout, max_message_size, max_messages_per_second, max_frames_per_second, ping_interval, pong_timeout, client_cert; did you mean `backend`?",
     );
     assert_reports(
         &printed,
@@ -286,16 +294,7 @@ fn unsupported_keys_say_what_happens_instead() {
 [[listener]]
 name = "edge"
 listen = "0.0.0.0:8443"
-proxy_protocol = false
-max_connections = 100
-tls = { cert = "certs/dev/server.crt", key = "certs/dev/server.key", client_auth = { ca = "ca.crt", mode = "require" } }
-
-  [[listener.route]]
-  name = "db"
-  protocol = "tls_passthrough"
-  client_cert = true
-  backend = "chat"
-  sni = "db.example.com"
+route = [{ name = "db", backend = "chat" }]
 
 [[backend]]
 name = "chat"
@@ -305,17 +304,9 @@ tls = { verify = true }
     );
     assert_reports(
         &printed,
-        "sockgate.toml:6:70: `client_auth` is not supported by this version of sockgate\n  hint: clients are not asked for certificates; remove the key",
+        "sockgate.toml:9:1: `tls` is not supported by this version of sockgate\n  hint: connections to servers are plain TCP: TLS ends at the gateway; remove the key",
     );
-    assert_reports(
-        &printed,
-        "sockgate.toml:11:3: `client_cert` is not supported by this version of sockgate\n",
-    );
-    assert_reports(
-        &printed,
-        "sockgate.toml:18:1: `tls` is not supported by this version of sockgate\n  hint: connections to servers are plain TCP: TLS ends at the gateway; remove the key",
-    );
-    assert_eq!(printed.matches("sockgate.toml:").count(), 3, "{printed}");
+    assert_eq!(printed.matches("sockgate.toml:").count(), 1, "{printed}");
 }
 
 #[test]
@@ -1925,4 +1916,234 @@ fn access_log_interval_is_optional_and_at_least_1s() {
         )),
         "sockgate.toml:2:23: `access_log_interval` = \"often\" is not a duration",
     );
+}
+
+#[test]
+fn client_auth_header_and_route_client_cert_are_read() {
+    let config = valid(&with_backend(
+        r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8443"
+client_cert_header = "X-Client-Cert-Subject"
+tls = { cert = "certs/dev/server.crt", key = "certs/dev/server.key", client_auth = { ca = "certs/clients-ca.crt", mode = "request" } }
+route = [
+  { name = "private", client_cert = true, backend = "chat" },
+  { name = "public", client_cert = false, backend = "chat" },
+  { name = "any", backend = "chat" },
+]
+
+[[listener]]
+name = "strict"
+listen = "127.0.0.1:8444"
+tls = { cert = "certs/dev/server.crt", key = "certs/dev/server.key", client_auth = { ca = "certs/clients-ca.crt" } }
+route = [{ name = "private", client_cert = true, protocol = "tcp", backend = "chat" }]
+"#,
+    ));
+    let edge = &config.listeners[0];
+    assert_eq!(
+        edge.client_cert_header.as_deref(),
+        Some("x-client-cert-subject")
+    );
+    let auth = edge.tls.as_ref().unwrap().client_auth.as_ref().unwrap();
+    assert_eq!(auth.mode, ClientAuthMode::Request);
+    assert!(auth.ca.ends_with("certs/clients-ca.crt"));
+    assert_eq!(auth.roots.len(), 1);
+    let wants: Vec<_> = edge.routes.iter().map(|r| r.client_cert).collect();
+    assert_eq!(wants, [Some(true), Some(false), None]);
+    // `mode` defaults to "require".
+    let strict = &config.listeners[1];
+    let auth = strict.tls.as_ref().unwrap().client_auth.as_ref().unwrap();
+    assert_eq!(auth.mode, ClientAuthMode::Require);
+    assert_eq!(strict.client_cert_header, None);
+}
+
+#[test]
+fn client_auth_ca_must_be_a_readable_pem_bundle_of_certificates() {
+    let listener = |ca: &str| {
+        with_backend(&format!(
+            r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8443"
+tls = {{ cert = "certs/dev/server.crt", key = "certs/dev/server.key", client_auth = {{ ca = "{ca}", mode = "require" }} }}
+route = [{{ name = "all", backend = "chat" }}]
+"#
+        ))
+    };
+    let printed = errors(&listener("certs/missing-ca.crt"));
+    assert!(
+        printed.starts_with("sockgate.toml:4:91: cannot read CA certificate file /"),
+        "{printed}"
+    );
+    assert_reports(
+        &printed,
+        "certs/missing-ca.crt: I/O error: No such file or directory (os error 2); listener `edge` cannot check client certificates\n  hint: give the PEM certificate(s) of the CA that issues client certificates (relative paths start at the config file's folder)",
+    );
+    let printed = errors(&listener("certs/empty.crt"));
+    assert!(
+        printed.starts_with("sockgate.toml:4:91: no PEM certificate found in /"),
+        "{printed}"
+    );
+    assert_reports(
+        &printed,
+        "certs/empty.crt; listener `edge` cannot check client certificates",
+    );
+    let printed = errors(&listener("certs/bad-ca.crt"));
+    assert!(
+        printed.starts_with("sockgate.toml:4:91: certificate 1 in /"),
+        "{printed}"
+    );
+    assert_reports(&printed, "certs/bad-ca.crt cannot be a trust anchor: ");
+    assert_reports(
+        &printed,
+        "  hint: give only CA certificates, in PEM, each one whole",
+    );
+}
+
+#[test]
+fn client_auth_mode_is_require_or_request_and_ca_is_required() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8443"
+tls = { cert = "certs/dev/server.crt", key = "certs/dev/server.key", client_auth = { ca = "certs/clients-ca.crt", mode = "optional" } }
+route = [{ name = "all", backend = "chat" }]
+
+[[listener]]
+name = "other"
+listen = "127.0.0.1:8444"
+tls = { cert = "certs/dev/server.crt", key = "certs/dev/server.key", client_auth = { mode = "request" } }
+route = [{ name = "all", backend = "chat" }]
+"#,
+    ));
+    assert_reports(
+        &printed,
+        "sockgate.toml:4:122: `mode` = \"optional\" is not a client certificate mode\n  hint: use \"require\" (a client without a valid certificate is refused) or \"request\" (a certificate is optional, routes may match on it)",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:10:84: [listener.tls.client_auth] has no `ca`, which it needs\n  hint: add ca = \"clients-ca.crt\"",
+    );
+    assert_eq!(printed.matches("sockgate.toml:").count(), 2, "{printed}");
+}
+
+#[test]
+fn client_cert_header_needs_a_listener_that_asks_for_certificates() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "plain"
+listen = "127.0.0.1:8080"
+client_cert_header = "X-Client-Cert-Subject"
+route = [{ name = "all", backend = "chat" }]
+
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8443"
+tls = { cert = "certs/dev/server.crt", key = "certs/dev/server.key" }
+client_cert_header = "X-Client-Cert-Subject"
+route = [{ name = "all", backend = "chat" }]
+"#,
+    ));
+    assert_reports(
+        &printed,
+        "sockgate.toml:4:22: `client_cert_header` on listener `plain` never has a subject to pass on: the listener is plaintext\n  hint: remove `client_cert_header`, or give the listener tls = { cert = \"...\", key = \"...\", client_auth = { ca = \"clients-ca.crt\", mode = \"request\" } }",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:11:22: `client_cert_header` on listener `edge` never has a subject to pass on: the listener does not ask clients for certificates\n",
+    );
+    assert_eq!(printed.matches("sockgate.toml:").count(), 2, "{printed}");
+}
+
+#[test]
+fn client_cert_header_must_be_a_header_name_of_its_own() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:8443"
+tls = { cert = "certs/dev/server.crt", key = "certs/dev/server.key", client_auth = { ca = "certs/clients-ca.crt", mode = "request" } }
+client_cert_header = "X Client"
+route = [{ name = "all", backend = "chat" }]
+
+[[listener]]
+name = "b"
+listen = "127.0.0.1:8444"
+tls = { cert = "certs/dev/server.crt", key = "certs/dev/server.key", client_auth = { ca = "certs/clients-ca.crt", mode = "request" } }
+client_cert_header = "X-Forwarded-For"
+route = [{ name = "all", backend = "chat" }]
+
+[[listener]]
+name = "c"
+listen = "127.0.0.1:8445"
+tls = { cert = "certs/dev/server.crt", key = "certs/dev/server.key", client_auth = { ca = "certs/clients-ca.crt", mode = "request" } }
+client_cert_header = "Sec-WebSocket-Key"
+route = [{ name = "all", backend = "chat" }]
+"#,
+    ));
+    assert_reports(
+        &printed,
+        "sockgate.toml:5:22: `client_cert_header` = \"X Client\" is not an HTTP header name\n  hint: use letters, digits and `-`, as in client_cert_header = \"X-Client-Cert-Subject\"",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:12:22: `client_cert_header` = \"X-Forwarded-For\" names a header that requests already use, which the subject would replace\n  hint: pick a header of its own, as in client_cert_header = \"X-Client-Cert-Subject\"",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:19:22: `client_cert_header` = \"Sec-WebSocket-Key\" names a header",
+    );
+    assert_eq!(printed.matches("sockgate.toml:").count(), 3, "{printed}");
+}
+
+#[test]
+fn route_client_cert_needs_a_listener_that_asks_and_no_passthrough() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "plain"
+listen = "127.0.0.1:8080"
+route = [
+  { name = "private", client_cert = true, backend = "chat" },
+]
+
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:8443"
+tls = { cert = "certs/dev/server.crt", key = "certs/dev/server.key" }
+route = [
+  { name = "private", client_cert = true, backend = "chat" },
+]
+
+[[listener]]
+name = "strict"
+listen = "127.0.0.1:8444"
+tls = { cert = "certs/dev/server.crt", key = "certs/dev/server.key", client_auth = { ca = "certs/clients-ca.crt" } }
+route = [
+  { name = "db", protocol = "tls_passthrough", sni = "db.example.com", client_cert = true, backend = "chat" },
+  { name = "public", client_cert = false, backend = "chat" },
+  { name = "private", client_cert = true, backend = "chat" },
+]
+"#,
+    ));
+    assert_reports(
+        &printed,
+        "sockgate.toml:5:37: `client_cert` on route `private` cannot be told: listener `plain` is plaintext\n  hint: remove `client_cert`, or give the listener tls = { cert = \"...\", key = \"...\", client_auth = { ca = \"clients-ca.crt\", mode = \"request\" } }",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:13:37: `client_cert` on route `private` cannot be told: listener `edge` does not ask clients for certificates\n",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:21:86: `client_cert` on route `db` never applies: passthrough TLS is relayed undecrypted, so the gateway never sees a client certificate\n  hint: remove `client_cert` (the backend that ends the TLS session can ask for one)",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:22:36: `client_cert = false` on route `public` never matches: listener `strict` requires a client certificate of every client\n  hint: remove the route or `client_cert`, or set mode = \"request\" in the listener's client_auth",
+    );
+    assert_eq!(printed.matches("sockgate.toml:").count(), 4, "{printed}");
 }

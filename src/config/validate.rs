@@ -13,19 +13,19 @@ use toml::Spanned;
 use super::cidr::Cidr;
 use super::error::Report;
 use super::model::{
-    AdminConfig, AdminToken, BackendConfig, Balance, CertPair, Config, Defaults, HashOn,
-    HealthCheck, HealthKind, ListenerConfig, MIN_ACCESS_LOG_INTERVAL, Passive, Protocol,
-    ProxyVersion, Rate, RouteConfig, ServerConfig, SniCert, TlsConfig, WebSocketLimits,
+    AdminConfig, AdminToken, BackendConfig, Balance, CertPair, ClientAuth, ClientAuthMode, Config,
+    Defaults, HashOn, HealthCheck, HealthKind, ListenerConfig, MIN_ACCESS_LOG_INTERVAL, Passive,
+    Protocol, ProxyVersion, Rate, RouteConfig, ServerConfig, SniCert, TlsConfig, WebSocketLimits,
 };
 use super::raw::{
-    RawAdmin, RawBackend, RawConfig, RawDefaults, RawHealth, RawListener, RawPassive, RawRoute,
-    RawServer, RawSize, RawSni, RawTls,
+    RawAdmin, RawBackend, RawClientAuth, RawConfig, RawDefaults, RawHealth, RawListener,
+    RawPassive, RawRoute, RawServer, RawSize, RawSni, RawTls,
 };
 use super::values::{
     check_cert_name, check_dns_name, check_server_address, closest, normal_host, parse_duration,
     parse_size,
 };
-use crate::certs::{self, CertLoadError};
+use crate::certs::{self, CaLoadError, CertLoadError};
 
 const DURATION_FORMS: &str = r#"write durations like "250ms", "30s", "5m" or "1h30m""#;
 const GENERATE_PAIR: &str = "sockgate cert dev --out certs/dev";
@@ -496,6 +496,9 @@ impl Validator<'_, '_> {
         let rate = present(l.max_new_connections_per_ip.as_ref(), |r| {
             self.rate(r, "max_new_connections_per_ip")
         });
+        let client_cert_header = present(l.client_cert_header.as_ref(), |h| {
+            self.client_cert_header(h, l, &label)
+        });
         if l.route.is_empty() {
             let at = l.name.as_ref().map_or(raw.span(), Spanned::span);
             self.report.error(
@@ -519,8 +522,75 @@ impl Validator<'_, '_> {
             max_connections: max_connections?,
             max_connections_per_ip: per_ip?,
             max_new_connections_per_ip: rate?,
+            client_cert_header: client_cert_header?,
             routes: routes.into_iter().collect::<Option<_>>()?,
         })
+    }
+
+    /// `client_cert_header`: a header name the gateway may own, on a listener that asks
+    /// clients for certificates.
+    fn client_cert_header(
+        &mut self,
+        raw: &Spanned<String>,
+        listener: &RawListener,
+        label: &str,
+    ) -> Option<String> {
+        let asks = listener
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.get_ref().client_auth.is_some());
+        if !asks {
+            let why = if listener.tls.is_none() {
+                "is plaintext"
+            } else {
+                "does not ask clients for certificates"
+            };
+            self.report.error(
+                raw.span(),
+                format!("`client_cert_header` on {label} never has a subject to pass on: the listener {why}"),
+                r#"remove `client_cert_header`, or give the listener tls = { cert = "...", key = "...", client_auth = { ca = "clients-ca.crt", mode = "request" } }"#,
+            );
+            return None;
+        }
+        let name = raw.get_ref().to_ascii_lowercase();
+        if name.is_empty() || !is_token(&name) {
+            self.report.error(
+                raw.span(),
+                format!("`client_cert_header` = \"{}\" is not an HTTP header name", raw.get_ref()),
+                r#"use letters, digits and `-`, as in client_cert_header = "X-Client-Cert-Subject""#,
+            );
+            return None;
+        }
+        // Headers the gateway writes or that frame the request: sharing a name with one
+        // would overwrite it or be overwritten.
+        const OWNED: [&str; 17] = [
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "upgrade",
+            "te",
+            "trailer",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authorization",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "forwarded",
+            "cookie",
+            "authorization",
+            "expect",
+        ];
+        if OWNED.contains(&name.as_str()) || name.starts_with("sec-websocket-") {
+            self.report.error(
+                raw.span(),
+                format!("`client_cert_header` = \"{}\" names a header that requests already use, which the subject would replace", raw.get_ref()),
+                r#"pick a header of its own, as in client_cert_header = "X-Client-Cert-Subject""#,
+            );
+            return None;
+        }
+        Some(name)
     }
 
     fn tls(&mut self, raw: &Spanned<RawTls>, listener: &str) -> Option<TlsConfig> {
@@ -536,9 +606,66 @@ impl Validator<'_, '_> {
             None,
         );
         let sni: Vec<_> = t.sni.iter().map(|s| self.sni(s, listener)).collect();
+        let client_auth = present(t.client_auth.as_ref(), |c| self.client_auth(c, listener));
         Some(TlsConfig {
             default: default?,
             sni: sni.into_iter().collect::<Option<_>>()?,
+            client_auth: client_auth?,
+        })
+    }
+
+    /// `client_auth = { ca, mode }`: the CA bundle is read here, once per load or reload.
+    fn client_auth(&mut self, raw: &Spanned<RawClientAuth>, listener: &str) -> Option<ClientAuth> {
+        let c = raw.get_ref();
+        let mode = match &c.mode {
+            None => Some(ClientAuthMode::Require),
+            Some(m) => match m.get_ref().as_str() {
+                "require" => Some(ClientAuthMode::Require),
+                "request" => Some(ClientAuthMode::Request),
+                other => {
+                    self.report.error(
+                        m.span(),
+                        format!("`mode` = \"{other}\" is not a client certificate mode"),
+                        r#"use "require" (a client without a valid certificate is refused) or "request" (a certificate is optional, routes may match on it)"#,
+                    );
+                    None
+                }
+            },
+        };
+        let ca = self.required(
+            &c.ca,
+            raw.span(),
+            "[listener.tls.client_auth]",
+            "ca",
+            r#""clients-ca.crt""#,
+        )?;
+        let path = self.base_dir.join(ca.get_ref());
+        let roots = match certs::load_ca_bundle(&path) {
+            Ok(roots) => Some(roots),
+            Err(error) => {
+                let hint = match &error {
+                    CaLoadError::Read { .. } | CaLoadError::NoCertificate { .. } => {
+                        "give the PEM certificate(s) of the CA that issues client certificates (relative paths start at the config file's folder)"
+                    }
+                    CaLoadError::BadAnchor { .. } => {
+                        "give only CA certificates, in PEM, each one whole"
+                    }
+                };
+                self.report.error(
+                    ca.span(),
+                    format!(
+                        "{}; {listener} cannot check client certificates",
+                        crate::error::error_chain(&error)
+                    ),
+                    hint,
+                );
+                None
+            }
+        };
+        Some(ClientAuth {
+            ca: path,
+            mode: mode?,
+            roots: roots?,
         })
     }
 
@@ -779,6 +906,10 @@ impl Validator<'_, '_> {
             self.request_timeout(t)
         });
 
+        let client_cert = present(r.client_cert.as_ref(), |c| {
+            self.route_client_cert(c, kind, listener, &label, &listener_label)
+        });
+
         let websocket = self.websocket_limits(r, kind, &label);
         Some(RouteConfig {
             name: name?,
@@ -788,8 +919,57 @@ impl Validator<'_, '_> {
             path_prefix: path_prefix?,
             backend: backend?,
             request_timeout: request_timeout?,
+            client_cert: client_cert?,
             websocket: websocket?,
         })
+    }
+
+    /// A route's `client_cert`: only on a listener that asks for certificates, never on a
+    /// passthrough route (the gateway does not see that handshake).
+    fn route_client_cert(
+        &mut self,
+        raw: &Spanned<bool>,
+        kind: Option<Protocol>,
+        listener: &RawListener,
+        label: &str,
+        listener_label: &str,
+    ) -> Option<bool> {
+        let want = *raw.get_ref();
+        if kind == Some(Protocol::TlsPassthrough) {
+            self.report.error(
+                raw.span(),
+                format!("`client_cert` on {label} never applies: passthrough TLS is relayed undecrypted, so the gateway never sees a client certificate"),
+                "remove `client_cert` (the backend that ends the TLS session can ask for one)",
+            );
+            return None;
+        }
+        let mode = listener
+            .tls
+            .as_ref()
+            .and_then(|t| t.get_ref().client_auth.as_ref())
+            .map(|c| c.get_ref().mode.as_ref().map(|m| m.get_ref().as_str()));
+        let Some(mode) = mode else {
+            let why = if listener.tls.is_none() {
+                "is plaintext"
+            } else {
+                "does not ask clients for certificates"
+            };
+            self.report.error(
+                raw.span(),
+                format!("`client_cert` on {label} cannot be told: {listener_label} {why}"),
+                r#"remove `client_cert`, or give the listener tls = { cert = "...", key = "...", client_auth = { ca = "clients-ca.crt", mode = "request" } }"#,
+            );
+            return None;
+        };
+        if !want && matches!(mode, None | Some("require")) {
+            self.report.error(
+                raw.span(),
+                format!("`client_cert = false` on {label} never matches: {listener_label} requires a client certificate of every client"),
+                r#"remove the route or `client_cert`, or set mode = "request" in the listener's client_auth"#,
+            );
+            return None;
+        }
+        Some(want)
     }
 
     /// The WebSocket-only keys of a route whose protocol is `kind` (`None`: any).

@@ -66,7 +66,8 @@ mod headers;
 mod idle;
 
 use headers::{
-    BadRequest, add_forwarding, origin_form, permessage_deflate, strip_hop_by_hop, target,
+    BadRequest, add_forwarding, origin_form, permessage_deflate, set_client_subject,
+    strip_hop_by_hop, target,
 };
 use idle::{Idle, stalled};
 
@@ -110,10 +111,21 @@ pub async fn serve(
     services: Arc<Services>,
     tls: bool,
 ) -> Result<End, Error> {
+    // Once per connection: every request on it carries the same certificate.
+    let (client_cert, client_subject) = {
+        let info = ctx.info();
+        let subject = info
+            .client_subject
+            .as_deref()
+            .and_then(|s| HeaderValue::from_str(s).ok());
+        (info.client_cert, subject)
+    };
     let state = Arc::new(HttpConn {
         ctx: ctx.clone(),
         services: services.clone(),
         tls,
+        client_cert,
+        client_subject,
         session: tokio::sync::Mutex::new(None),
         session_stale: AtomicBool::new(false),
         upgrade: Mutex::new(None),
@@ -339,6 +351,10 @@ struct HttpConn {
     ctx: Arc<ConnCtx>,
     services: Arc<Services>,
     tls: bool,
+    /// The client presented a verified certificate (routes with `client_cert`).
+    client_cert: bool,
+    /// Its subject, ready for the listener's `client_cert_header`.
+    client_subject: Option<HeaderValue>,
     session: tokio::sync::Mutex<Option<BackendSession>>,
     /// A reload removed the session's backend while a request was using it: the session
     /// is dropped once that request has its response.
@@ -497,6 +513,7 @@ impl HttpConn {
                 sni: info.sni.as_deref(),
                 host: target.host.as_deref(),
                 path: Some(req.uri().path()),
+                client_cert: self.client_cert,
             };
             listener.routes.find(&query).cloned()
         });
@@ -628,6 +645,11 @@ impl HttpConn {
             self.tls,
             trusted,
         );
+        set_client_subject(
+            &mut parts.headers,
+            listener.client_cert_header.as_ref(),
+            self.client_subject.as_ref(),
+        );
         parts.uri = origin_form(&parts.uri);
         let idle = listener.defaults.idle_timeout;
         let mut req = Request::from_parts(parts, Idle::new(body, idle, Side::Client));
@@ -731,6 +753,11 @@ impl HttpConn {
             self.ctx.client().ip(),
             self.tls,
             trusted,
+        );
+        set_client_subject(
+            &mut parts.headers,
+            listener.client_cert_header.as_ref(),
+            self.client_subject.as_ref(),
         );
         parts.uri = origin_form(&parts.uri);
         let idle = listener.defaults.idle_timeout;

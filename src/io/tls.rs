@@ -179,6 +179,15 @@ impl<IO> TlsStream<IO> {
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
     }
+
+    /// The client's certificate chain, leaf first, when it presented one: the listener's
+    /// verifier has accepted it by the time the handshake completes (a resumed session
+    /// carries the chain verified in the full handshake that issued it).
+    pub fn peer_certificates(&self) -> Option<&[rustls_pki_types::CertificateDer<'static>]> {
+        self.conn
+            .peer_certificates()
+            .filter(|chain| !chain.is_empty())
+    }
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {

@@ -6,11 +6,15 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 
 use crate::certs;
-use crate::config::model::TlsConfig;
+use crate::config::model::{ClientAuthMode, TlsConfig};
+
+mod subject;
+
+pub use subject::subject_rfc4514;
 
 /// Picks the certificate from the ClientHello's server name: an exact name first, then a
 /// one-label wildcard (`*.example.com` covers `a.example.com`, not `example.com` nor
@@ -83,10 +87,28 @@ pub fn server_config(
     tls: &TlsConfig,
     http: bool,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-    let mut config = rustls::ServerConfig::builder_with_provider(certs::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver::new(tls)));
+    let provider = certs::provider();
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    // One verifier for the listener, whichever certificate SNI picks: every name is served
+    // under the same client-auth rule, so the session cache and ticketer below are shared
+    // safely (rustls' `ServerConfig` docs warn against sharing them across rules).
+    let builder = match &tls.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(auth.roots.clone(), provider);
+            let verifier = match auth.mode {
+                ClientAuthMode::Require => verifier,
+                ClientAuthMode::Request => verifier.allow_unauthenticated(),
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| rustls::Error::General(format!("client certificate CAs: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(SniResolver::new(tls)));
     if http {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
     }

@@ -18,6 +18,7 @@ mod cli;
 mod deploy;
 mod http;
 mod limits;
+mod mtls;
 mod passthrough;
 mod proxy_protocol;
 mod python;

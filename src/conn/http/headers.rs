@@ -254,6 +254,21 @@ pub(super) fn add_forwarding(
     set(headers, header::FORWARDED, forwarded);
 }
 
+/// The listener's `client_cert_header`: whatever the client sent under that name is
+/// removed, certificate or not, so that only the gateway speaks for the certificate; then
+/// the verified certificate's subject is set when there is one.
+pub(super) fn set_client_subject(
+    headers: &mut HeaderMap,
+    name: Option<&HeaderName>,
+    subject: Option<&HeaderValue>,
+) {
+    let Some(name) = name else { return };
+    headers.remove(name);
+    if let Some(subject) = subject {
+        headers.insert(name.clone(), subject.clone());
+    }
+}
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -570,5 +585,31 @@ mod tests {
                 ("x-forwarded-proto", "http"),
             ])
         );
+    }
+
+    #[test]
+    fn the_client_cert_header_is_only_ever_the_gateways() {
+        let name = HeaderName::from_static("x-client-cert-subject");
+        let forged = || {
+            let mut headers = HeaderMap::new();
+            headers.append(&name, HeaderValue::from_static("CN=admin"));
+            headers.append(&name, HeaderValue::from_static("CN=root"));
+            headers
+        };
+        let subject = HeaderValue::from_static("CN=client-1,O=Example");
+
+        let mut headers = forged();
+        set_client_subject(&mut headers, Some(&name), Some(&subject));
+        let values: Vec<_> = headers.get_all(&name).iter().collect();
+        assert_eq!(values, [&subject]);
+
+        let mut headers = forged();
+        set_client_subject(&mut headers, Some(&name), None);
+        assert!(!headers.contains_key(&name));
+
+        // A listener without the key leaves the header alone: it is not the gateway's.
+        let mut headers = forged();
+        set_client_subject(&mut headers, None, Some(&subject));
+        assert_eq!(headers.get_all(&name).iter().count(), 2);
     }
 }

@@ -55,6 +55,7 @@ static PKI: LazyLock<Pki> = LazyLock::new(|| {
             names: vec!["api.example.test".into()],
             pair: pair(&api.server),
         }],
+        client_auth: None,
     };
     Pki {
         cas: vec![main.ca.cert, api.ca.cert],
