@@ -43,6 +43,72 @@ pub enum CertLoadError {
     Mismatch { cert: PathBuf, key: PathBuf },
 }
 
+/// Why a CA bundle (a backend's `ca`) could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CaLoadError {
+    #[error("cannot read CA bundle {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("no PEM certificate found in CA bundle {}", path.display())]
+    Empty { path: PathBuf },
+    #[error("certificate {index} of CA bundle {} cannot be a trust anchor", path.display())]
+    Invalid {
+        path: PathBuf,
+        /// 1-based, in file order.
+        index: usize,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// The certificates a backend's servers are verified against, as read from one PEM file.
+#[derive(Debug, Clone)]
+pub struct CaBundle {
+    /// What the file held, to tell a changed bundle from the same one on reload.
+    pub der: Arc<[CertificateDer<'static>]>,
+    pub roots: Arc<rustls::RootCertStore>,
+}
+
+impl PartialEq for CaBundle {
+    fn eq(&self, other: &Self) -> bool {
+        self.der == other.der
+    }
+}
+
+impl Eq for CaBundle {}
+
+/// Reads a PEM bundle of CA certificates; each one must be usable as a trust anchor.
+pub fn load_ca_bundle(path: &Path) -> Result<CaBundle, CaLoadError> {
+    let der = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| CaLoadError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+    if der.is_empty() {
+        return Err(CaLoadError::Empty {
+            path: path.to_owned(),
+        });
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in der.iter().enumerate() {
+        roots
+            .add(cert.clone())
+            .map_err(|source| CaLoadError::Invalid {
+                path: path.to_owned(),
+                index: i + 1,
+                source,
+            })?;
+    }
+    Ok(CaBundle {
+        der: der.into(),
+        roots: Arc::new(roots),
+    })
+}
+
 // The crypto backends, chosen at build time by cargo features:
 // - `ring` alone: ring for everything;
 // - `aws-lc-rs` alone: aws-lc-rs for everything;
