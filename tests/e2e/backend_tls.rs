@@ -576,3 +576,34 @@ health = {{ kind = "http", path = "/healthz", interval = "100ms", timeout = "100
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_reload_picks_up_a_changed_ca_bundle() {
+    tokio::time::timeout(LIMIT, async {
+        let good = certgen::dev_pki(certgen::DEV_NAMES).unwrap();
+        let other = certgen::dev_pki(certgen::DEV_NAMES).unwrap();
+        let backend = tls_backend(&good.server, Serve::Http, None).await;
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "backend-ca.crt", &other.ca.cert);
+        let gw = Gateway::start(
+            dir.path(),
+            &config(
+                "http",
+                &[backend.addr],
+                r#"tls = { ca = "backend-ca.crt" }"#,
+            ),
+        )
+        .await;
+        assert_eq!(http_get(gw.addr("edge"), "/before").await.0, 502);
+
+        // The same path, the CA that did issue the server's certificate.
+        write(dir.path(), "backend-ca.crt", &good.ca.cert);
+        let (status, body) = http_request(gw.admin(), "POST", "/reload").await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = http_get(gw.addr("edge"), "/after").await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(backend.handshakes.load(Ordering::SeqCst), 1);
+    })
+    .await
+    .unwrap();
+}
