@@ -1028,7 +1028,7 @@ async fn the_client_side_moves_data_both_ways_through_records_cut_anywhere_and_c
         };
         let name = ServerName::try_from("localhost").unwrap();
         let config = client_config(version, true, &[b"http/1.1"]);
-        let mut client = connect(ours, config, name).await.unwrap();
+        let client = connect(ours, config, name).await.unwrap();
         assert_eq!(client.alpn_protocol(), Some(&b"http/1.1"[..]));
         // Both directions at once: through a small pipe, the server's tickets and
         // response wait for the client to read while it is still writing.
