@@ -43,19 +43,19 @@ pub enum CertLoadError {
     Mismatch { cert: PathBuf, key: PathBuf },
 }
 
-/// Why a bundle of CA certificates (for client certificates) could not be loaded.
+/// Why a CA bundle (a backend's `ca`, a listener's `client_auth` CA) could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum CaLoadError {
-    #[error("cannot read CA certificate file {}", path.display())]
+    #[error("cannot read CA bundle {}", path.display())]
     Read {
         path: PathBuf,
         #[source]
         source: rustls_pki_types::pem::Error,
     },
-    #[error("no PEM certificate found in {}", path.display())]
-    NoCertificate { path: PathBuf },
-    #[error("certificate {index} in {} cannot be a trust anchor", path.display())]
-    BadAnchor {
+    #[error("no PEM certificate found in CA bundle {}", path.display())]
+    Empty { path: PathBuf },
+    #[error("certificate {index} of CA bundle {} cannot be a trust anchor", path.display())]
+    Invalid {
         path: PathBuf,
         /// 1-based, in file order.
         index: usize,
@@ -64,30 +64,50 @@ pub enum CaLoadError {
     },
 }
 
-/// Reads a PEM bundle of CA certificates that client certificates are checked against.
-/// Every certificate in it must parse as a trust anchor: one that does not is an error
-/// rather than skipped, so a truncated bundle is not silently a smaller one.
-pub fn load_ca_bundle(path: &Path) -> Result<Arc<rustls::RootCertStore>, CaLoadError> {
-    let certs = CertificateDer::pem_file_iter(path)
+/// CA certificates read from one PEM file: what a backend's servers or a listener's
+/// client certificates are verified against.
+#[derive(Debug, Clone)]
+pub struct CaBundle {
+    /// What the file held, to tell a changed bundle from the same one on reload.
+    pub der: Arc<[CertificateDer<'static>]>,
+    pub roots: Arc<rustls::RootCertStore>,
+}
+
+impl PartialEq for CaBundle {
+    fn eq(&self, other: &Self) -> bool {
+        self.der == other.der
+    }
+}
+
+impl Eq for CaBundle {}
+
+/// Reads a PEM bundle of CA certificates; each one must be usable as a trust anchor.
+pub fn load_ca_bundle(path: &Path) -> Result<CaBundle, CaLoadError> {
+    let der = CertificateDer::pem_file_iter(path)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|source| CaLoadError::Read {
             path: path.to_owned(),
             source,
         })?;
-    if certs.is_empty() {
-        return Err(CaLoadError::NoCertificate {
+    if der.is_empty() {
+        return Err(CaLoadError::Empty {
             path: path.to_owned(),
         });
     }
     let mut roots = rustls::RootCertStore::empty();
-    for (i, cert) in certs.into_iter().enumerate() {
-        roots.add(cert).map_err(|source| CaLoadError::BadAnchor {
-            path: path.to_owned(),
-            index: i + 1,
-            source,
-        })?;
+    for (i, cert) in der.iter().enumerate() {
+        roots
+            .add(cert.clone())
+            .map_err(|source| CaLoadError::Invalid {
+                path: path.to_owned(),
+                index: i + 1,
+                source,
+            })?;
     }
-    Ok(Arc::new(roots))
+    Ok(CaBundle {
+        der: der.into(),
+        roots: Arc::new(roots),
+    })
 }
 
 // The crypto backends, chosen at build time by cargo features:

@@ -25,7 +25,7 @@ use crate::client_hello::{self, Hello};
 use crate::config::Protocol;
 use crate::detect::{self, DetectError, Detected};
 use crate::error::Side;
-use crate::io::{ClientStream, Rewind};
+use crate::io::{BackendStream, ClientStream, Rewind};
 use crate::limits::{IpPermit, IpTable};
 use crate::live::{ConnCtx, Permit, access_event};
 use crate::proxy_header::{self, Header, ProxyHeaderError};
@@ -34,7 +34,7 @@ use crate::relay::{self, RelayEnd};
 use crate::route::{Route, RouteQuery};
 use crate::services::Services;
 use crate::snapshot::ListenerSnap;
-use crate::upstream::{ConnectError, Lease};
+use crate::upstream::{ConnectError, Lease, Opening};
 
 /// How a connection ended when no stage failed.
 #[derive(Debug)]
@@ -123,7 +123,7 @@ pub enum Handoff {
 /// whose size every connection pays.
 pub struct WebSocketReady {
     client: Rewind<ClientStream>,
-    backend: Rewind<TcpStream>,
+    backend: Rewind<BackendStream>,
     session: relay::websocket::Session,
     /// Counts the relay on its server (`least_conn`, `/backends`) until it ends.
     #[expect(dead_code, reason = "held for its drop")]
@@ -666,10 +666,15 @@ async fn relay_tcp(
     ctx.set_route(&route.name, &route.backend.name);
     // TCP has no request: only `hash_on = "client_ip"` finds its key.
     let affinity = route.backend.affinity(ctx.client().ip(), None);
+    let opening = Opening {
+        client: ctx.client(),
+        reached: ctx.reached(),
+        http: false,
+    };
     let connected = unless_closed(ctx, async {
         route
             .backend
-            .connect(affinity)
+            .connect(affinity, opening)
             .await
             .map_err(ConnError::Connect)
     })
@@ -682,18 +687,6 @@ async fn relay_tcp(
             return Err(e);
         }
     };
-    if route.backend.send_proxy.is_some()
-        && let Err(source) = route
-            .backend
-            .send_proxy_header(&mut backend, ctx.client(), ctx.reached())
-            .await
-    {
-        close_gently(&mut client).await;
-        return Err(ConnError::Connect(ConnectError::Io {
-            server: lease.address().to_owned(),
-            source,
-        }));
-    }
     ctx.set_server(lease.address());
 
     let counters =
@@ -714,12 +707,16 @@ async fn relay_tcp(
     let close = || ctx.close_requested() || services.shutdown.is_stopped();
     let cancel = relay::Cancel::new(&ctx.cancel, &close);
 
-    // Plain on both sides: splice(2), the bytes never enter user space.
+    // Plain on both sides: splice(2), the bytes never enter user space. TLS on either side
+    // needs them there, to decrypt or encrypt: the copying relay.
     #[cfg(target_os = "linux")]
-    if let Rewind {
-        prefix,
-        inner: ClientStream::Plain(tcp),
-    } = &mut client
+    if let (
+        Rewind {
+            prefix,
+            inner: ClientStream::Plain(tcp),
+        },
+        BackendStream::Plain(backend),
+    ) = (&mut client, &mut backend)
     {
         let prefix = std::mem::take(prefix);
         if !prefix.is_empty() {
@@ -732,7 +729,7 @@ async fn relay_tcp(
             }
             up.add(prefix.len());
         }
-        let end = relay::splice::relay(tcp, &mut backend, up, down, idle, cancel).await;
+        let end = relay::splice::relay(tcp, backend, up, down, idle, cancel).await;
         return Ok(Finish::Relayed(end));
     }
 

@@ -83,6 +83,12 @@ pub enum SnapshotError {
         #[source]
         source: rustls::Error,
     },
+    #[error("backend `{backend}`: cannot build the TLS configuration")]
+    BackendTls {
+        backend: String,
+        #[source]
+        source: rustls::Error,
+    },
     #[error("route `{route}` names backend `{backend}`, which is not defined")]
     UnknownBackend { route: String, backend: String },
 }
@@ -105,14 +111,14 @@ impl Snapshot {
             .iter()
             .map(|b| {
                 let before = previous.and_then(|p| p.backend(&b.name));
-                Arc::new(Pool::new(
-                    b,
-                    defaults.connect_timeout,
-                    metrics,
-                    before.map(|p| &**p),
-                ))
+                Pool::new(b, defaults.connect_timeout, metrics, before.map(|p| &**p))
+                    .map(Arc::new)
+                    .map_err(|source| SnapshotError::BackendTls {
+                        backend: b.name.clone(),
+                        source,
+                    })
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let by_name: HashMap<Arc<str>, usize> = pools
             .iter()
             .enumerate()

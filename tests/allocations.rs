@@ -406,6 +406,92 @@ servers = ["{ws}"]
     handle.stop();
 }
 
+/// The same for a backend with `tls`: the gateway's side toward the server is the client
+/// side of the same unbuffered TLS stream, so an idle connection holds no record buffer
+/// there either, only rustls' client state and traffic keys.
+#[test]
+fn heap_per_idle_websocket_to_a_tls_backend_and_allocations_per_message() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let _turn = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (gateway, peers) = runtimes();
+    let pki = certgen::dev_pki(certgen::DEV_NAMES).unwrap();
+    let server_config = rustls::ServerConfig::builder_with_provider(sockgate::certs::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            CertificateDer::pem_slice_iter(pki.server.cert.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap(),
+            PrivateKeyDer::from_pem_slice(pki.server.key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server_config));
+    let backend = peers.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(tcp).await {
+                        demo::ws_echo_conn(tls).await;
+                    }
+                });
+            }
+        });
+        addr
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("backend-ca.crt");
+    certgen::write_file(&ca, &pki.ca.cert).unwrap();
+    let (handle, _dir) = start(
+        &gateway,
+        format!(
+            r#"
+[[listener]]
+name = "ws"
+listen = "127.0.0.1:0"
+  [[listener.route]]
+  name = "chat"
+  protocol = "websocket"
+  backend = "chat"
+
+[[backend]]
+name = "chat"
+servers = ["{backend}"]
+tls = {{ ca = "{}" }}
+"#,
+            ca.display()
+        ),
+    );
+    let url = format!("ws://{}/chat", handle.local_addr("ws").unwrap());
+    let connect = || async { tokio_tungstenite::connect_async(&url).await.unwrap().0 };
+    let per_message = peers.block_on(async { allocations_per_echo(&mut connect().await).await });
+    let _ = heap_per_idle(&peers, connect);
+    settle(&peers, &handle);
+    let per_idle = heap_per_idle(&peers, connect);
+    println!(
+        "heap held per idle WebSocket to a TLS backend: {per_idle:.0} bytes; \
+         {per_message:.3} gateway allocations per echo"
+    );
+    // As a wss client connection: the plain WebSocket's ~2.6 KiB plus rustls' state. A
+    // buffered rustls client (tokio-rustls) would keep its 4 KiB receive buffer on top.
+    assert!(
+        per_idle < 7168.0,
+        "{per_idle} bytes held per idle WebSocket to a TLS backend"
+    );
+    assert!(per_message < 2.05, "{per_message} allocations per echo");
+    handle.stop();
+}
+
 /// Gateway heap held per connection from `connect` once it has stalled: 100 of them.
 fn heap_per_stalled<T, F, Fut>(peers: &tokio::runtime::Runtime, connect: F) -> f64
 where

@@ -94,7 +94,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     // The server name in a TLS ClientHello, for passthrough routes: a pure parser.
     ("client_hello", &[]),
     ("route", &["upstream", "config"]),
-    ("upstream", &["config", "metrics", "io", "error"]),
+    // Backend TLS builds its client configurations with the crypto provider `certs` holds.
+    ("upstream", &["config", "metrics", "io", "error", "certs"]),
     // A relay knows its two streams, its counters and limits, and the drain signal.
     (
         "relay",

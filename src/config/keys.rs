@@ -8,8 +8,8 @@ use toml::de::{DeTable, DeValue};
 
 use super::error::Report;
 use super::raw::{
-    RawAdmin, RawBackend, RawClientAuth, RawConfig, RawDefaults, RawHealth, RawListener,
-    RawPassive, RawRoute, RawServerTable, RawSni, RawTls,
+    RawAdmin, RawBackend, RawBackendTls, RawClientAuth, RawConfig, RawDefaults, RawHealth,
+    RawListener, RawPassive, RawRoute, RawServerTable, RawSni, RawTls,
 };
 
 /// One kind of table in the file.
@@ -88,15 +88,20 @@ static ROUTE: Section = Section {
 static BACKEND: Section = Section {
     name: "[[backend]]",
     keys: fields_of::<RawBackend>,
-    unsupported: &[(
-        "tls",
-        "connections to servers are plain TCP: TLS ends at the gateway; remove the key",
-    )],
+    unsupported: &[],
     children: &[
         ("servers", &SERVER),
         ("health", &HEALTH),
         ("passive", &PASSIVE),
+        ("tls", &BACKEND_TLS),
     ],
+};
+
+static BACKEND_TLS: Section = Section {
+    name: "a backend's `tls`",
+    keys: fields_of::<RawBackendTls>,
+    unsupported: &[],
+    children: &[],
 };
 
 static HEALTH: Section = Section {

@@ -8,6 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::sign::CertifiedKey;
+use rustls_pki_types::ServerName;
+
+pub use crate::certs::CaBundle;
 
 use super::cidr::Cidr;
 use super::error::ConfigError;
@@ -293,7 +296,61 @@ pub struct BackendConfig {
     pub passive: Option<Passive>,
     /// Write a PROXY protocol header first on every connection to a server.
     pub send_proxy_protocol: Option<ProxyVersion>,
+    /// Re-encrypt toward the servers; `None`: plain TCP.
+    pub tls: Option<BackendTls>,
 }
+
+/// `tls = { ... }` on a backend: connections to its servers speak TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTls {
+    /// The name asked for and verified (lower-cased); `None`: each server's host.
+    pub sni: Option<String>,
+    /// How the servers' certificates are checked.
+    pub verify: BackendVerify,
+    /// Presented when a server asks for a client certificate.
+    pub client_cert: Option<ClientCert>,
+}
+
+impl BackendTls {
+    /// The name a connection to the server at `address` (`HOST:PORT`, as validated) asks
+    /// for and verifies: `sni`, else the server's host, a DNS name or an IP address (which
+    /// is verified against the certificate's IP SANs and sent as no SNI, RFC 6066 §3).
+    pub fn server_name(&self, address: &str) -> Option<ServerName<'static>> {
+        let host = match &self.sni {
+            Some(sni) => sni.as_str(),
+            None => {
+                let (host, _port) = address.rsplit_once(':')?;
+                host.strip_prefix('[')
+                    .and_then(|h| h.strip_suffix(']'))
+                    .unwrap_or(host)
+            }
+        };
+        ServerName::try_from(host).ok().map(|n| n.to_owned())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendVerify {
+    /// The chain must lead to a certificate of `ca` and name the server (`verify = true`).
+    Ca { path: PathBuf, bundle: CaBundle },
+    /// Any certificate is taken (`verify = false`); `check` warns.
+    Off,
+}
+
+/// The gateway's own certificate toward a backend's servers.
+#[derive(Debug, Clone)]
+pub struct ClientCert(pub CertPair);
+
+impl PartialEq for ClientCert {
+    /// Same files with the same certificates: a reload that re-reads them changes nothing.
+    fn eq(&self, other: &Self) -> bool {
+        self.0.cert == other.0.cert
+            && self.0.key == other.0.key
+            && self.0.certified.cert == other.0.certified.cert
+    }
+}
+
+impl Eq for ClientCert {}
 
 /// How a backend picks a server for a new connection.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -114,6 +114,17 @@ pub(super) struct RawBackend {
     pub health: Option<Spanned<RawHealth>>,
     pub passive: Option<Spanned<RawPassive>>,
     pub send_proxy_protocol: Text,
+    pub tls: Option<Spanned<RawBackendTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackendTls {
+    pub ca: Text,
+    pub sni: Text,
+    pub verify: Option<Spanned<bool>>,
+    pub cert: Text,
+    pub key: Text,
 }
 
 #[derive(Deserialize)]

@@ -288,28 +288,6 @@ servers = [{ address = "127.0.0.1:9001", wieght = 2 }]
 }
 
 #[test]
-fn unsupported_keys_say_what_happens_instead() {
-    let printed = errors(
-        r#"
-[[listener]]
-name = "edge"
-listen = "0.0.0.0:8443"
-route = [{ name = "db", backend = "chat" }]
-
-[[backend]]
-name = "chat"
-servers = ["127.0.0.1:9001"]
-tls = { verify = true }
-"#,
-    );
-    assert_reports(
-        &printed,
-        "sockgate.toml:9:1: `tls` is not supported by this version of sockgate\n  hint: connections to servers are plain TCP: TLS ends at the gateway; remove the key",
-    );
-    assert_eq!(printed.matches("sockgate.toml:").count(), 1, "{printed}");
-}
-
-#[test]
 fn a_tls_passthrough_route_on_a_plaintext_listener_is_valid_and_keeps_its_sni() {
     let config = valid(
         r#"
@@ -1973,7 +1951,7 @@ route = [{{ name = "all", backend = "chat" }}]
     };
     let printed = errors(&listener("certs/missing-ca.crt"));
     assert!(
-        printed.starts_with("sockgate.toml:4:91: cannot read CA certificate file /"),
+        printed.starts_with("sockgate.toml:4:91: cannot read CA bundle /"),
         "{printed}"
     );
     assert_reports(
@@ -1982,7 +1960,7 @@ route = [{{ name = "all", backend = "chat" }}]
     );
     let printed = errors(&listener("certs/empty.crt"));
     assert!(
-        printed.starts_with("sockgate.toml:4:91: no PEM certificate found in /"),
+        printed.starts_with("sockgate.toml:4:91: no PEM certificate found in CA bundle /"),
         "{printed}"
     );
     assert_reports(
@@ -1991,7 +1969,7 @@ route = [{{ name = "all", backend = "chat" }}]
     );
     let printed = errors(&listener("certs/bad-ca.crt"));
     assert!(
-        printed.starts_with("sockgate.toml:4:91: certificate 1 in /"),
+        printed.starts_with("sockgate.toml:4:91: certificate 1 of CA bundle /"),
         "{printed}"
     );
     assert_reports(&printed, "certs/bad-ca.crt cannot be a trust anchor: ");
@@ -2146,4 +2124,175 @@ route = [
         "sockgate.toml:22:36: `client_cert = false` on route `public` never matches: listener `strict` requires a client certificate of every client\n  hint: remove the route or `client_cert`, or set mode = \"request\" in the listener's client_auth",
     );
     assert_eq!(printed.matches("sockgate.toml:").count(), 4, "{printed}");
+}
+
+/// A backend with `tls` written as `tls_line`, beside a valid listener; the folder also
+/// holds `certs/dev/ca.crt` (the self-signed certificate, as a CA bundle) and
+/// `certs/bad.pem` (a PEM block that is not base64).
+fn backend_tls(tls_line: &str) -> (Result<Config, ConfigErrors>, TempDir) {
+    let dir = cert_dir();
+    std::fs::copy(
+        dir.path().join("certs/dev/server.crt"),
+        dir.path().join("certs/dev/ca.crt"),
+    )
+    .expect("copy");
+    std::fs::write(
+        dir.path().join("certs/bad.pem"),
+        "-----BEGIN CERTIFICATE-----\n!!not base64!!\n-----END CERTIFICATE-----\n",
+    )
+    .expect("write");
+    let text = format!(
+        r#"[[listener]]
+name = "edge"
+listen = "127.0.0.1:0"
+route = [{{ name = "r", backend = "chat" }}]
+[[backend]]
+name = "chat"
+servers = ["127.0.0.1:9001", "chat.internal:9002"]
+{tls_line}
+"#
+    );
+    (from_str(&text, Path::new("sockgate.toml"), dir.path()), dir)
+}
+
+fn backend_tls_errors(tls_line: &str) -> String {
+    match backend_tls(tls_line).0 {
+        Ok(_) => panic!("expected errors, the config was valid"),
+        Err(errors) => errors.to_string(),
+    }
+}
+
+#[test]
+fn backend_tls_loads_the_ca_and_client_certificate_and_names_each_server() {
+    let (config, _dir) = backend_tls(
+        r#"tls = { ca = "certs/dev/ca.crt", sni = "Chat.Internal", cert = "certs/dev/server.crt", key = "certs/dev/server.key" }"#,
+    );
+    let config = config.unwrap_or_else(|e| panic!("{e}"));
+    let tls = config.backends[0].tls.as_ref().expect("tls");
+    assert_eq!(tls.sni.as_deref(), Some("chat.internal"));
+    assert!(matches!(&tls.verify, BackendVerify::Ca { bundle, .. } if bundle.der.len() == 1));
+    assert!(tls.client_cert.is_some());
+    assert!(config.warnings.is_empty());
+    let name = tls.server_name("127.0.0.1:9001").expect("name");
+    assert_eq!(name.to_str(), "chat.internal");
+
+    // Without `sni`: each server's own host, an IP address for a literal.
+    let (config, _dir) = backend_tls(r#"tls = { ca = "certs/dev/ca.crt" }"#);
+    let config = config.unwrap_or_else(|e| panic!("{e}"));
+    let tls = config.backends[0].tls.as_ref().expect("tls");
+    assert!(matches!(
+        tls.server_name("127.0.0.1:9001"),
+        Some(rustls_pki_types::ServerName::IpAddress(_))
+    ));
+    assert!(matches!(
+        tls.server_name("[::1]:9001"),
+        Some(rustls_pki_types::ServerName::IpAddress(_))
+    ));
+    assert_eq!(
+        tls.server_name("chat.internal:9002")
+            .expect("name")
+            .to_str(),
+        "chat.internal"
+    );
+}
+
+#[test]
+fn backend_tls_verify_false_is_accepted_with_a_warning() {
+    let (config, _dir) = backend_tls("tls = { verify = false }");
+    let config = config.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.backends[0].tls.as_ref().map(|t| &t.verify),
+        Some(&BackendVerify::Off)
+    );
+    let warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("sockgate.toml:8:18: warning: backend `chat` has verify = false: any certificate is taken"),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn backend_tls_without_ca_is_refused_unless_verify_is_off() {
+    let printed = backend_tls_errors(r#"tls = { sni = "chat.internal" }"#);
+    assert_reports(
+        &printed,
+        "sockgate.toml:8:7: `tls` on backend `chat` verifies the servers' certificates but has no `ca` to verify them against\n  hint: add ca = \"backend-ca.crt\"",
+    );
+    assert_reports(&printed, "/etc/ssl/certs/ca-certificates.crt");
+}
+
+#[test]
+fn backend_tls_ca_with_verify_false_is_refused() {
+    let printed = backend_tls_errors(r#"tls = { ca = "certs/dev/ca.crt", verify = false }"#);
+    assert_reports(
+        &printed,
+        "sockgate.toml:8:14: `ca` has no effect on backend `chat`: verify = false takes any certificate",
+    );
+}
+
+#[test]
+fn backend_tls_ca_file_missing_is_refused_at_the_value() {
+    let printed = backend_tls_errors(r#"tls = { ca = "certs/missing.crt" }"#);
+    assert_reports(&printed, "sockgate.toml:8:14: cannot read CA bundle ");
+    assert_reports(&printed, "missing.crt: ");
+    assert_reports(
+        &printed,
+        "; connections to backend `chat` could not be verified\n  hint: give the PEM file of the CA certificates",
+    );
+}
+
+#[test]
+fn backend_tls_ca_bad_pem_or_no_certificate_is_refused() {
+    let printed = backend_tls_errors(r#"tls = { ca = "certs/bad.pem" }"#);
+    assert_reports(&printed, "sockgate.toml:8:14: cannot read CA bundle ");
+    // A key file holds no certificate.
+    let printed = backend_tls_errors(r#"tls = { ca = "certs/dev/server.key" }"#);
+    assert_reports(
+        &printed,
+        "sockgate.toml:8:14: no PEM certificate found in CA bundle ",
+    );
+}
+
+#[test]
+fn backend_tls_unknown_key_is_named_with_the_valid_ones() {
+    let printed = backend_tls_errors(r#"tls = { ca = "certs/dev/ca.crt", verfy = false }"#);
+    assert_reports(
+        &printed,
+        "sockgate.toml:8:34: unknown key `verfy` in a backend's `tls`\n  hint: valid keys: ca, sni, verify, cert, key; did you mean `verify`?",
+    );
+}
+
+#[test]
+fn backend_tls_key_without_cert_and_cert_without_key_are_refused() {
+    let printed =
+        backend_tls_errors(r#"tls = { ca = "certs/dev/ca.crt", key = "certs/dev/server.key" }"#);
+    assert_reports(
+        &printed,
+        "sockgate.toml:8:40: `key` without `cert` on backend `chat`'s `tls`: there is no client certificate to present with it",
+    );
+    let printed =
+        backend_tls_errors(r#"tls = { ca = "certs/dev/ca.crt", cert = "certs/dev/server.crt" }"#);
+    assert_reports(
+        &printed,
+        "sockgate.toml:8:41: `cert` without `key` on backend `chat`'s `tls`",
+    );
+}
+
+#[test]
+fn backend_tls_client_key_not_matching_its_certificate_is_refused() {
+    let printed = backend_tls_errors(
+        r#"tls = { ca = "certs/dev/ca.crt", cert = "certs/dev/server.crt", key = "certs/other/server.key" }"#,
+    );
+    assert_reports(&printed, "sockgate.toml:8:41: private key ");
+    assert_reports(&printed, "; backend `chat` would get no client certificate");
+}
+
+#[test]
+fn backend_tls_sni_must_be_a_dns_name() {
+    let printed = backend_tls_errors(r#"tls = { ca = "certs/dev/ca.crt", sni = "not a name" }"#);
+    assert_reports(
+        &printed,
+        "sockgate.toml:8:40: `not a name` is not a valid DNS name, so no server certificate of backend `chat` can match `sni`",
+    );
 }

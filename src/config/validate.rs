@@ -13,13 +13,14 @@ use toml::Spanned;
 use super::cidr::Cidr;
 use super::error::Report;
 use super::model::{
-    AdminConfig, AdminToken, BackendConfig, Balance, CertPair, ClientAuth, ClientAuthMode, Config,
-    Defaults, HashOn, HealthCheck, HealthKind, ListenerConfig, MIN_ACCESS_LOG_INTERVAL, Passive,
-    Protocol, ProxyVersion, Rate, RouteConfig, ServerConfig, SniCert, TlsConfig, WebSocketLimits,
+    AdminConfig, AdminToken, BackendConfig, BackendTls, BackendVerify, Balance, CertPair,
+    ClientAuth, ClientAuthMode, ClientCert, Config, Defaults, HashOn, HealthCheck, HealthKind,
+    ListenerConfig, MIN_ACCESS_LOG_INTERVAL, Passive, Protocol, ProxyVersion, Rate, RouteConfig,
+    ServerConfig, SniCert, TlsConfig, WebSocketLimits,
 };
 use super::raw::{
-    RawAdmin, RawBackend, RawClientAuth, RawConfig, RawDefaults, RawHealth, RawListener,
-    RawPassive, RawRoute, RawServer, RawSize, RawSni, RawTls,
+    RawAdmin, RawBackend, RawBackendTls, RawClientAuth, RawConfig, RawDefaults, RawHealth,
+    RawListener, RawPassive, RawRoute, RawServer, RawSize, RawSni, RawTls,
 };
 use super::values::{
     check_cert_name, check_dns_name, check_server_address, closest, normal_host, parse_duration,
@@ -641,13 +642,13 @@ impl Validator<'_, '_> {
         )?;
         let path = self.base_dir.join(ca.get_ref());
         let roots = match certs::load_ca_bundle(&path) {
-            Ok(roots) => Some(roots),
+            Ok(bundle) => Some(bundle.roots),
             Err(error) => {
                 let hint = match &error {
-                    CaLoadError::Read { .. } | CaLoadError::NoCertificate { .. } => {
+                    CaLoadError::Read { .. } | CaLoadError::Empty { .. } => {
                         "give the PEM certificate(s) of the CA that issues client certificates (relative paths start at the config file's folder)"
                     }
-                    CaLoadError::BadAnchor { .. } => {
+                    CaLoadError::Invalid { .. } => {
                         "give only CA certificates, in PEM, each one whole"
                     }
                 };
@@ -1198,6 +1199,7 @@ impl Validator<'_, '_> {
                 }
             }
         });
+        let tls = present(b.tls.as_ref(), |t| self.backend_tls(t, &label));
         Some(BackendConfig {
             name: name?,
             servers: servers?,
@@ -1205,7 +1207,145 @@ impl Validator<'_, '_> {
             health: health?,
             passive: passive?,
             send_proxy_protocol: send_proxy_protocol?,
+            tls: tls?,
         })
+    }
+
+    /// A backend's `tls`: verification against `ca` (or none, with a warning), the name
+    /// asked for, and the gateway's own certificate.
+    fn backend_tls(&mut self, raw: &Spanned<RawBackendTls>, backend: &str) -> Option<BackendTls> {
+        let t = raw.get_ref();
+        let verify_on = t.verify.as_ref().is_none_or(|v| *v.get_ref());
+        let verify = match (&t.ca, verify_on) {
+            (Some(ca), true) => self.ca_bundle(ca, backend),
+            (None, true) => {
+                self.report.error(
+                    raw.span(),
+                    format!("`tls` on {backend} verifies the servers' certificates but has no `ca` to verify them against"),
+                    r#"add ca = "backend-ca.crt", the PEM file of the CA that issued the servers' certificates (for publicly issued ones, the system bundle, such as "/etc/ssl/certs/ca-certificates.crt"), or verify = false to skip verification"#,
+                );
+                None
+            }
+            (Some(ca), false) => {
+                self.report.error(
+                    ca.span(),
+                    format!("`ca` has no effect on {backend}: verify = false takes any certificate"),
+                    "remove `ca`, or remove verify = false to check the servers' certificates against it",
+                );
+                None
+            }
+            (None, false) => {
+                if let Some(v) = &t.verify {
+                    self.report.warn(
+                        v.span(),
+                        format!("{backend} has verify = false: any certificate is taken from its servers, so whoever is on the path to them can read and change the traffic"),
+                    );
+                }
+                Some(BackendVerify::Off)
+            }
+        };
+        let sni = present(t.sni.as_ref(), |s| match check_dns_name(s.get_ref()) {
+            Ok(()) => Some(s.get_ref().to_ascii_lowercase()),
+            Err(why) => {
+                self.report.error(
+                    s.span(),
+                    format!("{why}, so no server certificate of {backend} can match `sni`"),
+                    r#"write the DNS name the servers' certificates carry, as in sni = "chat.internal", or remove `sni` to use each server's host (an IP address is verified against the certificate's IP addresses)"#,
+                );
+                None
+            }
+        });
+        let client_cert = match (&t.cert, &t.key) {
+            (None, None) => Some(None),
+            (Some(cert), None) => {
+                self.report.error(
+                    cert.span(),
+                    format!("`cert` without `key` on {backend}'s `tls`: the gateway could not prove it owns the certificate"),
+                    r#"add key = "gateway.key", the certificate's PEM private key, or remove `cert`"#,
+                );
+                None
+            }
+            (None, Some(key)) => {
+                self.report.error(
+                    key.span(),
+                    format!("`key` without `cert` on {backend}'s `tls`: there is no client certificate to present with it"),
+                    r#"add cert = "gateway.crt", the PEM certificate the servers accept, or remove `key`"#,
+                );
+                None
+            }
+            (Some(cert), Some(key)) => self.client_cert(cert, key, backend).map(Some),
+        };
+        Some(BackendTls {
+            sni: sni?,
+            verify: verify?,
+            client_cert: client_cert?,
+        })
+    }
+
+    fn ca_bundle(&mut self, raw: &Spanned<String>, backend: &str) -> Option<BackendVerify> {
+        let path = self.base_dir.join(raw.get_ref());
+        match certs::load_ca_bundle(&path) {
+            Ok(bundle) => Some(BackendVerify::Ca { path, bundle }),
+            Err(e) => {
+                self.report.error(
+                    raw.span(),
+                    format!(
+                        "{}; connections to {backend} could not be verified",
+                        crate::error::error_chain(&e)
+                    ),
+                    "give the PEM file of the CA certificates that issued the servers' certificates (relative paths start at the config file's folder)",
+                );
+                None
+            }
+        }
+    }
+
+    /// The gateway's client certificate toward a backend: a bad key file is reported at
+    /// `key`, everything else at `cert`.
+    fn client_cert(
+        &mut self,
+        cert: &Spanned<String>,
+        key: &Spanned<String>,
+        backend: &str,
+    ) -> Option<ClientCert> {
+        let cert_path = self.base_dir.join(cert.get_ref());
+        let key_path = self.base_dir.join(key.get_ref());
+        let error = match certs::load_cert_pair(&cert_path, &key_path) {
+            Ok(certified) => {
+                return Some(ClientCert(CertPair {
+                    cert: cert_path,
+                    key: key_path,
+                    certified,
+                }));
+            }
+            Err(error) => error,
+        };
+        let (at, hint) = match &error {
+            CertLoadError::CertRead { .. } | CertLoadError::NoCertificate { .. } => (
+                cert.span(),
+                "give the PEM certificate (chain) the servers accept from the gateway; relative paths start at the config file's folder",
+            ),
+            CertLoadError::KeyRead { .. } => (
+                key.span(),
+                "give the PEM private key of the certificate; relative paths start at the config file's folder",
+            ),
+            CertLoadError::KeyUnsupported { .. } => (
+                key.span(),
+                "use an RSA, ECDSA P-256/P-384 or Ed25519 key in PEM",
+            ),
+            CertLoadError::Mismatch { .. } => {
+                (cert.span(), "use the key the certificate was issued for")
+            }
+        };
+        self.report.error(
+            at,
+            format!(
+                "{}; {backend} would get no client certificate",
+                crate::error::error_chain(&error)
+            ),
+            hint,
+        );
+        None
     }
 
     /// `balance` and `hash_on`, which only `balance = "hash"` takes and needs.

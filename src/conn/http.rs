@@ -48,19 +48,18 @@ use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Protocol;
 use crate::error::Side;
-use crate::io::{ClientStream, Rewind};
+use crate::io::{BackendStream, ClientStream, Rewind};
 use crate::live::{CloseReason, ConnCtx};
 use crate::metrics::RouteCounters;
 use crate::route::{Route, RouteQuery};
 use crate::services::Services;
 use crate::snapshot::ListenerSnap;
-use crate::upstream::{Affinity, ConnectError, Lease, Pool};
+use crate::upstream::{Affinity, ConnectError, Lease, Opening, Pool};
 
 mod headers;
 mod idle;
@@ -268,7 +267,7 @@ fn shed_close(ctx: &ConnCtx, services: &Services) -> bool {
 /// settings of the request it answered.
 pub struct Upgraded {
     pub client: Rewind<ClientStream>,
-    pub backend: Rewind<TcpStream>,
+    pub backend: Rewind<BackendStream>,
     pub route: Arc<Route>,
     pub listener: Arc<ListenerSnap>,
     /// The 101 response's `Sec-WebSocket-Extensions` agreed to permessage-deflate.
@@ -292,7 +291,7 @@ async fn take_upgraded(pending: PendingUpgrade) -> Result<Upgraded, Error> {
         }
         Err(_) => return Err(Error::UpgradeLost(Side::Client)),
     };
-    let backend = match backend.downcast::<TokioIo<TcpStream>>() {
+    let backend = match backend.downcast::<TokioIo<BackendStream>>() {
         Ok(parts) => Rewind::new(parts.read_buf, parts.io.into_inner()),
         Err(_) => return Err(Error::UpgradeLost(Side::Backend)),
     };
@@ -579,26 +578,18 @@ impl HttpConn {
         &self,
         route: &Route,
         affinity: Affinity,
-    ) -> Result<(TcpStream, Lease), ProxyError> {
-        let (mut stream, lease) = route
+    ) -> Result<(BackendStream, Lease), ProxyError> {
+        let opening = Opening {
+            client: self.ctx.client(),
+            reached: self.ctx.reached(),
+            http: true,
+        };
+        let (stream, lease) = route
             .backend
-            .connect(affinity)
+            .connect(affinity, opening)
             .await
             .map_err(ProxyError::Connect)?;
         self.ctx.set_server(lease.address());
-        if route.backend.send_proxy.is_some() {
-            let (client, reached) = (self.ctx.client(), self.ctx.reached());
-            route
-                .backend
-                .send_proxy_header(&mut stream, client, reached)
-                .await
-                .map_err(|source| {
-                    ProxyError::Connect(crate::upstream::ConnectError::Io {
-                        server: lease.address().to_owned(),
-                        source,
-                    })
-                })?;
-        }
         Ok((stream, lease))
     }
 
@@ -799,7 +790,7 @@ impl HttpConn {
     /// response short (see `reload_close`).
     async fn handshake(
         &self,
-        stream: TcpStream,
+        stream: BackendStream,
         lease: Lease,
         abort: CancellationToken,
     ) -> Result<client_http1::SendRequest<Upload>, ProxyError> {
@@ -827,7 +818,7 @@ impl HttpConn {
     /// when the 101 hands the stream over, or with the connection's token.
     async fn upgrade_handshake(
         &self,
-        stream: TcpStream,
+        stream: BackendStream,
     ) -> Result<client_http1::SendRequest<Upload>, ProxyError> {
         let (sender, conn) = client_http1::Builder::new()
             .handshake(TokioIo::new(stream))

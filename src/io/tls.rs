@@ -1,8 +1,11 @@
-//! The client's TLS stream: rustls' unbuffered connection over a `TcpStream` (or any byte
-//! stream: the unit tests run it over memory), with its record buffers lent from the relay
-//! buffer pool.
+//! TLS streams: rustls' unbuffered connection over a `TcpStream` (or any byte stream: the
+//! unit tests run it over memory), with its record buffers lent from the relay buffer pool.
+//! The same code drives both ends: the server side toward clients ([`accept_after`]) and
+//! the client side toward backends whose servers speak TLS ([`connect`]); rustls'
+//! unbuffered server and client connections differ only in how they are made and in early
+//! data (see [`Endpoint`]).
 //!
-//! rustls' buffered `ServerConnection` keeps a 4 KiB receive buffer for the connection's whole
+//! rustls' buffered connections keep a 4 KiB receive buffer for the connection's whole
 //! life and reads the socket 4 KiB at a time. Here received TLS bytes go into a buffer taken
 //! from a per-thread pool ([`crate::io::buffer`]) for the read and given back as soon as
 //! no partial record is left in it; encrypted bytes go into another, given back once written.
@@ -20,9 +23,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use rustls::ServerConfig;
-use rustls::server::UnbufferedServerConnection;
-use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::pki_types::ServerName;
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, ReadEarlyData, UnbufferedStatus,
+};
+use rustls::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -46,10 +53,62 @@ pub(crate) fn note_sni(name: Option<&str>) {
     HELLO_SNI.with(|sni| *sni.borrow_mut() = name.map(str::to_ascii_lowercase));
 }
 
-/// A server-side TLS stream whose handshake has completed.
-pub struct TlsStream<IO = TcpStream> {
+/// One end of a TLS connection as rustls' unbuffered API drives it: a server toward
+/// clients, or a client toward a backend's servers. Sealed: only those two.
+pub trait Endpoint:
+    std::ops::DerefMut<Target = rustls::unbuffered::UnbufferedConnectionCommon<Self::Data>>
+    + private::Sealed
+{
+    type Data;
+
+    /// rustls' `process_tls_records`, which each side defines on its own.
+    fn process<'c, 'i>(&'c mut self, input: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data>;
+
+    /// Takes the early data rustls offers and drops it; returns the bytes to discard.
+    fn skip_early_data(early: &mut ReadEarlyData<'_, '_, Self::Data>) -> io::Result<usize>;
+}
+
+mod private {
+    pub trait Sealed {}
+    impl Sealed for super::UnbufferedServerConnection {}
+    impl Sealed for super::UnbufferedClientConnection {}
+}
+
+impl Endpoint for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+
+    fn process<'c, 'i>(&'c mut self, input: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(input)
+    }
+
+    // Early data is not offered (`max_early_data_size` is 0); any that comes is dropped.
+    fn skip_early_data(early: &mut ReadEarlyData<'_, '_, Self::Data>) -> io::Result<usize> {
+        let mut discard = 0;
+        while let Some(record) = early.next_record() {
+            discard += record.map_err(invalid_data)?.discard;
+        }
+        Ok(discard)
+    }
+}
+
+impl Endpoint for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+
+    fn process<'c, 'i>(&'c mut self, input: &'i mut [u8]) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(input)
+    }
+
+    // A client is never handed early data: it is what a server receives.
+    fn skip_early_data(_: &mut ReadEarlyData<'_, '_, Self::Data>) -> io::Result<usize> {
+        Err(io::Error::other("early data offered to a TLS client"))
+    }
+}
+
+/// A TLS stream whose handshake has completed: the server side by default, the client side
+/// toward backends as [`BackendTls`].
+pub struct TlsStream<IO = TcpStream, C: Endpoint = UnbufferedServerConnection> {
     io: IO,
-    conn: UnbufferedServerConnection,
+    conn: C,
     /// Received TLS bytes not yet processed: `incoming[in_start..in_end]`.
     incoming: Slot,
     in_start: usize,
@@ -137,39 +196,69 @@ where
         ));
     }
     let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
-    let mut stream = TlsStream {
-        io,
-        conn,
-        incoming: Slot::default(),
-        in_start: 0,
-        in_end: 0,
-        tail: Box::default(),
-        plain: Vec::new(),
-        plain_pos: 0,
-        outgoing: Slot::default(),
-        out_pos: 0,
-        out_end: 0,
-        spill: Vec::new(),
-        sni: None,
-        peer_closed: false,
-        eof: false,
-        close_sent: false,
-        failed: None,
-    };
+    let mut stream = TlsStream::new(io, conn);
     if !received.is_empty() {
         stream.incoming.get()[..received.len()].copy_from_slice(received);
         stream.in_end = received.len();
     }
-    poll_fn(|cx| {
-        let polled = stream.poll_handshake(cx);
-        stream.release_idle_input();
-        polled
-    })
-    .await?;
+    stream.handshake().await?;
     Ok(stream)
 }
 
-impl<IO> TlsStream<IO> {
+/// The client side of TLS toward a backend server.
+pub type BackendTls<IO = TcpStream> = TlsStream<IO, UnbufferedClientConnection>;
+
+/// Completes a TLS handshake as a client on a connection to a server, asking for `name`
+/// (sent as SNI when it is a DNS name, and what the certificate is checked against) and
+/// offering the ALPN protocols in `config`.
+pub async fn connect<IO>(
+    io: IO,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> io::Result<BackendTls<IO>>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let conn = UnbufferedClientConnection::new(config, name).map_err(io::Error::other)?;
+    let mut stream = TlsStream::new(io, conn);
+    stream.handshake().await?;
+    Ok(stream)
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin, C: Endpoint> TlsStream<IO, C> {
+    fn new(io: IO, conn: C) -> Self {
+        TlsStream {
+            io,
+            conn,
+            incoming: Slot::default(),
+            in_start: 0,
+            in_end: 0,
+            tail: Box::default(),
+            plain: Vec::new(),
+            plain_pos: 0,
+            outgoing: Slot::default(),
+            out_pos: 0,
+            out_end: 0,
+            spill: Vec::new(),
+            sni: None,
+            peer_closed: false,
+            eof: false,
+            close_sent: false,
+            failed: None,
+        }
+    }
+
+    async fn handshake(&mut self) -> io::Result<()> {
+        poll_fn(|cx| {
+            let polled = self.poll_handshake(cx);
+            self.release_idle_input();
+            polled
+        })
+        .await
+    }
+}
+
+impl<IO, C: Endpoint> TlsStream<IO, C> {
     /// The server name the client asked for (lowercase), taken out of the stream.
     pub fn take_sni(&mut self) -> Option<String> {
         self.sni.take()
@@ -190,7 +279,7 @@ impl<IO> TlsStream<IO> {
     }
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin, C: Endpoint> TlsStream<IO, C> {
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             HELLO_SNI.with(|sni| sni.borrow_mut().take());
@@ -234,7 +323,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
             } else {
                 &mut self.incoming.get()[self.in_start..self.in_end]
             };
-            let UnbufferedStatus { mut discard, state } = self.conn.process_tls_records(input);
+            let UnbufferedStatus { mut discard, state } = self.conn.process(input);
             let state = state.map_err(invalid_data)?;
             let out = Out {
                 slot: &mut self.outgoing,
@@ -294,11 +383,8 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
                     self.peer_closed = true;
                     Some(Drive::Closed)
                 }
-                // Early data is not offered (`max_early_data_size` is 0); drop any.
                 ConnectionState::ReadEarlyData(mut early) => {
-                    while let Some(record) = early.next_record() {
-                        discard += record.map_err(invalid_data)?.discard;
-                    }
+                    discard += C::skip_early_data(&mut early)?;
                     None
                 }
                 ConnectionState::WriteTraffic(mut traffic) => {
@@ -356,7 +442,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         // While rustls has records to send, `process_tls_records` hands them out before it
         // looks at input again (which would only repeat the error).
         while self.conn.wants_write() {
-            let status = self.conn.process_tls_records(&mut []);
+            let status = self.conn.process(&mut []);
             let out = Out {
                 slot: &mut self.outgoing,
                 end: &mut self.out_end,
@@ -585,7 +671,7 @@ fn invalid_data(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin, C: Endpoint + Unpin> AsyncRead for TlsStream<IO, C> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -598,7 +684,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
     }
 }
 
-impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin, C: Endpoint + Unpin> AsyncWrite for TlsStream<IO, C> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

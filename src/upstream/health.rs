@@ -1,7 +1,9 @@
 //! Active health checks: one task per backend checks every server each `interval`, all at
 //! once, each check bounded by `timeout`. `fall` failures in a row take an up server out,
 //! `rise` passes in a row bring a down one back. These are the upstream's own connections,
-//! not client traffic: they take no lease and count in no connect metric.
+//! not client traffic: they take no lease and count in no connect metric. A backend with
+//! `tls` is checked over TLS: a `tcp` check is the connect and the handshake, an `http` or
+//! `websocket` check sends its request inside the session.
 //!
 //! A server starts up (so a fresh gateway does not refuse traffic before the first round),
 //! one failure away from down, so a server that is dead at start is out after the first
@@ -17,6 +19,7 @@ use prometheus::IntGaugeVec;
 
 use super::{Server, Servers, connect_addr};
 use crate::config::{HealthCheck, HealthKind};
+use crate::io::BackendStream;
 
 /// Runs until the caller drops it (on stop or drain).
 pub(super) async fn run(
@@ -41,7 +44,8 @@ pub(super) async fn run(
             servers
                 .list
                 .iter()
-                .map(|s| tokio::time::timeout(check.timeout, probe(s, check))),
+                .enumerate()
+                .map(|(i, s)| tokio::time::timeout(check.timeout, probe(servers, i, s, check))),
         )
         .await;
         for ((server, streak), result) in servers.list.iter().zip(&mut streaks).zip(results) {
@@ -88,11 +92,27 @@ impl Streak {
     }
 }
 
-/// One check of one server; `Err` says why it failed.
-async fn probe(server: &Server, check: &HealthCheck) -> Result<(), String> {
-    let stream = connect_addr(server)
+/// One check of server `index`; `Err` says why it failed.
+async fn probe(
+    servers: &Servers,
+    index: usize,
+    server: &Server,
+    check: &HealthCheck,
+) -> Result<(), String> {
+    let tcp = connect_addr(server)
         .await
         .map_err(|e| format!("connect: {e}"))?;
+    let stream = match &servers.tls {
+        None => BackendStream::Plain(tcp),
+        Some(connector) => {
+            let http = check.kind != HealthKind::Tcp;
+            let tls = connector
+                .handshake(tcp, index, http)
+                .await
+                .map_err(|e| format!("TLS: {}", crate::error::error_chain(&e)))?;
+            BackendStream::Tls(Box::new(tls))
+        }
+    };
     let websocket = match check.kind {
         HealthKind::Tcp => return Ok(()),
         HealthKind::Http => false,

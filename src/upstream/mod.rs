@@ -1,7 +1,9 @@
 //! Backend pools: pick a server ([`balance`]: weighted round robin, least connections or
 //! rendezvous hashing), among those the health checks ([`health`]) and passive ejection
 //! leave in, and connect within `connect_timeout`, moving on to the next server when a
-//! connect fails. Only the TCP connect is retried: nothing has been sent to a backend yet.
+//! connect fails. An attempt is the TCP connect, the PROXY header the servers expect, and
+//! the TLS handshake toward a backend with `tls` ([`tls`]); each is retried on the next
+//! server, as nothing of the client's has been sent to a backend yet.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -14,11 +16,15 @@ use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BackendConfig, Balance, HealthCheck, Passive, ProxyVersion, ServerConfig};
+use crate::config::{
+    BackendConfig, BackendTls, Balance, HealthCheck, Passive, ProxyVersion, ServerConfig,
+};
+use crate::io::BackendStream;
 use crate::metrics::Metrics;
 
 mod balance;
 mod health;
+mod tls;
 
 use balance::Schedule;
 
@@ -53,6 +59,10 @@ pub struct Servers {
     /// What the state was built for: a reload with the same keeps it.
     config: Vec<ServerConfig>,
     health: Option<HealthCheck>,
+    /// The backend's `tls` the connector was built from: a reload that changes it (or the
+    /// files it names) builds new state, whose health checks use the new connector.
+    tls_config: Option<BackendTls>,
+    tls: Option<tls::Connector>,
     epoch: Instant,
     /// Stops the health check task; cancelled when no snapshot in force uses these servers.
     stop: CancellationToken,
@@ -116,8 +126,26 @@ pub enum ConnectError {
         #[source]
         source: io::Error,
     },
+    #[error("TLS handshake with {server} failed")]
+    Tls {
+        server: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("backend `{backend}` has no healthy server")]
     NoHealthyServer { backend: Arc<str> },
+}
+
+/// What is said to a server before the client's bytes, on a connection opened for one
+/// client connection or request.
+#[derive(Debug, Clone, Copy)]
+pub struct Opening {
+    /// The client's address, for the PROXY header.
+    pub client: SocketAddr,
+    /// The address the client reached, for the PROXY header.
+    pub reached: SocketAddr,
+    /// HTTP or WebSocket traffic: TLS offers ALPN `http/1.1`; TCP offers none.
+    pub http: bool,
 }
 
 /// The hash of a connection's or request's `hash_on` key, computed before the request is
@@ -191,43 +219,58 @@ impl std::fmt::Debug for Pool {
 
 impl Pool {
     /// A pool for `config`. With `previous` (the same backend in the snapshot before), its
-    /// server state is kept if the servers and health check are unchanged.
+    /// server state is kept if the servers, health check and TLS settings are unchanged.
+    /// Fails only if rustls refuses the TLS client configuration.
     pub fn new(
         config: &BackendConfig,
         connect_timeout: Duration,
         metrics: &Metrics,
         previous: Option<&Pool>,
-    ) -> Self {
+    ) -> Result<Self, rustls::Error> {
         let kept = previous
-            .filter(|p| p.servers.config == config.servers && p.servers.health == config.health)
-            .map(|p| p.servers.clone());
-        let servers = kept.unwrap_or_else(|| {
-            let list = config
-                .servers
-                .iter()
-                .map(|s| Server {
-                    address: s.address.clone(),
-                    weight: s.weight,
-                    literal: s.address.parse().ok(),
-                    seed: balance::hash_bytes(s.address.as_bytes()),
-                    active: AtomicUsize::new(0),
-                    up: AtomicBool::new(true),
-                    failures: AtomicU32::new(0),
-                    ejections: AtomicU32::new(0),
-                    ejected_until: AtomicU64::new(0),
-                })
-                .collect();
-            Arc::new(Servers {
-                list,
-                config: config.servers.clone(),
-                health: config.health.clone(),
-                epoch: Instant::now(),
-                stop: CancellationToken::new(),
-                checking: AtomicBool::new(false),
+            .filter(|p| {
+                p.servers.config == config.servers
+                    && p.servers.health == config.health
+                    && p.servers.tls_config == config.tls
             })
-        });
+            .map(|p| p.servers.clone());
+        let servers = match kept {
+            Some(kept) => kept,
+            None => {
+                let tls = config
+                    .tls
+                    .as_ref()
+                    .map(|t| tls::Connector::new(t, &config.servers))
+                    .transpose()?;
+                let list = config
+                    .servers
+                    .iter()
+                    .map(|s| Server {
+                        address: s.address.clone(),
+                        weight: s.weight,
+                        literal: s.address.parse().ok(),
+                        seed: balance::hash_bytes(s.address.as_bytes()),
+                        active: AtomicUsize::new(0),
+                        up: AtomicBool::new(true),
+                        failures: AtomicU32::new(0),
+                        ejections: AtomicU32::new(0),
+                        ejected_until: AtomicU64::new(0),
+                    })
+                    .collect();
+                Arc::new(Servers {
+                    list,
+                    config: config.servers.clone(),
+                    health: config.health.clone(),
+                    tls_config: config.tls.clone(),
+                    tls,
+                    epoch: Instant::now(),
+                    stop: CancellationToken::new(),
+                    checking: AtomicBool::new(false),
+                })
+            }
+        };
         let weights: Vec<u32> = config.servers.iter().map(|s| s.weight).collect();
-        Pool {
+        Ok(Pool {
             name: config.name.as_str().into(),
             servers,
             balance: config.balance.clone(),
@@ -241,7 +284,7 @@ impl Pool {
             connect_errors: LazyCounter::new(&metrics.backend_connect_errors_total),
             no_healthy_server: LazyCounter::new(&metrics.no_healthy_server_total),
             up_gauge: metrics.backend_up.clone(),
-        }
+        })
     }
 
     /// The key this backend hashes for a connection from `client` (and, for HTTP and
@@ -326,7 +369,11 @@ impl Pool {
     /// ejected; when a connect fails, moves on to the next such server not yet tried. All
     /// attempts together take at most `connect_timeout`; each gets an equal share of what
     /// is left, so one silent server cannot spend the whole budget.
-    pub async fn connect(&self, affinity: Affinity) -> Result<(TcpStream, Lease), ConnectError> {
+    pub async fn connect(
+        &self,
+        affinity: Affinity,
+        opening: Opening,
+    ) -> Result<(BackendStream, Lease), ConnectError> {
         let deadline = Instant::now() + self.connect_timeout;
         // Allocated only once an attempt fails.
         let mut tried: Vec<usize> = Vec::new();
@@ -344,7 +391,7 @@ impl Pool {
             // Counted from the pick, so concurrent picks see each other.
             let lease = Lease::new(&self.servers, index);
             let server = &self.servers.list[index];
-            match self.connect_one(server, budget).await {
+            match self.connect_one(index, budget, opening).await {
                 Ok(stream) => {
                     server.failures.store(0, Ordering::Relaxed);
                     server.ejections.store(0, Ordering::Relaxed);
@@ -457,59 +504,79 @@ impl Pool {
         }
     }
 
-    /// Writes the PROXY header the servers expect, if they do, as the connection's first
-    /// bytes: `client` is the client's address, `local` the one it reached. Called right
-    /// after [`Pool::connect`], before anything of the client's.
-    pub async fn send_proxy_header(
-        &self,
-        stream: &mut TcpStream,
-        client: SocketAddr,
-        local: SocketAddr,
-    ) -> io::Result<()> {
-        use tokio::io::AsyncWriteExt;
-        let header = match self.send_proxy {
-            None => return Ok(()),
-            Some(ProxyVersion::V1) => crate::io::proxy_header::v1(client, local),
-            Some(ProxyVersion::V2) => crate::io::proxy_header::v2(client, local),
-        };
-        stream.write_all(header.as_bytes()).await
-    }
-
+    /// One attempt on server `index` within `timeout`: the TCP connect, the PROXY header
+    /// the servers expect (in plaintext before TLS, as HAProxy sends it), then the TLS
+    /// handshake if the backend has `tls`.
     async fn connect_one(
         &self,
-        server: &Server,
+        index: usize,
         timeout: Duration,
-    ) -> Result<TcpStream, ConnectError> {
+        opening: Opening,
+    ) -> Result<BackendStream, ConnectError> {
+        let server = &self.servers.list[index];
         let started = Instant::now();
-        let stream = match tokio::time::timeout(timeout, connect_addr(server)).await {
+        let io_error = |source| ConnectError::Io {
+            server: server.address.clone(),
+            source,
+        };
+        let attempt = async {
+            let mut stream = connect_addr(server).await.map_err(io_error)?;
+            // Small writes (WebSocket frames, request/response protocols) go out at once.
+            let _ = stream.set_nodelay(true);
+            // Keepalive finds a backend host that vanished without a FIN (power, network).
+            // A server on this host cannot vanish that way: the kernel closes a dead
+            // process's sockets and answers probes for a hung one, so loopback servers go
+            // without it (four `setsockopt(2)` calls fewer per connection).
+            if server.literal.is_none_or(|addr| !addr.ip().is_loopback()) {
+                let _ =
+                    socket2::SockRef::from(&stream).set_tcp_keepalive(&crate::io::tcp_keepalive());
+            }
+            if let Some(version) = self.send_proxy {
+                send_proxy_header(&mut stream, version, opening)
+                    .await
+                    .map_err(io_error)?;
+            }
+            match &self.servers.tls {
+                None => Ok(BackendStream::Plain(stream)),
+                Some(connector) => connector
+                    .handshake(stream, index, opening.http)
+                    .await
+                    .map(|tls| BackendStream::Tls(Box::new(tls)))
+                    .map_err(|source| ConnectError::Tls {
+                        server: server.address.clone(),
+                        source,
+                    }),
+            }
+        };
+        let stream = match tokio::time::timeout(timeout, attempt).await {
             Err(_) => {
                 return Err(ConnectError::Timeout {
                     server: server.address.clone(),
                     timeout,
                 });
             }
-            Ok(Err(source)) => {
-                return Err(ConnectError::Io {
-                    server: server.address.clone(),
-                    source,
-                });
-            }
-            Ok(Ok(stream)) => stream,
+            Ok(attempt) => attempt?,
         };
         self.connect_duration
             .get_or_init(|| self.connect_durations.with_label_values(&[&self.name]))
             .observe(started.elapsed().as_secs_f64());
-        // Small writes (WebSocket frames, request/response protocols) go out at once.
-        let _ = stream.set_nodelay(true);
-        // Keepalive finds a backend host that vanished without a FIN (power, network). A
-        // server on this host cannot vanish that way: the kernel closes a dead process's
-        // sockets and answers probes for a hung one, so loopback servers go without it
-        // (four `setsockopt(2)` calls fewer per connection).
-        if server.literal.is_none_or(|addr| !addr.ip().is_loopback()) {
-            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&crate::io::tcp_keepalive());
-        }
         Ok(stream)
     }
+}
+
+/// Writes the PROXY header as the connection's first bytes: the client's address and the
+/// one it reached.
+async fn send_proxy_header(
+    stream: &mut TcpStream,
+    version: ProxyVersion,
+    opening: Opening,
+) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let header = match version {
+        ProxyVersion::V1 => crate::io::proxy_header::v1(opening.client, opening.reached),
+        ProxyVersion::V2 => crate::io::proxy_header::v2(opening.client, opening.reached),
+    };
+    stream.write_all(header.as_bytes()).await
 }
 
 /// A TCP connect to `server`, without a timer (the caller has one).

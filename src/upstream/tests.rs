@@ -19,11 +19,21 @@ fn backend(addresses: &[String], balance: Balance, passive: Option<Passive>) -> 
         health: None,
         passive,
         send_proxy_protocol: None,
+        tls: None,
     }
 }
 
 fn pool(config: &BackendConfig, timeout: Duration) -> Pool {
-    Pool::new(config, timeout, &crate::metrics::Metrics::new(), None)
+    Pool::new(config, timeout, &crate::metrics::Metrics::new(), None).unwrap()
+}
+
+fn opening() -> Opening {
+    let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    Opening {
+        client: addr,
+        reached: addr,
+        http: false,
+    }
 }
 
 async fn dead_port() -> String {
@@ -43,7 +53,10 @@ async fn backend_sockets_have_keepalive_unless_the_server_is_a_loopback_literal(
     ] {
         let config = backend(std::slice::from_ref(&address), Balance::RoundRobin, None);
         let pool = pool(&config, Duration::from_secs(2));
-        let (stream, _) = pool.connect(Affinity::default()).await.unwrap();
+        let (stream, _) = pool.connect(Affinity::default(), opening()).await.unwrap();
+        let BackendStream::Plain(stream) = stream else {
+            panic!("a backend without tls is plain TCP");
+        };
         let sock = socket2::SockRef::from(&stream);
         assert_eq!(sock.keepalive().unwrap(), keepalive, "{address}");
         if keepalive {
@@ -125,7 +138,7 @@ async fn a_refused_server_moves_on_to_the_next_within_one_budget() {
         &backend(&addresses, Balance::RoundRobin, None),
         Duration::from_secs(2),
     );
-    let (_stream, lease) = pool.connect(Affinity::default()).await.unwrap();
+    let (_stream, lease) = pool.connect(Affinity::default(), opening()).await.unwrap();
     assert_eq!(lease.address(), addresses[1]);
     assert_eq!(pool.connect_errors.value(), 1);
 }
@@ -144,12 +157,12 @@ async fn consecutive_failures_eject_a_server_then_it_is_tried_again_with_backoff
     );
     // Round robin starts on the dead one; two failures eject it.
     for _ in 0..4 {
-        pool.connect(Affinity::default()).await.unwrap();
+        pool.connect(Affinity::default(), opening()).await.unwrap();
     }
     assert_eq!(pool.connect_errors.value(), 2);
     assert!(!pool.view()[0].healthy);
     for _ in 0..10 {
-        pool.connect(Affinity::default()).await.unwrap();
+        pool.connect(Affinity::default(), opening()).await.unwrap();
     }
     assert_eq!(
         pool.connect_errors.value(),
@@ -160,7 +173,7 @@ async fn consecutive_failures_eject_a_server_then_it_is_tried_again_with_backoff
     assert!(pool.view()[0].healthy);
     // One failure after the ejection ends ejects it again, for twice as long.
     for _ in 0..2 {
-        pool.connect(Affinity::default()).await.unwrap();
+        pool.connect(Affinity::default(), opening()).await.unwrap();
     }
     assert_eq!(pool.connect_errors.value(), 3);
     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -184,11 +197,11 @@ async fn no_server_available_is_its_own_error_and_counted() {
         Duration::from_secs(1),
     );
     assert!(matches!(
-        pool.connect(Affinity::default()).await,
+        pool.connect(Affinity::default(), opening()).await,
         Err(ConnectError::Io { .. })
     ));
     assert!(matches!(
-        pool.connect(Affinity::default()).await,
+        pool.connect(Affinity::default(), opening()).await,
         Err(ConnectError::NoHealthyServer { .. })
     ));
     assert_eq!(pool.no_healthy_server.value(), 1);

@@ -12,6 +12,7 @@ mod certgen;
 mod demo;
 
 mod admin;
+mod backend_tls;
 mod balance;
 mod certwatch;
 mod cli;

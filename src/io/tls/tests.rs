@@ -974,3 +974,132 @@ proptest! {
         exchange_updating(&mut client, &mut server, &up, update, &down, buf, write_first);
     }
 }
+
+// ---- the client side, toward backends ----
+//
+// The same stream with rustls' unbuffered client connection, against tokio-rustls' server
+// over an in-memory pipe whose small capacity cuts every record across reads and writes.
+
+/// Our client stream (TLS 1.2 or 1.3, offering `alpn`) against a tokio-rustls server with
+/// the test configs, over a pipe of `pipe` bytes; the server end after its handshake.
+async fn client_pair(
+    version: &'static SupportedProtocolVersion,
+    alpn: &[&[u8]],
+    pipe: usize,
+    name: &str,
+) -> (
+    io::Result<BackendTls<tokio::io::DuplexStream>>,
+    tokio::task::JoinHandle<io::Result<tokio_rustls::server::TlsStream<tokio::io::DuplexStream>>>,
+) {
+    let (ours, theirs) = tokio::io::duplex(pipe);
+    let server_config = if alpn.is_empty() {
+        PKI.tcp.clone()
+    } else {
+        PKI.http.clone()
+    };
+    let server = tokio::spawn(tokio_rustls::TlsAcceptor::from(server_config).accept(theirs));
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    let client = connect(ours, client_config(version, true, alpn), name).await;
+    (client, server)
+}
+
+#[tokio::test]
+async fn the_client_side_moves_data_both_ways_through_records_cut_anywhere_and_closes() {
+    for (version, pipe) in [(TLS13, 7), (TLS12, 13), (TLS13, 64 * 1024)] {
+        let up = pattern(100_000, 1);
+        let down = pattern(70_000, 2);
+        let (ours, theirs) = tokio::io::duplex(pipe);
+        // The server runs beside the client from the start: with a small pipe, its
+        // handshake (and TLS 1.3 tickets) only completes while the client reads.
+        let server = {
+            let down = down.clone();
+            let len = up.len();
+            tokio::spawn(async move {
+                let acceptor = tokio_rustls::TlsAcceptor::from(PKI.http.clone());
+                let mut server = acceptor.accept(theirs).await.unwrap();
+                assert_eq!(server.get_ref().1.server_name(), Some("localhost"));
+                let mut got = vec![0; len];
+                server.read_exact(&mut got).await.unwrap();
+                server.write_all(&down).await.unwrap();
+                server.shutdown().await.unwrap();
+                // The client's close_notify, sent by its `shutdown`, as EOF here.
+                assert_eq!(server.read(&mut [0; 16]).await.unwrap(), 0);
+                got
+            })
+        };
+        let name = ServerName::try_from("localhost").unwrap();
+        let config = client_config(version, true, &[b"http/1.1"]);
+        let client = connect(ours, config, name).await.unwrap();
+        assert_eq!(client.alpn_protocol(), Some(&b"http/1.1"[..]));
+        // Both directions at once: through a small pipe, the server's tickets and
+        // response wait for the client to read while it is still writing.
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let mut got = vec![0; down.len()];
+        tokio::join!(
+            async {
+                wr.write_all(&up).await.unwrap();
+                wr.flush().await.unwrap();
+            },
+            async { rd.read_exact(&mut got).await.unwrap() }
+        );
+        let mut client = rd.unsplit(wr);
+        // The server's close_notify reads as EOF.
+        assert_eq!(
+            AsyncReadExt::read(&mut client, &mut [0; 16]).await.unwrap(),
+            0
+        );
+        client.shutdown().await.unwrap();
+        assert!(got == down, "server to client, pipe {pipe}");
+        assert!(server.await.unwrap() == up, "client to server, pipe {pipe}");
+        // Idle: no record buffer held.
+        assert!(!client.incoming.is_held() && !client.outgoing.is_held());
+    }
+}
+
+#[tokio::test]
+async fn the_client_side_offers_no_alpn_unless_configured() {
+    let (client, server) = client_pair(TLS13, &[], 64 * 1024, "localhost").await;
+    let client = client.unwrap();
+    let server = server.await.unwrap().unwrap();
+    assert_eq!(client.alpn_protocol(), None);
+    assert_eq!(server.get_ref().1.alpn_protocol(), None);
+}
+
+#[tokio::test]
+async fn the_client_side_refuses_a_certificate_for_another_name() {
+    let (client, _server) = client_pair(TLS13, &[], 1024, "other.example.test").await;
+    let e = client.err().expect("the name does not match");
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    assert!(
+        matches!(
+            rustls_error(&e),
+            Some(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForNameContext { .. }
+                    | rustls::CertificateError::NotValidForName
+            ))
+        ),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_client_side_fails_cleanly_on_a_peer_that_does_not_speak_tls() {
+    let (ours, mut theirs) = tokio::io::duplex(1024);
+    let peer = tokio::spawn(async move {
+        let mut hello = [0; 5];
+        theirs.read_exact(&mut hello).await.unwrap();
+        theirs
+            .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            .await
+            .unwrap();
+        hello
+    });
+    let name = ServerName::try_from("localhost").unwrap();
+    let e = connect(ours, client_config(TLS13, true, &[]), name)
+        .await
+        .err()
+        .expect("not TLS");
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e:?}");
+    // It did send a ClientHello first: a handshake record.
+    assert_eq!(peer.await.unwrap()[0], 22);
+}
