@@ -9,7 +9,7 @@ use toml::de::{DeTable, DeValue};
 use super::error::Report;
 use super::raw::{
     RawAdmin, RawBackend, RawConfig, RawDefaults, RawHealth, RawListener, RawPassive, RawRoute,
-    RawServerTable, RawSni, RawTls,
+    RawServerTable, RawSni, RawTls, RawUnix,
 };
 
 /// One kind of table in the file.
@@ -57,7 +57,14 @@ static LISTENER: Section = Section {
         "client_cert_header",
         "clients are not asked for certificates, so there is no subject to pass on; remove the key",
     )],
-    children: &[("tls", &TLS), ("route", &ROUTE)],
+    children: &[("unix", &UNIX), ("tls", &TLS), ("route", &ROUTE)],
+};
+
+static UNIX: Section = Section {
+    name: "a listener's `unix`",
+    keys: fields_of::<RawUnix>,
+    unsupported: &[],
+    children: &[],
 };
 
 static TLS: Section = Section {

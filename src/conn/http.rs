@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::io::Socket;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -47,7 +48,6 @@ use hyper::service::service_fn;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -238,7 +238,7 @@ fn shed_close(ctx: &ConnCtx, services: &Services) -> bool {
 /// settings of the request it answered.
 pub struct Upgraded {
     pub client: Rewind<ClientStream>,
-    pub backend: Rewind<TcpStream>,
+    pub backend: Rewind<Socket>,
     pub route: Arc<Route>,
     pub listener: Arc<ListenerSnap>,
     /// The 101 response's `Sec-WebSocket-Extensions` agreed to permessage-deflate.
@@ -259,7 +259,7 @@ async fn take_upgraded(pending: PendingUpgrade) -> Result<Upgraded, Error> {
         }
         Err(_) => return Err(Error::UpgradeLost(Side::Client)),
     };
-    let backend = match backend.downcast::<TokioIo<TcpStream>>() {
+    let backend = match backend.downcast::<TokioIo<Socket>>() {
         Ok(parts) => Rewind::new(parts.read_buf, parts.io.into_inner()),
         Err(_) => return Err(Error::UpgradeLost(Side::Backend)),
     };
@@ -398,11 +398,13 @@ impl HttpConn {
             Ok((route, listener)) => {
                 self.flush_bytes();
                 self.attribute(&route);
-                // One scan of a list that is usually empty.
-                let trusted = listener
-                    .trusted_proxies
-                    .iter()
-                    .any(|c| c.contains(self.ctx.client().ip()));
+                // One scan of a list that is usually empty. A Unix socket's client (without
+                // a PROXY header naming another) is a local process the socket file's
+                // permissions let in, such as a web server in front: trusted.
+                let trusted = match self.ctx.client().ip() {
+                    Some(ip) => listener.trusted_proxies.iter().any(|c| c.contains(ip)),
+                    None => true,
+                };
                 if websocket {
                     self.websocket(req, route, &listener, trusted).await
                 } else {
@@ -537,7 +539,7 @@ impl HttpConn {
         &self,
         route: &Route,
         affinity: Affinity,
-    ) -> Result<(TcpStream, Lease), ProxyError> {
+    ) -> Result<(Socket, Lease), ProxyError> {
         let (mut stream, lease) = route
             .backend
             .connect(affinity)
@@ -545,7 +547,7 @@ impl HttpConn {
             .map_err(ProxyError::Connect)?;
         self.ctx.set_server(lease.address());
         if route.backend.send_proxy.is_some() {
-            let (client, reached) = (self.ctx.client(), self.ctx.reached());
+            let (client, reached) = (self.ctx.client().addr(), self.ctx.reached());
             route
                 .backend
                 .send_proxy_header(&mut stream, client, reached)
@@ -747,7 +749,7 @@ impl HttpConn {
     /// response short (see `reload_close`).
     async fn handshake(
         &self,
-        stream: TcpStream,
+        stream: Socket,
         lease: Lease,
         abort: CancellationToken,
     ) -> Result<client_http1::SendRequest<Upload>, ProxyError> {
@@ -775,7 +777,7 @@ impl HttpConn {
     /// when the 101 hands the stream over, or with the connection's token.
     async fn upgrade_handshake(
         &self,
-        stream: TcpStream,
+        stream: Socket,
     ) -> Result<client_http1::SendRequest<Upload>, ProxyError> {
         let (sender, conn) = client_http1::Builder::new()
             .handshake(TokioIo::new(stream))

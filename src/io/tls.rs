@@ -1,4 +1,4 @@
-//! The client's TLS stream: rustls' unbuffered connection over a `TcpStream` (or any byte
+//! The client's TLS stream: rustls' unbuffered connection over a `Socket` (or any byte
 //! stream: the unit tests run it over memory), with its record buffers lent from the relay
 //! buffer pool.
 //!
@@ -20,11 +20,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use crate::io::Socket;
 use rustls::ServerConfig;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use crate::io::buffer::{self, Sealed};
 
@@ -47,7 +47,7 @@ pub(crate) fn note_sni(name: Option<&str>) {
 }
 
 /// A server-side TLS stream whose handshake has completed.
-pub struct TlsStream<IO = TcpStream> {
+pub struct TlsStream<IO = Socket> {
     io: IO,
     conn: UnbufferedServerConnection,
     /// Received TLS bytes not yet processed: `incoming[in_start..in_end]`.

@@ -104,7 +104,7 @@ async fn probe(server: &Server, check: &HealthCheck) -> Result<(), String> {
     let conn = conn.with_upgrades();
     tokio::pin!(conn);
     let mut request = Request::get(check.path.as_str())
-        .header(header::HOST, server.address.as_str())
+        .header(header::HOST, server.host())
         .header(header::USER_AGENT, "sockgate-health-check");
     let key = websocket.then(tungstenite::handshake::client::generate_key);
     request = match &key {

@@ -12,9 +12,13 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, Uri};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec};
 use tokio::net::TcpStream;
+
+use crate::io::Socket;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BackendConfig, Balance, HealthCheck, Passive, ProxyVersion, ServerConfig};
+use crate::config::{
+    BackendConfig, Balance, HealthCheck, Passive, ProxyVersion, ServerConfig, UnixAddr,
+};
 use crate::metrics::Metrics;
 
 mod balance;
@@ -30,6 +34,9 @@ pub struct Server {
     pub weight: u32,
     /// Pre-parsed when the address is an IP literal, so connecting skips the resolver.
     literal: Option<SocketAddr>,
+    /// A `unix:` server's socket (boxed: most servers are not, and a backend of a thousand
+    /// servers keeps its list small).
+    unix: Option<Box<UnixAddr>>,
     /// Its rendezvous-hashing identity, from the address.
     seed: u64,
     /// Connections using it: connecting, relaying, or kept alive.
@@ -72,6 +79,18 @@ impl Servers {
         }
         let until = server.ejected_until.load(Ordering::Relaxed);
         until == 0 || self.now_ms() >= until
+    }
+}
+
+impl Server {
+    /// The `Host` a health check sends: the address, or `localhost` for a Unix socket,
+    /// whose `unix:/path` is not a host.
+    fn host(&self) -> &str {
+        if self.unix.is_some() {
+            "localhost"
+        } else {
+            &self.address
+        }
     }
 }
 
@@ -209,6 +228,7 @@ impl Pool {
                     address: s.address.clone(),
                     weight: s.weight,
                     literal: s.address.parse().ok(),
+                    unix: UnixAddr::parse(&s.address).map(Box::new),
                     seed: balance::hash_bytes(s.address.as_bytes()),
                     active: AtomicUsize::new(0),
                     up: AtomicBool::new(true),
@@ -246,7 +266,11 @@ impl Pool {
 
     /// The key this backend hashes for a connection from `client` (and, for HTTP and
     /// WebSocket, its request).
-    pub fn affinity(&self, client: IpAddr, request: Option<(&HeaderMap, &Uri)>) -> Affinity {
+    pub fn affinity(
+        &self,
+        client: Option<IpAddr>,
+        request: Option<(&HeaderMap, &Uri)>,
+    ) -> Affinity {
         match &self.balance {
             Balance::Hash(on) => Affinity(balance::key_hash(on, client, request)),
             _ => Affinity(None),
@@ -326,7 +350,7 @@ impl Pool {
     /// ejected; when a connect fails, moves on to the next such server not yet tried. All
     /// attempts together take at most `connect_timeout`; each gets an equal share of what
     /// is left, so one silent server cannot spend the whole budget.
-    pub async fn connect(&self, affinity: Affinity) -> Result<(TcpStream, Lease), ConnectError> {
+    pub async fn connect(&self, affinity: Affinity) -> Result<(Socket, Lease), ConnectError> {
         let deadline = Instant::now() + self.connect_timeout;
         // Allocated only once an attempt fails.
         let mut tried: Vec<usize> = Vec::new();
@@ -458,19 +482,23 @@ impl Pool {
     }
 
     /// Writes the PROXY header the servers expect, if they do, as the connection's first
-    /// bytes: `client` is the client's address, `local` the one it reached. Called right
-    /// after [`Pool::connect`], before anything of the client's.
+    /// bytes: `client` is the client's address (`None` for a Unix socket's client), `local`
+    /// the one it reached. Called right after [`Pool::connect`], before anything of the
+    /// client's. A `unix:` server gets the same header: the addresses are the client's, not
+    /// those of the gateway's connection to the server.
     pub async fn send_proxy_header(
         &self,
-        stream: &mut TcpStream,
-        client: SocketAddr,
+        stream: &mut Socket,
+        client: Option<SocketAddr>,
         local: SocketAddr,
     ) -> io::Result<()> {
+        use crate::io::proxy_header::{unknown, v1, v2};
         use tokio::io::AsyncWriteExt;
-        let header = match self.send_proxy {
-            None => return Ok(()),
-            Some(ProxyVersion::V1) => crate::io::proxy_header::v1(client, local),
-            Some(ProxyVersion::V2) => crate::io::proxy_header::v2(client, local),
+        let header = match (self.send_proxy, client) {
+            (None, _) => return Ok(()),
+            (Some(ProxyVersion::V1), Some(client)) => v1(client, local),
+            (Some(ProxyVersion::V2), Some(client)) => v2(client, local),
+            (Some(version), None) => unknown(version == ProxyVersion::V2),
         };
         stream.write_all(header.as_bytes()).await
     }
@@ -479,7 +507,7 @@ impl Pool {
         &self,
         server: &Server,
         timeout: Duration,
-    ) -> Result<TcpStream, ConnectError> {
+    ) -> Result<Socket, ConnectError> {
         let started = Instant::now();
         let stream = match tokio::time::timeout(timeout, connect_addr(server)).await {
             Err(_) => {
@@ -499,22 +527,48 @@ impl Pool {
         self.connect_duration
             .get_or_init(|| self.connect_durations.with_label_values(&[&self.name]))
             .observe(started.elapsed().as_secs_f64());
-        // Small writes (WebSocket frames, request/response protocols) go out at once.
-        let _ = stream.set_nodelay(true);
-        if server.literal.is_none_or(|addr| !addr.ip().is_loopback()) {
-            // A loopback server's socket got it before connecting.
-            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&crate::io::tcp_keepalive());
+        if let Socket::Tcp(tcp) = &stream {
+            // Small writes (WebSocket frames, request/response protocols) go out at once.
+            let _ = tcp.set_nodelay(true);
+            if server.literal.is_none_or(|addr| !addr.ip().is_loopback()) {
+                // A loopback server's socket got it before connecting.
+                let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&crate::io::tcp_keepalive());
+            }
         }
         Ok(stream)
     }
 }
 
-/// A TCP connect to `server`, without a timer (the caller has one).
-async fn connect_addr(server: &Server) -> io::Result<TcpStream> {
+/// A connect to `server`, without a timer (the caller has one).
+async fn connect_addr(server: &Server) -> io::Result<Socket> {
+    if let Some(unix) = &server.unix {
+        return connect_unix(unix).await.map(Socket::Unix);
+    }
     match server.literal {
         Some(addr) if addr.ip().is_loopback() => connect_loopback(addr).await,
         Some(addr) => TcpStream::connect(addr).await,
         None => TcpStream::connect(server.address.as_str()).await,
+    }
+    .map(Socket::Tcp)
+}
+
+/// A Unix socket connect. Linux completes it inside `connect(2)` or refuses it at once: a
+/// full backlog answers `EAGAIN` on a non-blocking socket (no waiting for room, unlike TCP's
+/// SYN queue), which counts as a failed attempt like a refused one, and the next server is
+/// tried.
+async fn connect_unix(addr: &UnixAddr) -> io::Result<tokio::net::UnixStream> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None)?;
+    match socket.connect(&SockAddr::unix(addr.sun_path())?) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = tokio::net::UnixStream::from_std(socket.into())?;
+    stream.writable().await?;
+    match stream.take_error()? {
+        Some(e) => Err(e),
+        None => Ok(stream),
     }
 }
 
