@@ -42,17 +42,21 @@ pub async fn ws_echo(listener: TcpListener) {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
         };
-        tokio::spawn(async move {
-            let service =
-                service_fn(
-                    |req| async move { Ok::<_, std::convert::Infallible>(ws_echo_request(req)) },
-                );
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .with_upgrades()
-                .await;
-        });
+        tokio::spawn(ws_echo_conn(tcp));
     }
+}
+
+/// One connection of [`ws_echo`], on any stream (a Unix socket's too).
+pub async fn ws_echo_conn<IO>(io: IO)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service =
+        service_fn(|req| async move { Ok::<_, std::convert::Infallible>(ws_echo_request(req)) });
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await;
 }
 
 fn ws_echo_request(mut req: Request<Incoming>) -> Response<Full<Bytes>> {

@@ -717,7 +717,10 @@ mod tests {
         let (sent, received) = tokio::join!(old.offer(&sockets), new.receive());
         sent.unwrap();
         let e = received.unwrap_err();
-        assert!(e.to_string().contains("not a listening stream socket"), "{e}");
+        assert!(
+            e.to_string().contains("not a listening stream socket"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1982,7 +1982,10 @@ servers = ["unix:/run/chat.sock", "unix:@chat", { address = "unix:/run/chat2.soc
         config.listeners[1].listen,
         ListenAddr::Unix(UnixAddr::Abstract("sockgate-chat".into()))
     );
-    assert_eq!(config.listeners[1].listen.to_string(), "unix:@sockgate-chat");
+    assert_eq!(
+        config.listeners[1].listen.to_string(),
+        "unix:@sockgate-chat"
+    );
     // Relative to the config file's folder, as certificate paths are.
     assert_eq!(
         config.listeners[2].listen,
@@ -2005,7 +2008,9 @@ fn unix_socket_path_must_fit_sun_path() {
     let printed = errors(&unix_listener(&format!("unix:{long}"), ""));
     assert_reports(
         &printed,
-        &format!("sockgate.toml:3:10: `listen` = \"unix:{long}\" cannot be bound: the path {long} is 108 bytes; a Unix socket path holds at most 107\n  hint: write \"unix:/run/sockgate/NAME.sock\""),
+        &format!(
+            "sockgate.toml:3:10: `listen` = \"unix:{long}\" cannot be bound: the path {long} is 108 bytes; a Unix socket path holds at most 107\n  hint: write \"unix:/run/sockgate/NAME.sock\""
+        ),
     );
     // 107 bytes fit.
     let fits = format!("/run/{}", "a".repeat(102));
@@ -2055,7 +2060,9 @@ fn unix_mode_must_be_octal_at_most_0777() {
         ));
         assert_reports(
             &printed,
-            &format!("sockgate.toml:4:17: `mode` = \"{bad}\" is not a file mode: octal digits, at most 0777\n  hint: write the permission bits in octal, as in mode = \"0660\""),
+            &format!(
+                "sockgate.toml:4:17: `mode` = \"{bad}\" is not a file mode: octal digits, at most 0777\n  hint: write the permission bits in octal, as in mode = \"0660\""
+            ),
         );
     }
     let config = valid(&unix_listener(
@@ -2089,7 +2096,10 @@ fn unix_owner_and_group_must_exist() {
         "unix = { owner = \"1000\", group = 33 }\n",
     ));
     assert_eq!(
-        (config.listeners[0].unix.owner, config.listeners[0].unix.group),
+        (
+            config.listeners[0].unix.owner,
+            config.listeners[0].unix.group
+        ),
         (Some(1000), Some(33))
     );
 }
@@ -2104,10 +2114,7 @@ fn unix_key_only_on_unix_socket_files() {
         &printed,
         "sockgate.toml:4:8: `unix` sets a Unix socket file's mode and owner, but listener `local` listens on TCP\n  hint: remove `unix`, or listen on a socket file",
     );
-    let printed = errors(&unix_listener(
-        "unix:@chat",
-        "unix = { mode = \"0660\" }\n",
-    ));
+    let printed = errors(&unix_listener("unix:@chat", "unix = { mode = \"0660\" }\n"));
     assert_reports(
         &printed,
         "sockgate.toml:4:8: listener `local` listens on an abstract Unix socket, which has no file: `unix` (mode, owner, group) does not apply",
@@ -2124,7 +2131,10 @@ fn unix_key_only_on_unix_socket_files() {
 #[test]
 fn unix_server_addresses_are_checked() {
     for (server, why) in [
-        ("unix:run/chat.sock", "a Unix socket path must be absolute, as in \"unix:/run/chat.sock\""),
+        (
+            "unix:run/chat.sock",
+            "a Unix socket path must be absolute, as in \"unix:/run/chat.sock\"",
+        ),
         ("unix:@", "the abstract name is empty"),
         ("unix:", "a Unix socket path must be absolute"),
     ] {
@@ -2140,5 +2150,8 @@ fn unix_server_addresses_are_checked() {
     let printed = errors(&format!(
         "[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:0\"\nroute = [{{ name = \"all\", backend = \"b\" }}]\n\n[[backend]]\nname = \"b\"\nservers = [\"{long}\"]\n"
     ));
-    assert_reports(&printed, "the path is 108 bytes; a Unix socket path holds at most 107");
+    assert_reports(
+        &printed,
+        "the path is 108 bytes; a Unix socket path holds at most 107",
+    );
 }
