@@ -236,6 +236,59 @@ async fn http_websocket_and_tcp_through_unix_listeners() {
 }
 
 #[tokio::test]
+async fn tls_on_a_unix_listener_https_and_wss() {
+    let pki = Pki::new();
+    let web = ws_echo().await;
+    let sock = pki.path().join("tls.sock");
+    let toml = format!(
+        "{}[[backend]]\nname = \"web\"\nservers = [\"{web}\"]\n",
+        listener_toml(
+            "secure",
+            &format!("unix:{}", sock.display()),
+            "tls = { cert = \"server.crt\", key = \"server.key\" }\n",
+            WEB_ROUTES
+        ),
+    );
+    let gw = Gateway::start(pki.path(), &toml).await;
+    let tls = || async {
+        tokio_rustls::TlsConnector::from(pki.client_config(&[]))
+            .connect(
+                rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+                connect(&sock).await,
+            )
+            .await
+            .unwrap()
+    };
+    let (status, body) = http_get_on(
+        tls().await,
+        "GET /page HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("x-forwarded-proto: https\n"), "{body}");
+    let (mut ws, _) = tokio_tungstenite::client_async("wss://localhost/chat", tls().await)
+        .await
+        .unwrap();
+    ws.send(Message::text("secure")).await.unwrap();
+    assert_eq!(
+        tokio::time::timeout(WITHIN, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        Message::text("secure")
+    );
+    let m = Metrics::parse(&gw.handle.metrics().render());
+    assert_eq!(
+        m.get(
+            "sockgate_tls_handshakes_total",
+            &[("listener", "secure"), ("result", "ok")]
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
 async fn an_abstract_listener_serves_and_leaves_no_file() {
     use std::os::linux::net::SocketAddrExt;
     let dir = tempfile::tempdir().unwrap();
@@ -384,6 +437,36 @@ async fn proxy_protocol_on_a_unix_listener_yields_the_client_address() {
         body.contains("forwarded: for=203.0.113.9;proto=http"),
         "{body}"
     );
+}
+
+/// A Unix socket's client, toward a server that expects a PROXY header: the header says the
+/// addresses are unknown (v2: the PROXY command, family `AF_UNSPEC`).
+#[tokio::test]
+async fn a_unix_client_is_unknown_in_a_proxy_header_toward_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("in.sock");
+    let server = dir.path().join("server.sock");
+    let server_listener = UnixListener::bind(&server).unwrap();
+    let toml = format!(
+        "{}[[backend]]\nname = \"echo\"\nservers = [\"unix:{}\"]\nsend_proxy_protocol = \"v2\"\n",
+        listener_toml("local", &format!("unix:{}", sock.display()), "", TCP_ROUTE),
+        server.display()
+    );
+    let _gw = Gateway::start(dir.path(), &toml).await;
+    let mut client = connect(&sock).await;
+    client.write_all(b"payload").await.unwrap();
+    let (mut stream, _) = tokio::time::timeout(WITHIN, server_listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut got = [0u8; 16 + 7];
+    tokio::time::timeout(WITHIN, stream.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got[..12], b"\r\n\r\n\0\r\nQUIT\n");
+    assert_eq!(&got[12..16], &[0x21, 0x00, 0x00, 0x00]);
+    assert_eq!(&got[16..], b"payload");
 }
 
 #[tokio::test]
