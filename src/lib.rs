@@ -201,7 +201,9 @@ impl Gateway {
         };
         // Listeners whose address changed are rebound: stop the old ones first so that a
         // listener moving between names on the same address can bind.
-        let mut new_bound = Vec::new();
+        let mut new_bound: Vec<listener::Pending> = Vec::new();
+        // Stopped Unix listeners whose socket a renamed listener adopts.
+        let mut taken_over: Vec<usize> = Vec::new();
         let mut stopped = Vec::new();
         {
             let mut bound = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
@@ -236,8 +238,7 @@ impl Gateway {
                         source,
                     })
                     .and_then(|fds| {
-                        // The file now belongs to the new listener.
-                        stopped[i].1.file = None;
+                        taken_over.push(i);
                         listener::adopt(&l.name, &l.listen, l.unix, fds)
                     }),
                 None => listener::bind(
@@ -251,6 +252,9 @@ impl Gateway {
                 Ok(pending) => new_bound.push(pending),
                 Err(e) => {
                     let e = StartError::from(e);
+                    for pending in new_bound {
+                        pending.discard();
+                    }
                     // Put the stopped listeners back: the old config keeps running whole.
                     let mut bound = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
                     for (name, b) in stopped {
@@ -260,10 +264,13 @@ impl Gateway {
                 }
             }
         }
-        for (name, b) in stopped {
+        for (i, (name, b)) in stopped.into_iter().enumerate() {
             tracing::info!(listener = %name, address = %b.local_addr, "listener removed by reload");
             b.stop.cancel();
-            if let Some(file) = &b.file {
+            // A socket taken over by a renamed listener keeps its file.
+            if !taken_over.contains(&i)
+                && let Some(file) = &b.file
+            {
                 file.remove();
             }
         }

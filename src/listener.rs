@@ -86,6 +86,8 @@ pub struct Pending {
     /// One per worker (a Unix listener: copies of one socket).
     sockets: Vec<Listening>,
     file: Option<SocketFile>,
+    /// Bound here, rather than adopted from an upgrade or a renamed listener.
+    created: bool,
 }
 
 /// A listener accepting connections.
@@ -129,6 +131,7 @@ pub fn bind(
                 local_addr: addr.clone(),
                 sockets,
                 file,
+                created: true,
             });
         }
     };
@@ -147,6 +150,7 @@ pub fn bind(
         local_addr: ListenAddr::Tcp(local_addr),
         sockets,
         file: None,
+        created: true,
     })
 }
 
@@ -317,6 +321,7 @@ pub fn adopt(
         local_addr,
         sockets,
         file,
+        created: false,
     })
 }
 
@@ -364,6 +369,16 @@ fn bind_socket(
 }
 
 impl Pending {
+    /// Closes sockets that will not be used (a reload failed further on), and the file of
+    /// a Unix socket bound for them.
+    pub fn discard(self) {
+        if self.created
+            && let Some(file) = &self.file
+        {
+            file.remove();
+        }
+    }
+
     /// Starts one accept loop per socket, each a tracked task on its worker.
     pub fn spawn(
         self,

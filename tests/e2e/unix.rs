@@ -678,6 +678,26 @@ async fn a_unix_listener_added_and_removed_by_reload() {
     std::fs::write(&path, &tcp_only).unwrap();
     gw.handle.reload_from_source().await.unwrap();
     assert!(!sock.exists(), "a removed listener's file goes with it");
+
+    // A reload that cannot bind its second new listener (someone listens there) changes
+    // nothing, and leaves no file for its first.
+    let live = dir.path().join("live.sock");
+    let _theirs = std::os::unix::net::UnixListener::bind(&live).unwrap();
+    let failing = format!(
+        "{}{}{}{backend}",
+        listener_toml("edge", "127.0.0.1:0", "", TCP_ROUTE),
+        listener_toml("first", &format!("unix:{}", sock.display()), "", TCP_ROUTE),
+        listener_toml("second", &format!("unix:{}", live.display()), "", TCP_ROUTE)
+    );
+    std::fs::write(&path, &failing).unwrap();
+    let e = gw.handle.reload_from_source().await.err().expect("refused");
+    let text = sockgate::error::error_chain(&e);
+    assert!(text.contains("a process is listening on it"), "{text}");
+    assert!(!sock.exists(), "the failed reload removed what it bound");
+    let tcp = tokio::net::TcpStream::connect(gw.addr("edge"))
+        .await
+        .unwrap();
+    assert_eq!(echoed(tcp, b"still").await, b"still");
 }
 
 /// The built binary: the file is kept while an upgrade hands the socket over (no client is
