@@ -2,8 +2,10 @@
 //! tracked task running [`conn::serve`](crate::conn::serve); nothing a connection does can
 //! reach the accept loop.
 //!
-//! A listener is one accepting socket per worker ([`crate::workers`]), all bound to the same
-//! address with `SO_REUSEPORT`, each accepted on by its own worker's event loop.
+//! A TCP listener is one accepting socket per worker ([`crate::workers`]), all bound to the
+//! same address with `SO_REUSEPORT`, each accepted on by its own worker's event loop. A Unix
+//! listener is one socket (Unix sockets have no reuseport group) that every worker accepts
+//! on through a descriptor of its own.
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
