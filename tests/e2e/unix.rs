@@ -690,7 +690,7 @@ async fn a_unix_listener_added_and_removed_by_reload() {
         listener_toml("second", &format!("unix:{}", live.display()), "", TCP_ROUTE)
     );
     std::fs::write(&path, &failing).unwrap();
-    let e = gw.handle.reload_from_source().await.err().expect("refused");
+    let e = gw.handle.reload_from_source().await.expect_err("refused");
     let text = sockgate::error::error_chain(&e);
     assert!(text.contains("a process is listening on it"), "{text}");
     assert!(!sock.exists(), "the failed reload removed what it bound");
