@@ -296,6 +296,15 @@ impl Gateway {
         }
         snapshot.start_health(Some(&old), self.services.shutdown.drain_token());
         self.close_removed(&snapshot);
+        // A kept Unix listener's file gets the `unix` settings of the new config.
+        for l in &snapshot.config.listeners {
+            if keep.contains(&l.name)
+                && let ListenAddr::Unix(config::UnixAddr::Path(path)) = &l.listen
+                && let Err(e) = listener::apply_perms(path, l.unix)
+            {
+                tracing::warn!(listener = %l.name, error = %e, "reload: the socket file keeps its mode and owner");
+            }
+        }
         for pending in new_bound {
             let bound = pending.spawn(&self.services, &self.conn_limit, &self.workers);
             tracing::info!(listener = %bound.0, address = %bound.1.local_addr, "listener added by reload");

@@ -257,7 +257,7 @@ fn remove_stale(path: &Path, sockaddr: &socket2::SockAddr) -> std::io::Result<()
 }
 
 /// `chmod(2)` and `chown(2)` on the socket file, as `unix = { mode, owner, group }` asks.
-fn apply_perms(path: &Path, perms: UnixPerms) -> std::io::Result<()> {
+pub fn apply_perms(path: &Path, perms: UnixPerms) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if perms.owner.is_some() || perms.group.is_some() {
         std::os::unix::fs::chown(path, perms.owner, perms.group).map_err(|e| {

@@ -670,6 +670,14 @@ async fn a_unix_listener_added_and_removed_by_reload() {
     std::fs::write(&path, &with_unix).unwrap();
     gw.handle.reload_from_source().await.unwrap();
     assert_eq!(echoed(connect(&sock).await, b"added").await, b"added");
+    // Kept, with another mode: the file gets it.
+    let moded = with_unix.replace(
+        "name = \"local\"\n",
+        "name = \"local\"\nunix = { mode = \"0600\" }\n",
+    );
+    std::fs::write(&path, &moded).unwrap();
+    gw.handle.reload_from_source().await.unwrap();
+    assert_eq!(std::fs::metadata(&sock).unwrap().mode() & 0o777, 0o600);
     // Renamed on the same path: it keeps its socket.
     let renamed = with_unix.replace("name = \"local\"", "name = \"local2\"");
     std::fs::write(&path, &renamed).unwrap();
