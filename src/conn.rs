@@ -9,13 +9,12 @@
 //! in the access-log event when the connection ends, and never reaches the accept loop.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::io::Socket;
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tracing::Instrument;
 use tracing::field::Empty;
 
@@ -27,7 +26,7 @@ use crate::detect::{self, DetectError, Detected};
 use crate::error::Side;
 use crate::io::{BackendStream, ClientStream, Rewind};
 use crate::limits::{IpPermit, IpTable};
-use crate::live::{ConnCtx, Permit, access_event};
+use crate::live::{ConnCtx, Peer, Permit, access_event};
 use crate::proxy_header::{self, Header, ProxyHeaderError};
 use crate::relay::tcp::{self as tcp_relay, Flow};
 use crate::relay::{self, RelayEnd};
@@ -154,8 +153,8 @@ pub struct Permits {
     reason = "an async fn would store its arguments twice in every connection's task"
 )]
 pub fn serve(
-    mut tcp: TcpStream,
-    peer: SocketAddr,
+    mut tcp: Socket,
+    peer: Peer,
     lsnap: Arc<ListenerSnap>,
     services: Arc<Services>,
     permits: Permits,
@@ -207,7 +206,7 @@ pub fn serve(
         }
         if lsnap.sends_proxy_header
             && finishing.ctx.local().is_none()
-            && let Ok(local) = tcp.local_addr()
+            && let Some(local) = tcp.local_addr()
         {
             finishing.ctx.set_local(local);
         }
@@ -281,7 +280,7 @@ impl Drop for Finishing {
 /// The PROXY header stage, then the per-address limits on the address it carries. Over
 /// them, or with a bad header, the connection is closed and counted.
 async fn proxied(
-    tcp: &mut TcpStream,
+    tcp: &mut Socket,
     ctx: &ConnCtx,
     listener: &ListenerSnap,
     services: &Services,
@@ -309,7 +308,11 @@ async fn proxied(
     let Some(table) = ip_table else {
         return Ok(None);
     };
-    match table.admit(ctx.client().ip(), listener.ip_rules(), Instant::now()) {
+    // A header without addresses (`LOCAL`, `UNKNOWN`) from a Unix peer leaves none to count.
+    let Some(ip) = ctx.client().ip() else {
+        return Ok(None);
+    };
+    match table.admit(ip, listener.ip_rules(), Instant::now()) {
         Ok(permit) => Ok(Some(permit)),
         Err(refused) => {
             count(refused.reason());
@@ -322,7 +325,7 @@ async fn proxied(
 }
 
 async fn pipeline(
-    tcp: TcpStream,
+    tcp: Socket,
     ctx: &Arc<ConnCtx>,
     listener: Arc<ListenerSnap>,
     services: &Arc<Services>,
@@ -430,14 +433,14 @@ enum Peeked {
     /// The ClientHello names a passthrough route: relay it (it is the stream's prefix).
     Passthrough(Rewind<ClientStream>),
     /// Terminate TLS here; the bytes read so far start the handshake.
-    Terminate(Bytes, TcpStream),
+    Terminate(Bytes, Socket),
 }
 
 /// Reads the ClientHello before the handshake, on a TLS listener with passthrough routes, to
 /// tell a session it relays untouched from one it terminates. Bytes that are not a
 /// ClientHello go to the handshake, which answers them with a TLS alert.
 async fn peek_client_hello(
-    tcp: TcpStream,
+    tcp: Socket,
     ctx: &ConnCtx,
     listener: &ListenerSnap,
     deadline: tokio::time::Instant,
@@ -479,7 +482,7 @@ async fn peek_client_hello(
 }
 
 async fn tls_handshake(
-    tcp: TcpStream,
+    tcp: Socket,
     received: Bytes,
     config: &Arc<rustls::ServerConfig>,
     listener: &ListenerSnap,
@@ -667,7 +670,7 @@ async fn relay_tcp(
     // TCP has no request: only `hash_on = "client_ip"` finds its key.
     let affinity = route.backend.affinity(ctx.client().ip(), None);
     let opening = Opening {
-        client: ctx.client(),
+        client: ctx.client().addr(),
         reached: ctx.reached(),
         http: false,
     };
@@ -850,7 +853,7 @@ servers = ["127.0.0.1:9"]
             ip: None,
             ip_table: None,
         };
-        let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let peer = Peer::Ip("127.0.0.1:40000".parse().unwrap());
         let ctx = Arc::new(ConnCtx::new(
             services.live.next_id(),
             "edge".into(),

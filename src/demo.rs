@@ -46,7 +46,8 @@ pub async fn ws_echo(listener: TcpListener) {
     }
 }
 
-/// Serves one connection of [`ws_echo`], over any byte stream (tests run it over TLS).
+/// Serves one connection of [`ws_echo`], over any byte stream (a Unix socket; tests run it
+/// over TLS).
 pub async fn ws_echo_conn<IO>(io: IO)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

@@ -75,8 +75,10 @@ pub struct Offer {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OfferedListener {
     pub name: String,
-    /// The address in the config (port 0 stays 0), which the new config must name too.
-    pub configured: SocketAddr,
+    /// The address in the config (port 0 stays 0), which the new config must name too: an
+    /// IP address and port, or `unix:PATH` / `unix:@NAME`. (A string, as an address was
+    /// serialized before Unix listeners, so the two versions read each other's offers.)
+    pub configured: String,
     /// Accepting sockets (one per worker of the old process).
     pub sockets: usize,
 }
@@ -104,7 +106,7 @@ pub struct Sockets {
 #[derive(Debug)]
 pub struct ListenerSockets {
     pub name: String,
-    pub configured: SocketAddr,
+    pub configured: String,
     pub fds: Vec<OwnedFd>,
 }
 
@@ -259,7 +261,7 @@ impl Channel {
                 .iter()
                 .map(|l| OfferedListener {
                     name: l.name.clone(),
-                    configured: l.configured,
+                    configured: l.configured.clone(),
                     sockets: l.fds.len(),
                 })
                 .collect(),
@@ -320,7 +322,7 @@ impl Channel {
 /// of the new config. What is not claimed is closed.
 #[derive(Debug, Default)]
 pub struct Inherited {
-    listeners: Vec<(String, SocketAddr, Vec<std::net::TcpListener>)>,
+    listeners: Vec<(String, String, Vec<OwnedFd>)>,
     admin: Option<(SocketAddr, std::net::TcpListener)>,
     control: Option<(PathBuf, std::os::unix::net::UnixListener)>,
 }
@@ -333,7 +335,7 @@ impl Inherited {
             let sockets = fds
                 .by_ref()
                 .take(l.sockets)
-                .map(|fd| tcp_listener(fd, &l.name))
+                .map(|fd| listening_socket(fd, &l.name))
                 .collect::<Result<Vec<_>, _>>()?;
             if sockets.is_empty() {
                 return Err(HandoffError::Protocol(format!(
@@ -359,16 +361,12 @@ impl Inherited {
     }
 
     /// The sockets of listener `name` if the old process had it on the same configured
-    /// address.
-    pub fn take_listener(
-        &mut self,
-        name: &str,
-        configured: SocketAddr,
-    ) -> Option<Vec<std::net::TcpListener>> {
+    /// address (as the config writes it: `127.0.0.1:8443`, `unix:/run/chat.sock`).
+    pub fn take_listener(&mut self, name: &str, configured: &str) -> Option<Vec<OwnedFd>> {
         let i = self
             .listeners
             .iter()
-            .position(|(n, addr, _)| n == name && *addr == configured)?;
+            .position(|(n, addr, _)| n == name && addr == configured)?;
         Some(self.listeners.swap_remove(i).2)
     }
 
@@ -409,6 +407,19 @@ impl Inherited {
         );
         closed
     }
+}
+
+/// A received descriptor for a listener: a listening stream socket, TCP or Unix (which of
+/// the two the listener's address wants is checked when it is adopted).
+fn listening_socket(fd: OwnedFd, what: &str) -> Result<OwnedFd, HandoffError> {
+    let socket = socket2::SockRef::from(&fd);
+    if socket.r#type()? != socket2::Type::STREAM || !socket.is_listener()? {
+        return Err(HandoffError::Protocol(format!(
+            "the socket for {what} is not a listening stream socket"
+        )));
+    }
+    socket.set_nonblocking(true)?;
+    Ok(fd)
 }
 
 /// A received descriptor as a listening TCP socket, checked to be one.
@@ -552,7 +563,7 @@ mod tests {
             listeners: vec![
                 ListenerSockets {
                     name: "edge".into(),
-                    configured: "127.0.0.1:0".parse().unwrap(),
+                    configured: "127.0.0.1:0".into(),
                     fds: edge
                         .iter()
                         .map(|l| l.as_fd().try_clone_to_owned().unwrap())
@@ -560,7 +571,7 @@ mod tests {
                 },
                 ListenerSockets {
                     name: "other".into(),
-                    configured: other.local_addr().unwrap(),
+                    configured: other.local_addr().unwrap().to_string(),
                     fds: vec![other.as_fd().try_clone_to_owned().unwrap()],
                 },
             ],
@@ -584,15 +595,10 @@ mod tests {
         drop(admin);
         drop(control);
 
-        assert!(
-            inherited
-                .take_listener("edge", "127.0.0.1:1".parse().unwrap())
-                .is_none()
-        );
-        let edge = inherited
-            .take_listener("edge", "127.0.0.1:0".parse().unwrap())
-            .unwrap();
+        assert!(inherited.take_listener("edge", "127.0.0.1:1").is_none());
+        let edge = inherited.take_listener("edge", "127.0.0.1:0").unwrap();
         assert_eq!(edge.len(), 40);
+        let edge: Vec<std::net::TcpListener> = edge.into_iter().map(Into::into).collect();
         assert_eq!(edge[0].local_addr().unwrap(), edge0);
         let mut accepted = accept_blocking(&edge[0]);
         let mut got = [0u8; 6];
@@ -678,7 +684,7 @@ mod tests {
         let offer = Offer {
             listeners: vec![OfferedListener {
                 name: "edge".into(),
-                configured: "127.0.0.1:0".parse().unwrap(),
+                configured: "127.0.0.1:0".into(),
                 sockets: 2,
             }],
             admin: None,
@@ -700,7 +706,7 @@ mod tests {
         let sockets = Sockets {
             listeners: vec![ListenerSockets {
                 name: "edge".into(),
-                configured: "127.0.0.1:0".parse().unwrap(),
+                configured: "127.0.0.1:0".into(),
                 fds: vec![
                     l.as_fd().try_clone_to_owned().unwrap(),
                     not_listening.as_fd().try_clone_to_owned().unwrap(),
@@ -711,7 +717,10 @@ mod tests {
         let (sent, received) = tokio::join!(old.offer(&sockets), new.receive());
         sent.unwrap();
         let e = received.unwrap_err();
-        assert!(e.to_string().contains("not a listening TCP socket"), "{e}");
+        assert!(
+            e.to_string().contains("not a listening stream socket"),
+            "{e}"
+        );
     }
 
     #[test]

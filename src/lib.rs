@@ -66,7 +66,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigErrors};
+use crate::config::{Config, ConfigErrors, ListenAddr};
 use crate::live::ConnLimit;
 use crate::metrics::Metrics;
 use crate::services::Services;
@@ -125,15 +125,15 @@ impl Gateway {
         self.ready.load(Ordering::Relaxed) && !self.services.shutdown.is_draining()
     }
 
-    fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
-        let mut addrs: Vec<(String, SocketAddr)> = self
+    fn listener_addrs(&self) -> Vec<(String, ListenAddr)> {
+        let mut addrs: Vec<(String, ListenAddr)> = self
             .listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .map(|(name, bound)| (name.clone(), bound.local_addr))
+            .map(|(name, bound)| (name.clone(), bound.local_addr.clone()))
             .collect();
-        addrs.sort();
+        addrs.sort_by(|a, b| a.0.cmp(&b.0));
         addrs
     }
 
@@ -185,11 +185,11 @@ impl Gateway {
         }
         let snapshot = Snapshot::build_after(config, &self.services.metrics, Some(&old))
             .map_err(StartError::from)?;
-        let wanted: HashMap<String, SocketAddr> = snapshot
+        let wanted: HashMap<String, ListenAddr> = snapshot
             .config
             .listeners
             .iter()
-            .map(|l| (l.name.clone(), l.listen))
+            .map(|l| (l.name.clone(), l.listen.clone()))
             .collect();
         let keep: Vec<String> = {
             let bound = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
@@ -201,7 +201,9 @@ impl Gateway {
         };
         // Listeners whose address changed are rebound: stop the old ones first so that a
         // listener moving between names on the same address can bind.
-        let mut new_bound = Vec::new();
+        let mut new_bound: Vec<listener::Pending> = Vec::new();
+        // Stopped Unix listeners whose socket a renamed listener adopts.
+        let mut taken_over: Vec<usize> = Vec::new();
         let mut stopped = Vec::new();
         {
             let mut bound = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
@@ -220,10 +222,39 @@ impl Gateway {
             if keep.contains(&l.name) {
                 continue;
             }
-            match listener::bind(&l.name, l.listen, self.workers.sockets_per_listener()) {
+            // A Unix listener renamed on the same path takes over the socket it had: binding
+            // anew would find the path still taken.
+            let renamed = stopped.iter().position(|(_, b)| {
+                matches!(l.listen, ListenAddr::Unix(_)) && b.configured == l.listen
+            });
+            let result = match renamed {
+                Some(i) => stopped[i]
+                    .1
+                    .copies
+                    .dup_all()
+                    .map_err(|source| listener::BindError {
+                        listener: l.name.clone(),
+                        addr: l.listen.clone(),
+                        source,
+                    })
+                    .and_then(|fds| {
+                        taken_over.push(i);
+                        listener::adopt(&l.name, &l.listen, l.unix, fds)
+                    }),
+                None => listener::bind(
+                    &l.name,
+                    &l.listen,
+                    l.unix,
+                    self.workers.sockets_per_listener(),
+                ),
+            };
+            match result {
                 Ok(pending) => new_bound.push(pending),
                 Err(e) => {
                     let e = StartError::from(e);
+                    for pending in new_bound {
+                        pending.discard();
+                    }
                     // Put the stopped listeners back: the old config keeps running whole.
                     let mut bound = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
                     for (name, b) in stopped {
@@ -233,9 +264,15 @@ impl Gateway {
                 }
             }
         }
-        for (name, b) in stopped {
+        for (i, (name, b)) in stopped.into_iter().enumerate() {
             tracing::info!(listener = %name, address = %b.local_addr, "listener removed by reload");
             b.stop.cancel();
+            // A socket taken over by a renamed listener keeps its file.
+            if !taken_over.contains(&i)
+                && let Some(file) = &b.file
+            {
+                file.remove();
+            }
         }
         let max_connections =
             listener::effective_max_connections(snapshot.config.defaults.max_connections);
@@ -259,6 +296,15 @@ impl Gateway {
         }
         snapshot.start_health(Some(&old), self.services.shutdown.drain_token());
         self.close_removed(&snapshot);
+        // A kept Unix listener's file gets the `unix` settings of the new config.
+        for l in &snapshot.config.listeners {
+            if keep.contains(&l.name)
+                && let ListenAddr::Unix(config::UnixAddr::Path(path)) = &l.listen
+                && let Err(e) = listener::apply_perms(path, l.unix)
+            {
+                tracing::warn!(listener = %l.name, error = %e, "reload: the socket file keeps its mode and owner");
+            }
+        }
         for pending in new_bound {
             let bound = pending.spawn(&self.services, &self.conn_limit, &self.workers);
             tracing::info!(listener = %bound.0, address = %bound.1.local_addr, "listener added by reload");
@@ -430,10 +476,12 @@ pub async fn start_adopting(
 
     let mut pending = Vec::new();
     for l in &snapshot.config.listeners {
-        pending.push(match inherited.take_listener(&l.name, l.listen) {
-            Some(sockets) => listener::adopt(&l.name, l.listen, sockets)?,
-            None => listener::bind(&l.name, l.listen, workers.sockets_per_listener())?,
-        });
+        pending.push(
+            match inherited.take_listener(&l.name, &l.listen.to_string()) {
+                Some(fds) => listener::adopt(&l.name, &l.listen, l.unix, fds)?,
+                None => listener::bind(&l.name, &l.listen, l.unix, workers.sockets_per_listener())?,
+            },
+        );
     }
     let admin_listener = match admin_listen {
         None => None,
@@ -509,16 +557,19 @@ impl Handle {
         self.gateway.services.live.len()
     }
 
-    /// The bound address of a listener (useful with port 0).
+    /// The bound address of a TCP listener (useful with port 0).
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
         self.gateway
             .listener_addrs()
             .into_iter()
             .find(|(name, _)| name == listener)
-            .map(|(_, addr)| addr)
+            .and_then(|(_, addr)| match addr {
+                ListenAddr::Tcp(addr) => Some(addr),
+                ListenAddr::Unix(_) => None,
+            })
     }
 
-    pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
+    pub fn listener_addrs(&self) -> Vec<(String, ListenAddr)> {
         self.gateway.listener_addrs()
     }
 
@@ -531,8 +582,24 @@ impl Handle {
     }
 
     /// Starts a drain: stop accepting, `/readyz` 503, let connections finish; after
-    /// `drain_timeout` whatever is left is stopped.
+    /// `drain_timeout` whatever is left is stopped. Unix listeners' socket files are removed:
+    /// nothing will accept on them again.
     pub fn drain(&self) {
+        for bound in self
+            .gateway
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+        {
+            if let Some(file) = &bound.file {
+                file.remove();
+            }
+        }
+        self.start_drain();
+    }
+
+    fn start_drain(&self) {
         if self.gateway.services.shutdown.is_draining() {
             return;
         }
@@ -554,10 +621,11 @@ impl Handle {
 
     /// The process replacing this one is accepting on our sockets: stop accepting (the
     /// admin endpoint too, whose address now answers for the new process) and drain as on
-    /// SIGTERM. The sockets stay open in the new process, so nothing queued is reset.
+    /// SIGTERM. The sockets stay open in the new process, so nothing queued is reset, and a
+    /// Unix listener's socket file stays: it is the new process's.
     pub fn hand_over(&self) {
         self.admin_stop.cancel();
-        self.drain();
+        self.start_drain();
     }
 
     /// Copies of every listening socket (each listener's, one per worker, and the admin
@@ -573,7 +641,7 @@ impl Handle {
         {
             listeners.push(handoff::ListenerSockets {
                 name: name.clone(),
-                configured: bound.configured,
+                configured: bound.configured.to_string(),
                 fds: bound.copies.dup_all()?,
             });
         }

@@ -2,19 +2,25 @@
 //! tracked task running [`conn::serve`](crate::conn::serve); nothing a connection does can
 //! reach the accept loop.
 //!
-//! A listener is one accepting socket per worker ([`crate::workers`]), all bound to the same
-//! address with `SO_REUSEPORT`, each accepted on by its own worker's event loop.
+//! A TCP listener is one accepting socket per worker ([`crate::workers`]), all bound to the
+//! same address with `SO_REUSEPORT`, each accepted on by its own worker's event loop. A Unix
+//! listener is one socket (Unix sockets have no reuseport group) that every worker accepts
+//! on through a descriptor of its own.
 
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{ListenAddr, UnixAddr, UnixPerms};
 use crate::conn::Permits;
+use crate::io::Socket;
 use crate::limits::IpTable;
-use crate::live::ConnLimit;
+use crate::live::{ConnLimit, Peer};
 use crate::services::Services;
 use crate::snapshot::ListenerSnap;
 use crate::workers::Workers;
@@ -24,78 +30,300 @@ use crate::workers::Workers;
 #[error("listener `{listener}` cannot listen on {addr}")]
 pub struct BindError {
     pub listener: String,
-    pub addr: SocketAddr,
+    pub addr: ListenAddr,
     #[source]
     pub source: std::io::Error,
+}
+
+/// A listening socket of either kind, as a std socket until it reaches its worker: a tokio
+/// socket belongs to the runtime it was registered with.
+#[derive(Debug)]
+pub enum Listening {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl AsFd for Listening {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listening::Tcp(l) => l.as_fd(),
+            Listening::Unix(l) => l.as_fd(),
+        }
+    }
+}
+
+/// The socket file a Unix listener created, identified by device and inode, so that it is
+/// removed only while it is still this socket's (not one a later process bound there).
+#[derive(Debug, Clone)]
+pub struct SocketFile {
+    pub path: PathBuf,
+    id: (u64, u64),
+}
+
+impl SocketFile {
+    fn of(path: &Path) -> std::io::Result<SocketFile> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(SocketFile {
+            path: path.to_owned(),
+            id: (meta.dev(), meta.ino()),
+        })
+    }
+
+    /// Unlinks the file if it is still the one bound.
+    pub fn remove(&self) {
+        if SocketFile::of(&self.path).is_ok_and(|now| now.id == self.id)
+            && let Err(e) = std::fs::remove_file(&self.path)
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the listener's socket file");
+        }
+    }
 }
 
 /// Bound sockets not yet accepting.
 pub struct Pending {
     name: String,
-    configured: SocketAddr,
-    local_addr: SocketAddr,
-    /// One per worker. Kept as std sockets until each reaches its worker: a tokio socket
-    /// belongs to the runtime it was registered with.
-    sockets: Vec<std::net::TcpListener>,
+    configured: ListenAddr,
+    local_addr: ListenAddr,
+    /// One per worker (a Unix listener: copies of one socket).
+    sockets: Vec<Listening>,
+    file: Option<SocketFile>,
+    /// Bound here, rather than adopted from an upgrade or a renamed listener.
+    created: bool,
 }
 
 /// A listener accepting connections.
 #[derive(Debug)]
 pub struct Bound {
     /// The address in the config (port 0 stays 0 here).
-    pub configured: SocketAddr,
+    pub configured: ListenAddr,
     /// The address actually bound.
-    pub local_addr: SocketAddr,
+    pub local_addr: ListenAddr,
     /// Stops this accept loop (a reload removed the listener).
     pub stop: CancellationToken,
     /// The sockets, for a binary upgrade to hand over (see [`crate::handoff`]).
     pub copies: crate::handoff::Copies,
+    /// A Unix listener's socket file, removed when the listener ends here (a reload removed
+    /// it, or the gateway exits) but not when an upgrade handed the socket over.
+    pub file: Option<SocketFile>,
 }
 
-/// Binds `count` sockets to `addr` (with port 0, the port the first one got).
-pub fn bind(name: &str, addr: SocketAddr, count: usize) -> Result<Pending, BindError> {
-    let error = |source| BindError {
-        listener: name.to_owned(),
-        addr,
-        source,
-    };
-    let reuse_port = count > 1;
-    let first = bind_socket(addr, reuse_port, true).map_err(error)?;
-    let local_addr = first.local_addr().map_err(error)?;
-    let mut sockets = vec![first];
-    for _ in 1..count {
-        sockets.push(bind_socket(local_addr, reuse_port, true).map_err(error)?);
-    }
-    Ok(Pending {
-        name: name.to_owned(),
-        configured: addr,
-        local_addr,
-        sockets,
-    })
-}
-
-/// A listener on sockets received from the process this one replaces (see
-/// [`crate::handoff`]): nothing is bound, the accept queues are the old process's.
-pub fn adopt(
+/// Binds `count` sockets to `addr` (with port 0, the port the first one got). A Unix socket
+/// has no `SO_REUSEPORT`: its one socket is shared by the `count` accept loops (see
+/// [`bind_unix`]).
+pub fn bind(
     name: &str,
-    addr: SocketAddr,
-    sockets: Vec<std::net::TcpListener>,
+    addr: &ListenAddr,
+    perms: UnixPerms,
+    count: usize,
 ) -> Result<Pending, BindError> {
     let error = |source| BindError {
         listener: name.to_owned(),
-        addr,
+        addr: addr.clone(),
         source,
     };
-    let local_addr = sockets
-        .first()
-        .ok_or_else(|| error(std::io::Error::other("no socket received")))?
-        .local_addr()
-        .map_err(error)?;
+    let tcp_addr = match addr {
+        ListenAddr::Tcp(tcp) => *tcp,
+        ListenAddr::Unix(unix) => {
+            let (socket, file) = bind_unix(unix, perms).map_err(error)?;
+            let sockets = share(socket, count).map_err(error)?;
+            return Ok(Pending {
+                name: name.to_owned(),
+                configured: addr.clone(),
+                local_addr: addr.clone(),
+                sockets,
+                file,
+                created: true,
+            });
+        }
+    };
+    let reuse_port = count > 1;
+    let first = bind_socket(tcp_addr, reuse_port, true).map_err(error)?;
+    let local_addr = first.local_addr().map_err(error)?;
+    let mut sockets = vec![Listening::Tcp(first)];
+    for _ in 1..count {
+        sockets.push(Listening::Tcp(
+            bind_socket(local_addr, reuse_port, true).map_err(error)?,
+        ));
+    }
     Ok(Pending {
         name: name.to_owned(),
-        configured: addr,
+        configured: addr.clone(),
+        local_addr: ListenAddr::Tcp(local_addr),
+        sockets,
+        file: None,
+        created: true,
+    })
+}
+
+/// One accept loop per worker on the same Unix socket, each through its own descriptor.
+/// Every worker's event loop is told of each new connection and the first to call
+/// `accept(2)` takes it (the others get `EAGAIN`), as nginx's workers share a socket without
+/// `reuseport`: connections still spread over the workers, for a wake-up per worker each.
+fn share(
+    socket: std::os::unix::net::UnixListener,
+    count: usize,
+) -> std::io::Result<Vec<Listening>> {
+    let mut sockets = Vec::with_capacity(count.max(1));
+    for _ in 1..count {
+        sockets.push(Listening::Unix(socket.try_clone()?));
+    }
+    sockets.push(Listening::Unix(socket));
+    Ok(sockets)
+}
+
+/// Binds a Unix socket. A socket file left by a process that is gone (a connect to it is
+/// refused) is replaced; a path where a process still accepts, or that is no socket, is
+/// refused. `perms` are applied between `bind(2)` and `listen(2)`, so nobody connects
+/// before the file has its mode and owner.
+fn bind_unix(
+    addr: &UnixAddr,
+    perms: UnixPerms,
+) -> std::io::Result<(std::os::unix::net::UnixListener, Option<SocketFile>)> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let sockaddr = SockAddr::unix(addr.sun_path())?;
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    match socket.bind(&sockaddr) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => match addr {
+            UnixAddr::Abstract(_) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    "another socket has this abstract name",
+                ));
+            }
+            UnixAddr::Path(path) => {
+                remove_stale(path, &sockaddr)?;
+                socket.bind(&sockaddr)?;
+            }
+        },
+        Err(e) => return Err(e),
+    }
+    let file = match addr {
+        UnixAddr::Path(path) => {
+            let file = SocketFile::of(path)?;
+            if let Err(e) = apply_perms(path, perms) {
+                file.remove();
+                return Err(e);
+            }
+            Some(file)
+        }
+        UnixAddr::Abstract(_) => None,
+    };
+    let listening = socket
+        .listen(BACKLOG)
+        .and_then(|()| socket.set_nonblocking(true));
+    if let Err(e) = listening {
+        if let Some(file) = &file {
+            file.remove();
+        }
+        return Err(e);
+    }
+    Ok((socket.into(), file))
+}
+
+/// `path` is taken: removes it if it is a socket nobody accepts on.
+fn remove_stale(path: &Path, sockaddr: &socket2::SockAddr) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    if !is_socket {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "the path exists and is not a socket; it is left alone",
+        ));
+    }
+    // Non-blocking, so a live process whose backlog is full answers EAGAIN instead of
+    // making this wait.
+    let probe = socket2::Socket::new(
+        socket2::Domain::UNIX,
+        socket2::Type::STREAM.nonblocking(),
+        None,
+    )?;
+    match probe.connect(sockaddr) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            tracing::info!(path = %path.display(), "replacing a stale socket file (nothing accepts on it)");
+            std::fs::remove_file(path)
+        }
+        Ok(()) => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "a process is listening on it",
+        )),
+        Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "a process is listening on it (its backlog is full)",
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// `chmod(2)` and `chown(2)` on the socket file, as `unix = { mode, owner, group }` asks.
+pub fn apply_perms(path: &Path, perms: UnixPerms) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if perms.owner.is_some() || perms.group.is_some() {
+        std::os::unix::fs::chown(path, perms.owner, perms.group).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot set the socket file's owner: {e}"))
+        })?;
+    }
+    if let Some(mode) = perms.mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot set the socket file's mode: {e}"))
+        })?;
+    }
+    Ok(())
+}
+
+/// A listener on sockets received from the process this one replaces (see
+/// [`crate::handoff`]): nothing is bound, the accept queues are the old process's. A Unix
+/// socket's file is left as it is, its mode and owner set again from the config.
+pub fn adopt(
+    name: &str,
+    addr: &ListenAddr,
+    perms: UnixPerms,
+    fds: Vec<OwnedFd>,
+) -> Result<Pending, BindError> {
+    let error = |source| BindError {
+        listener: name.to_owned(),
+        addr: addr.clone(),
+        source,
+    };
+    let mut sockets = Vec::with_capacity(fds.len());
+    for fd in fds {
+        let local = socket2::SockRef::from(&fd).local_addr().map_err(error)?;
+        sockets.push(match addr {
+            ListenAddr::Tcp(_) if local.as_socket().is_some() => {
+                Listening::Tcp(std::net::TcpListener::from(fd))
+            }
+            ListenAddr::Unix(_) if local.is_unix() => {
+                Listening::Unix(std::os::unix::net::UnixListener::from(fd))
+            }
+            _ => {
+                return Err(error(std::io::Error::other(
+                    "the socket received is not of the address's kind",
+                )));
+            }
+        });
+    }
+    let local_addr = match sockets.first() {
+        None => return Err(error(std::io::Error::other("no socket received"))),
+        Some(Listening::Tcp(l)) => ListenAddr::Tcp(l.local_addr().map_err(error)?),
+        Some(Listening::Unix(_)) => addr.clone(),
+    };
+    let file = match addr {
+        ListenAddr::Unix(UnixAddr::Path(path)) => {
+            if let Err(e) = apply_perms(path, perms) {
+                tracing::warn!(listener = name, error = %e, "socket file received in the upgrade");
+            }
+            SocketFile::of(path).ok()
+        }
+        _ => None,
+    };
+    Ok(Pending {
+        name: name.to_owned(),
+        configured: addr.clone(),
         local_addr,
         sockets,
+        file,
+        created: false,
     })
 }
 
@@ -143,6 +371,16 @@ fn bind_socket(
 }
 
 impl Pending {
+    /// Closes sockets that will not be used (a reload failed further on), and the file of
+    /// a Unix socket bound for them.
+    pub fn discard(self) {
+        if self.created
+            && let Some(file) = &self.file
+        {
+            file.remove();
+        }
+    }
+
     /// Starts one accept loop per socket, each a tracked task on its worker.
     pub fn spawn(
         self,
@@ -186,6 +424,7 @@ impl Pending {
                 local_addr: self.local_addr,
                 stop,
                 copies,
+                file: self.file,
             },
         )
     }
@@ -205,21 +444,46 @@ struct ListenerLimits {
 /// Closes a connection refused at once. Plaintext HTTP listeners answer 503 first (SPEC),
 /// with one non-blocking `write(2)`; a TLS client only sees the close: a handshake would cost
 /// more than the refused connection is worth.
-pub fn refuse(tcp: tokio::net::TcpStream, listener: Option<&ListenerSnap>) {
+pub fn refuse(tcp: Socket, listener: Option<&ListenerSnap>) {
     if listener.is_some_and(|l| l.tls.is_none() && l.detect) {
         let _ = tcp.try_write(crate::limits::REFUSED_503);
     }
     drop(tcp);
 }
 
+/// A listening socket registered with its worker's event loop.
+enum Acceptor {
+    Tcp(TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Acceptor {
+    fn new(socket: Listening) -> std::io::Result<Acceptor> {
+        Ok(match socket {
+            Listening::Tcp(l) => Acceptor::Tcp(TcpListener::from_std(l)?),
+            Listening::Unix(l) => Acceptor::Unix(tokio::net::UnixListener::from_std(l)?),
+        })
+    }
+
+    async fn accept(&self) -> std::io::Result<(Socket, Peer)> {
+        match self {
+            Acceptor::Tcp(l) => l
+                .accept()
+                .await
+                .map(|(s, peer)| (Socket::Tcp(s), Peer::Ip(peer))),
+            Acceptor::Unix(l) => l.accept().await.map(|(s, _)| (Socket::Unix(s), Peer::Unix)),
+        }
+    }
+}
+
 async fn accept_loop(
-    socket: std::net::TcpListener,
+    socket: Listening,
     name: Arc<str>,
     services: Arc<Services>,
     limits: ListenerLimits,
     stop: CancellationToken,
 ) {
-    let socket = match TcpListener::from_std(socket) {
+    let socket = match Acceptor::new(socket) {
         Ok(socket) => socket,
         Err(e) => {
             tracing::error!(listener = %name, error = %e, "cannot register the listening socket; this worker does not accept on it");
@@ -249,7 +513,7 @@ async fn accept_loop(
             drop(tcp);
             continue;
         };
-        let reject = |tcp: tokio::net::TcpStream, reason: &'static str| {
+        let reject = |tcp: Socket, reason: &'static str| {
             services
                 .metrics
                 .rejected_total
@@ -276,7 +540,8 @@ async fn accept_loop(
             ip_table: None,
         };
         if lsnap.proxy_protocol {
-            if !lsnap.trusts(peer.ip()) {
+            // A Unix socket's peers are local processes its file's permissions let in.
+            if peer.ip().is_some_and(|ip| !lsnap.trusts(ip)) {
                 reject(tcp, "untrusted_proxy");
                 continue;
             }
@@ -284,10 +549,14 @@ async fn accept_loop(
             if lsnap.limits_per_ip() {
                 permits.ip_table = Some(limits.per_ip.clone());
             }
-        } else if lsnap.limits_per_ip() {
+        } else if lsnap.limits_per_ip()
+            && let Some(ip) = peer.ip()
+        {
+            // A Unix socket's clients have no address to count: only `max_connections`
+            // applies to them.
             match limits
                 .per_ip
-                .admit(peer.ip(), lsnap.ip_rules(), std::time::Instant::now())
+                .admit(ip, lsnap.ip_rules(), std::time::Instant::now())
             {
                 Ok(permit) => permits.ip = Some(permit),
                 Err(refused) => {

@@ -2,7 +2,7 @@
 //! per-connection context every stage fills in as the connection moves down the pipeline.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Instant, SystemTime};
@@ -42,12 +42,46 @@ pub struct ConnInfo {
     pub server: Option<String>,
 }
 
+/// Who is at the other end of an accepted connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Ip(SocketAddr),
+    /// A Unix socket's client: a local process with no address (its socket is unnamed).
+    Unix,
+}
+
+impl Peer {
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            Peer::Ip(addr) => Some(addr.ip()),
+            Peer::Unix => None,
+        }
+    }
+
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match self {
+            Peer::Ip(addr) => Some(*addr),
+            Peer::Unix => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    /// A Unix client shows as `unix:`, as nginx logs it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Ip(addr) => addr.fmt(f),
+            Peer::Unix => f.write_str("unix:"),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ConnCtx {
     pub id: u64,
     pub listener: Arc<str>,
-    /// The TCP peer.
-    pub peer: SocketAddr,
+    /// The socket's peer.
+    pub peer: Peer,
     /// What the client reached, and its address when a PROXY header named it (else the
     /// peer is the client). Set once, before routing; unset when neither a PROXY header nor
     /// a backend's `send_proxy_protocol` needs it.
@@ -73,7 +107,7 @@ pub struct ConnCtx {
 }
 
 impl ConnCtx {
-    pub fn new(id: u64, listener: Arc<str>, peer: SocketAddr, cancel: CancellationToken) -> Self {
+    pub fn new(id: u64, listener: Arc<str>, peer: Peer, cancel: CancellationToken) -> Self {
         ConnCtx {
             id,
             listener,
@@ -93,9 +127,12 @@ impl ConnCtx {
         }
     }
 
-    /// The client's address: the one a PROXY header carried, else the TCP peer's.
-    pub fn client(&self) -> SocketAddr {
-        self.reached.get().and_then(|r| r.0).unwrap_or(self.peer)
+    /// The client: the address a PROXY header carried, else the socket's peer.
+    pub fn client(&self) -> Peer {
+        match self.reached.get().and_then(|r| r.0) {
+            Some(addr) => Peer::Ip(addr),
+            None => self.peer,
+        }
     }
 
     /// The address the client reached: from a PROXY header, else the socket's (when
@@ -108,7 +145,7 @@ impl ConnCtx {
     /// (port 0) when unknown.
     pub fn reached(&self) -> SocketAddr {
         self.local().unwrap_or_else(|| {
-            let any: std::net::IpAddr = if self.client().is_ipv4() {
+            let any: IpAddr = if self.client().ip().is_none_or(|ip| ip.is_ipv4()) {
                 std::net::Ipv4Addr::UNSPECIFIED.into()
             } else {
                 std::net::Ipv6Addr::UNSPECIFIED.into()
@@ -225,7 +262,7 @@ pub struct ConnSummary {
     pub id: u64,
     pub listener: Arc<str>,
     /// `client.address`
-    pub client: SocketAddr,
+    pub client: Peer,
     /// `tls.sni`
     pub sni: Option<String>,
     /// `tls.alpn`

@@ -14,8 +14,8 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use crate::io::Socket;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 use crate::io::proxy_header::{V1_MAX, V2_SIGNATURE};
 
@@ -63,13 +63,13 @@ fn io_error(e: io::Error) -> ProxyHeaderError {
 }
 
 /// Reads one header within `timeout`.
-pub async fn read(tcp: &mut TcpStream, timeout: Duration) -> Result<Header, ProxyHeaderError> {
+pub async fn read(tcp: &mut Socket, timeout: Duration) -> Result<Header, ProxyHeaderError> {
     tokio::time::timeout(timeout, read_header(tcp))
         .await
         .unwrap_or(Err(ProxyHeaderError::Timeout(timeout)))
 }
 
-async fn read_header(tcp: &mut TcpStream) -> Result<Header, ProxyHeaderError> {
+async fn read_header(tcp: &mut Socket) -> Result<Header, ProxyHeaderError> {
     let mut buf = [0u8; V1_MAX];
     // Eight bytes belong to any valid header: the shortest v1 line ("PROXY UNKNOWN\r\n") is
     // 15 bytes, a v2 header at least 16.
@@ -109,7 +109,7 @@ async fn read_header(tcp: &mut TcpStream) -> Result<Header, ProxyHeaderError> {
     }
 }
 
-async fn read_v2(tcp: &mut TcpStream, buf: &mut [u8; V1_MAX]) -> Result<Header, ProxyHeaderError> {
+async fn read_v2(tcp: &mut Socket, buf: &mut [u8; V1_MAX]) -> Result<Header, ProxyHeaderError> {
     tcp.read_exact(&mut buf[8..16]).await.map_err(io_error)?;
     let fixed: [u8; 16] = buf[..16].try_into().unwrap_or([0; 16]);
     let length = v2_length(&fixed).map_err(ProxyHeaderError::Malformed)?;

@@ -154,7 +154,7 @@ mod tests {
                 Arc::new(ConnCtx::new(
                     id,
                     "edge".into(),
-                    "127.0.0.1:1".parse().expect("addr"),
+                    crate::live::Peer::Ip("127.0.0.1:1".parse().expect("addr")),
                     tokio_util::sync::CancellationToken::new(),
                 ))
             })

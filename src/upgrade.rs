@@ -449,6 +449,23 @@ async fn reply(mut stream: UnixStream, outcome: Result<String, String>) {
     let _ = tokio::time::timeout(REQUEST_TIMEOUT, stream.write_all(line.as_bytes())).await;
 }
 
+/// As [`reply`], written before returning where the socket takes it (a short line into an
+/// empty socket buffer always fits): after a successful upgrade this process may drain and
+/// exit at once, before a spawned task would have run.
+fn reply_at_once(mut stream: UnixStream, outcome: Result<String, String>) {
+    let mut line = match outcome {
+        Ok(text) => format!("ok {text}\n"),
+        Err(text) => format!("error {}\n", text.replace('\n', " ")),
+    };
+    let written = stream.try_write(line.as_bytes()).unwrap_or(0);
+    if written < line.len() {
+        let rest = line.split_off(written);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, stream.write_all(rest.as_bytes())).await;
+        });
+    }
+}
+
 /// An upgrade asked for on the control socket: its timeout, and where the answer goes.
 struct Request {
     timeout: Duration,
@@ -559,10 +576,10 @@ impl Supervisor {
                             tracing::info!(new_pid = pid, "upgrade: the new process is ready; this one stops accepting and drains");
                             notify_systemd(&format!("MAINPID={pid}"));
                             if let Some(stream) = reply_to {
-                                tokio::spawn(reply(stream, Ok(format!(
+                                reply_at_once(stream, Ok(format!(
                                     "upgraded: process {pid} is serving; process {} drains its connections",
                                     std::process::id()
-                                ))));
+                                )));
                             }
                             return pid;
                         }

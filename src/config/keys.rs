@@ -9,7 +9,7 @@ use toml::de::{DeTable, DeValue};
 use super::error::Report;
 use super::raw::{
     RawAdmin, RawBackend, RawBackendTls, RawClientAuth, RawConfig, RawDefaults, RawHealth,
-    RawListener, RawPassive, RawRoute, RawServerTable, RawSni, RawTls,
+    RawListener, RawPassive, RawRoute, RawServerTable, RawSni, RawTls, RawUnix,
 };
 
 /// One kind of table in the file.
@@ -54,7 +54,14 @@ static LISTENER: Section = Section {
     name: "[[listener]]",
     keys: fields_of::<RawListener>,
     unsupported: &[],
-    children: &[("tls", &TLS), ("route", &ROUTE)],
+    children: &[("unix", &UNIX), ("tls", &TLS), ("route", &ROUTE)],
+};
+
+static UNIX: Section = Section {
+    name: "a listener's `unix`",
+    keys: fields_of::<RawUnix>,
+    unsupported: &[],
+    children: &[],
 };
 
 static TLS: Section = Section {

@@ -148,7 +148,9 @@ impl Default for Defaults {
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
     pub name: String,
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
+    /// `unix = { mode, owner, group }`: applied to the socket file after bind.
+    pub unix: UnixPerms,
     /// `None` = plaintext.
     pub tls: Option<TlsConfig>,
     /// Clients whose forwarded headers (`X-Forwarded-*`, `Forwarded`) are kept and appended
@@ -168,6 +170,88 @@ pub struct ListenerConfig {
     pub client_cert_header: Option<String>,
     /// In file order; the first match wins.
     pub routes: Vec<RouteConfig>,
+}
+
+/// Where a listener accepts: an IP address and port, or a Unix domain socket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(UnixAddr),
+}
+
+impl ListenAddr {
+    /// The IP address and port of a TCP listener.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            ListenAddr::Tcp(addr) => Some(*addr),
+            ListenAddr::Unix(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    /// As the config writes it; a TCP address as `SocketAddr` displays it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => addr.fmt(f),
+            ListenAddr::Unix(addr) => addr.fmt(f),
+        }
+    }
+}
+
+/// A Unix domain socket address: `unix:/path` (a file) or `unix:@name` (Linux's abstract
+/// namespace: no file, gone with the last socket that has it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum UnixAddr {
+    Path(PathBuf),
+    Abstract(String),
+}
+
+impl UnixAddr {
+    /// The prefix that marks a Unix socket in `listen` and `servers`.
+    pub const PREFIX: &str = "unix:";
+
+    /// `text` after [`UnixAddr::PREFIX`]: `@name` or a path, as written (unresolved).
+    pub fn parse(text: &str) -> Option<UnixAddr> {
+        let rest = text.strip_prefix(Self::PREFIX)?;
+        Some(match rest.strip_prefix('@') {
+            Some(name) => UnixAddr::Abstract(name.to_owned()),
+            None => UnixAddr::Path(PathBuf::from(rest)),
+        })
+    }
+
+    /// The bytes of `sun_path`: the path, or a NUL then the name for an abstract socket
+    /// (unix(7)); what `socket2::SockAddr::unix` takes.
+    pub fn sun_path(&self) -> std::borrow::Cow<'_, std::path::Path> {
+        use std::os::unix::ffi::OsStrExt;
+        match self {
+            UnixAddr::Path(path) => path.into(),
+            UnixAddr::Abstract(name) => {
+                let mut bytes = Vec::with_capacity(name.len() + 1);
+                bytes.push(0);
+                bytes.extend_from_slice(name.as_bytes());
+                PathBuf::from(std::ffi::OsStr::from_bytes(&bytes)).into()
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for UnixAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnixAddr::Path(path) => write!(f, "unix:{}", path.display()),
+            UnixAddr::Abstract(name) => write!(f, "unix:@{name}"),
+        }
+    }
+}
+
+/// A Unix listener's socket file: what `chmod(2)`/`chown(2)` set after bind. `None` keeps
+/// what bind gave (the umask's mode, the gateway's user and group).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnixPerms {
+    pub mode: Option<u32>,
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
 }
 
 /// `count` events per `per` (a fixed window).

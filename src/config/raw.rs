@@ -50,6 +50,7 @@ pub(super) struct RawDefaults {
 pub(super) struct RawListener {
     pub name: Text,
     pub listen: Text,
+    pub unix: Option<Spanned<RawUnix>>,
     pub tls: Option<Spanned<RawTls>>,
     pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
     pub proxy_protocol: Option<Spanned<bool>>,
@@ -59,6 +60,20 @@ pub(super) struct RawListener {
     pub client_cert_header: Text,
     #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUnix {
+    pub mode: Text,
+    pub owner: Option<Spanned<RawId>>,
+    pub group: Option<Spanned<RawId>>,
+}
+
+/// A user or group: a name, or a numeric id (a TOML integer or a string of digits).
+pub(super) enum RawId {
+    Id(i64),
+    Name(String),
 }
 
 #[derive(Deserialize)]
@@ -184,6 +199,25 @@ impl<'de> Deserialize<'de> for RawServer {
             }
         }
         deserializer.deserialize_any(ServerVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+        impl Visitor<'_> for IdVisitor {
+            type Value = RawId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a name like "www-data" or a numeric id like 33"#)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawId, E> {
+                Ok(RawId::Id(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawId, E> {
+                Ok(RawId::Name(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(IdVisitor)
     }
 }
 

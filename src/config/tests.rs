@@ -145,7 +145,7 @@ servers = ["127.0.0.1:7000"]
         panic!("one listener expected");
     };
     assert_eq!(edge.name, "edge");
-    assert_eq!(edge.listen, "0.0.0.0:8443".parse().expect("addr"));
+    assert_eq!(edge.listen.tcp(), "0.0.0.0:8443".parse().ok());
     let tls = edge.tls.as_ref().expect("tls");
     assert!(tls.default.cert.ends_with("certs/dev/server.crt"));
     assert!(tls.sni.is_empty());
@@ -266,7 +266,7 @@ servers = [{ address = "127.0.0.1:9001", wieght = 2 }]
     );
     assert_reports(
         &printed,
-        "sockgate.toml:8:1: unknown key `listn` in [[listener]]\n  hint: valid keys: name, listen, tls, trusted_proxies, proxy_protocol, max_connections, max_connections_per_ip, max_new_connections_per_ip, client_cert_header, route; did you mean `listen`?",
+        "sockgate.toml:8:1: unknown key `listn` in [[listener]]\n  hint: valid keys: name, listen, unix, tls, trusted_proxies, proxy_protocol, max_connections, max_connections_per_ip, max_new_connections_per_ip, client_cert_header, route; did you mean `listen`?",
     );
     assert_reports(
         &printed,
@@ -601,7 +601,7 @@ listen = "127.0.0.1:0"
 route = [{ name = "all", backend = "chat" }]
 "#,
     ));
-    assert_eq!(config.listeners[0].listen.port(), 0);
+    assert_eq!(config.listeners[0].listen.tcp().expect("tcp").port(), 0);
 }
 
 #[test]
@@ -630,7 +630,7 @@ listen = "[::]:8443"
 route = [{ name = "all", backend = "chat" }]
 "#,
     ));
-    let listen = config.listeners[0].listen;
+    let listen = config.listeners[0].listen.tcp().expect("tcp");
     assert!(listen.is_ipv6() && listen.ip().is_unspecified() && listen.port() == 8443);
 }
 
@@ -2294,5 +2294,234 @@ fn backend_tls_sni_must_be_a_dns_name() {
     assert_reports(
         &printed,
         "sockgate.toml:8:40: `not a name` is not a valid DNS name, so no server certificate of backend `chat` can match `sni`",
+    );
+}
+
+fn unix_listener(listen: &str, extra: &str) -> String {
+    with_backend(&format!(
+        "[[listener]]\nname = \"local\"\nlisten = \"{listen}\"\n{extra}route = [{{ name = \"all\", backend = \"chat\" }}]\n"
+    ))
+}
+
+#[test]
+fn unix_listeners_and_servers_are_parsed() {
+    let text = r#"
+[[listener]]
+name = "local"
+listen = "unix:/run/sockgate/chat.sock"
+unix = { mode = "0660", owner = "root", group = 0 }
+proxy_protocol = true
+route = [{ name = "all", backend = "local" }]
+
+[[listener]]
+name = "hidden"
+listen = "unix:@sockgate-chat"
+route = [{ name = "all", backend = "local" }]
+
+[[listener]]
+name = "relative"
+listen = "unix:run/chat.sock"
+route = [{ name = "all", backend = "local" }]
+
+[[backend]]
+name = "local"
+servers = ["unix:/run/chat.sock", "unix:@chat", { address = "unix:/run/chat2.sock", weight = 2 }]
+"#;
+    let (config, dir) = check(text);
+    let config = match config {
+        Ok(config) => config,
+        Err(errors) => panic!("expected a valid config, got:\n{errors}"),
+    };
+    let l = &config.listeners[0];
+    assert_eq!(
+        l.listen,
+        ListenAddr::Unix(UnixAddr::Path("/run/sockgate/chat.sock".into()))
+    );
+    assert_eq!(l.listen.to_string(), "unix:/run/sockgate/chat.sock");
+    assert_eq!(
+        l.unix,
+        UnixPerms {
+            mode: Some(0o660),
+            owner: Some(0),
+            group: Some(0)
+        }
+    );
+    // A Unix listener's peers are local processes: PROXY headers need no trusted_proxies.
+    assert!(l.proxy_protocol);
+    assert_eq!(
+        config.listeners[1].listen,
+        ListenAddr::Unix(UnixAddr::Abstract("sockgate-chat".into()))
+    );
+    assert_eq!(
+        config.listeners[1].listen.to_string(),
+        "unix:@sockgate-chat"
+    );
+    // Relative to the config file's folder, as certificate paths are.
+    assert_eq!(
+        config.listeners[2].listen,
+        ListenAddr::Unix(UnixAddr::Path(dir.path().join("run/chat.sock")))
+    );
+    let servers: Vec<_> = config.backends[0]
+        .servers
+        .iter()
+        .map(|s| s.address.as_str())
+        .collect();
+    assert_eq!(
+        servers,
+        ["unix:/run/chat.sock", "unix:@chat", "unix:/run/chat2.sock"]
+    );
+}
+
+#[test]
+fn unix_socket_path_must_fit_sun_path() {
+    let long = format!("/run/{}", "a".repeat(103));
+    let printed = errors(&unix_listener(&format!("unix:{long}"), ""));
+    assert_reports(
+        &printed,
+        &format!(
+            "sockgate.toml:3:10: `listen` = \"unix:{long}\" cannot be bound: the path {long} is 108 bytes; a Unix socket path holds at most 107\n  hint: write \"unix:/run/sockgate/NAME.sock\""
+        ),
+    );
+    // 107 bytes fit.
+    let fits = format!("/run/{}", "a".repeat(102));
+    valid(&unix_listener(&format!("unix:{fits}"), ""));
+    let printed = errors(&unix_listener(&format!("unix:@{}", "n".repeat(107)), ""));
+    assert_reports(
+        &printed,
+        "cannot be bound: the abstract name is 107 bytes; at most 106 fit in a socket address",
+    );
+    assert_reports(
+        &errors(&unix_listener("unix:", "")),
+        "`listen` = \"unix:\" cannot be bound: the path is empty",
+    );
+    assert_reports(
+        &errors(&unix_listener("unix:@", "")),
+        "`listen` = \"unix:@\" cannot be bound: the abstract name is empty",
+    );
+}
+
+#[test]
+fn two_listeners_on_one_unix_path_are_refused() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "a"
+listen = "unix:/run/chat.sock"
+route = [{ name = "all", backend = "chat" }]
+
+[[listener]]
+name = "b"
+listen = "unix:/run/chat.sock"
+route = [{ name = "all", backend = "chat" }]
+"#,
+    ));
+    assert_reports(
+        &printed,
+        "sockgate.toml:8:10: listener `b` listens on unix:/run/chat.sock, which listener `a` already uses: the second bind would fail\n  hint: give one of them another address (the first is at 3:10)",
+    );
+}
+
+#[test]
+fn unix_mode_must_be_octal_at_most_0777() {
+    for bad in ["0999", "1777", "rw-rw----", "", "01234"] {
+        let printed = errors(&unix_listener(
+            "unix:/run/chat.sock",
+            &format!("unix = {{ mode = \"{bad}\" }}\n"),
+        ));
+        assert_reports(
+            &printed,
+            &format!(
+                "sockgate.toml:4:17: `mode` = \"{bad}\" is not a file mode: octal digits, at most 0777\n  hint: write the permission bits in octal, as in mode = \"0660\""
+            ),
+        );
+    }
+    let config = valid(&unix_listener(
+        "unix:/run/chat.sock",
+        "unix = { mode = \"600\" }\n",
+    ));
+    assert_eq!(config.listeners[0].unix.mode, Some(0o600));
+}
+
+#[test]
+fn unix_owner_and_group_must_exist() {
+    let printed = errors(&unix_listener(
+        "unix:/run/chat.sock",
+        "unix = { owner = \"no-such-user-here\", group = \"no-such-group-here\" }\n",
+    ));
+    assert_reports(
+        &printed,
+        "sockgate.toml:4:18: `owner` = \"no-such-user-here\" is not in /etc/passwd\n  hint: name an existing user or give its numeric id, as in owner = 33",
+    );
+    assert_reports(
+        &printed,
+        "`group` = \"no-such-group-here\" is not in /etc/group\n  hint: name an existing group or give its numeric id, as in group = 33",
+    );
+    let printed = errors(&unix_listener(
+        "unix:/run/chat.sock",
+        "unix = { owner = -1 }\n",
+    ));
+    assert_reports(&printed, "`owner` = -1 is not a valid id");
+    let config = valid(&unix_listener(
+        "unix:/run/chat.sock",
+        "unix = { owner = \"1000\", group = 33 }\n",
+    ));
+    assert_eq!(
+        (
+            config.listeners[0].unix.owner,
+            config.listeners[0].unix.group
+        ),
+        (Some(1000), Some(33))
+    );
+}
+
+#[test]
+fn unix_key_only_on_unix_socket_files() {
+    let printed = errors(&unix_listener(
+        "127.0.0.1:8443",
+        "unix = { mode = \"0660\" }\n",
+    ));
+    assert_reports(
+        &printed,
+        "sockgate.toml:4:8: `unix` sets a Unix socket file's mode and owner, but listener `local` listens on TCP\n  hint: remove `unix`, or listen on a socket file",
+    );
+    let printed = errors(&unix_listener("unix:@chat", "unix = { mode = \"0660\" }\n"));
+    assert_reports(
+        &printed,
+        "sockgate.toml:4:8: listener `local` listens on an abstract Unix socket, which has no file: `unix` (mode, owner, group) does not apply",
+    );
+    assert_reports(
+        &errors(&unix_listener(
+            "unix:/run/chat.sock",
+            "unix = { mode = \"0660\", user = \"x\" }\n",
+        )),
+        "unknown key `user` in a listener's `unix`\n  hint: valid keys: mode, owner, group",
+    );
+}
+
+#[test]
+fn unix_server_addresses_are_checked() {
+    for (server, why) in [
+        (
+            "unix:run/chat.sock",
+            "a Unix socket path must be absolute, as in \"unix:/run/chat.sock\"",
+        ),
+        ("unix:@", "the abstract name is empty"),
+        ("unix:", "a Unix socket path must be absolute"),
+    ] {
+        let printed = errors(&format!(
+            "[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:0\"\nroute = [{{ name = \"all\", backend = \"b\" }}]\n\n[[backend]]\nname = \"b\"\nservers = [\"{server}\"]\n"
+        ));
+        assert_reports(
+            &printed,
+            &format!("server address \"{server}\" cannot be connected to: {why}"),
+        );
+    }
+    let long = format!("unix:/{}", "a".repeat(107));
+    let printed = errors(&format!(
+        "[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:0\"\nroute = [{{ name = \"all\", backend = \"b\" }}]\n\n[[backend]]\nname = \"b\"\nservers = [\"{long}\"]\n"
+    ));
+    assert_reports(
+        &printed,
+        "the path is 108 bytes; a Unix socket path holds at most 107",
     );
 }

@@ -15,12 +15,12 @@ use super::error::Report;
 use super::model::{
     AdminConfig, AdminToken, BackendConfig, BackendTls, BackendVerify, Balance, CertPair,
     ClientAuth, ClientAuthMode, ClientCert, Config, Defaults, HashOn, HealthCheck, HealthKind,
-    ListenerConfig, MIN_ACCESS_LOG_INTERVAL, Passive, Protocol, ProxyVersion, Rate, RouteConfig,
-    ServerConfig, SniCert, TlsConfig, WebSocketLimits,
+    ListenAddr, ListenerConfig, MIN_ACCESS_LOG_INTERVAL, Passive, Protocol, ProxyVersion, Rate,
+    RouteConfig, ServerConfig, SniCert, TlsConfig, UnixAddr, UnixPerms, WebSocketLimits,
 };
 use super::raw::{
-    RawAdmin, RawBackend, RawBackendTls, RawClientAuth, RawConfig, RawDefaults, RawHealth,
-    RawListener, RawPassive, RawRoute, RawServer, RawSize, RawSni, RawTls,
+    RawAdmin, RawBackend, RawBackendTls, RawClientAuth, RawConfig, RawDefaults, RawHealth, RawId,
+    RawListener, RawPassive, RawRoute, RawServer, RawSize, RawSni, RawTls, RawUnix,
 };
 use super::values::{
     check_cert_name, check_dns_name, check_server_address, closest, normal_host, parse_duration,
@@ -134,7 +134,7 @@ struct Validator<'r, 'a> {
     /// Backends with `hash_on` a header, cookie or query parameter.
     request_hashed: HashSet<String>,
     /// Who listens where so far, for the uniqueness rule.
-    listen_addrs: HashMap<SocketAddr, (String, Range<usize>)>,
+    listen_addrs: HashMap<ListenAddr, (String, Range<usize>)>,
 }
 
 /// Backend names looked up by every route (a set: configs with many thousands of routes
@@ -442,7 +442,70 @@ impl Validator<'_, '_> {
             );
             return None;
         };
-        if addr.port() != 0
+        match self.unique_listen(ListenAddr::Tcp(addr), raw, owner)? {
+            ListenAddr::Tcp(addr) => Some(addr),
+            ListenAddr::Unix(_) => None,
+        }
+    }
+
+    /// A listener's `listen`: an IP address and port, or `unix:PATH` / `unix:@NAME`.
+    fn listener_addr(&mut self, raw: &Spanned<String>, owner: String) -> Option<ListenAddr> {
+        let Some(unix) = UnixAddr::parse(raw.get_ref()) else {
+            return self.listen_addr(raw, owner).map(ListenAddr::Tcp);
+        };
+        // sun_path is 108 bytes (unix(7)): a path ends with a NUL, an abstract name starts
+        // with one.
+        const SUN_PATH: usize = 107;
+        let problem = match &unix {
+            UnixAddr::Abstract(name) if name.is_empty() => {
+                Some("the abstract name is empty".to_owned())
+            }
+            UnixAddr::Abstract(name) if name.len() > SUN_PATH - 1 => Some(format!(
+                "the abstract name is {} bytes; at most {} fit in a socket address",
+                name.len(),
+                SUN_PATH - 1
+            )),
+            UnixAddr::Abstract(_) => None,
+            UnixAddr::Path(path) if path.as_os_str().is_empty() => {
+                Some("the path is empty".to_owned())
+            }
+            UnixAddr::Path(path) if path.as_os_str().as_encoded_bytes().contains(&0) => {
+                Some("the path holds a NUL byte".to_owned())
+            }
+            UnixAddr::Path(_) => None,
+        };
+        let unix = match unix {
+            UnixAddr::Path(path) => UnixAddr::Path(self.base_dir.join(path)),
+            abstract_name => abstract_name,
+        };
+        let problem = problem.or_else(|| match &unix {
+            UnixAddr::Path(path) if path.as_os_str().len() > SUN_PATH => Some(format!(
+                "the path {} is {} bytes; a Unix socket path holds at most {SUN_PATH}",
+                path.display(),
+                path.as_os_str().len()
+            )),
+            _ => None,
+        });
+        if let Some(problem) = problem {
+            self.report.error(
+                raw.span(),
+                format!("`listen` = \"{}\" cannot be bound: {problem}", raw.get_ref()),
+                r#"write "unix:/run/sockgate/NAME.sock" (a socket file; relative paths start at the config file's folder) or "unix:@NAME" (Linux's abstract namespace)"#,
+            );
+            return None;
+        }
+        self.unique_listen(ListenAddr::Unix(unix), raw, owner)
+    }
+
+    /// Records who listens at `addr`; a second owner is an error. Port 0 (any free port)
+    /// never collides.
+    fn unique_listen(
+        &mut self,
+        addr: ListenAddr,
+        raw: &Spanned<String>,
+        owner: String,
+    ) -> Option<ListenAddr> {
+        if !matches!(addr, ListenAddr::Tcp(a) if a.port() == 0)
             && let Some((first, at)) = self.listen_addrs.get(&addr)
         {
             let message = format!(
@@ -455,8 +518,103 @@ impl Validator<'_, '_> {
             self.report.error(raw.span(), message, hint);
             return None;
         }
-        self.listen_addrs.insert(addr, (owner, raw.span()));
+        self.listen_addrs.insert(addr.clone(), (owner, raw.span()));
         Some(addr)
+    }
+
+    /// A listener's `unix = { mode, owner, group }`, for a listener on a socket file.
+    fn unix_perms(
+        &mut self,
+        raw: &Spanned<RawUnix>,
+        listen: Option<&ListenAddr>,
+        label: &str,
+    ) -> Option<UnixPerms> {
+        match listen {
+            Some(ListenAddr::Tcp(_)) => {
+                self.report.error(
+                    raw.span(),
+                    format!("`unix` sets a Unix socket file's mode and owner, but {label} listens on TCP"),
+                    r#"remove `unix`, or listen on a socket file, as in listen = "unix:/run/sockgate/chat.sock""#,
+                );
+                return None;
+            }
+            Some(ListenAddr::Unix(UnixAddr::Abstract(_))) => {
+                self.report.error(
+                    raw.span(),
+                    format!("{label} listens on an abstract Unix socket, which has no file: `unix` (mode, owner, group) does not apply"),
+                    r#"remove `unix`, or listen on a socket file, as in listen = "unix:/run/sockgate/chat.sock""#,
+                );
+                return None;
+            }
+            Some(ListenAddr::Unix(UnixAddr::Path(_))) | None => {}
+        }
+        let u = raw.get_ref();
+        let mode = present(u.mode.as_ref(), |m| {
+            let text = m.get_ref();
+            let digits = text.strip_prefix("0o").unwrap_or(text);
+            match u32::from_str_radix(digits, 8) {
+                Ok(mode) if !digits.is_empty() && digits.len() <= 4 && mode <= 0o777 => Some(mode),
+                _ => {
+                    self.report.error(
+                        m.span(),
+                        format!("`mode` = \"{text}\" is not a file mode: octal digits, at most 0777"),
+                        r#"write the permission bits in octal, as in mode = "0660" (owner and group read and write)"#,
+                    );
+                    None
+                }
+            }
+        });
+        let owner = present(u.owner.as_ref(), |o| {
+            self.unix_id(o, "owner", "/etc/passwd")
+        });
+        let group = present(u.group.as_ref(), |g| self.unix_id(g, "group", "/etc/group"));
+        Some(UnixPerms {
+            mode: mode?,
+            owner: owner?,
+            group: group?,
+        })
+    }
+
+    /// A user (`owner`) or group: a numeric id, or a name looked up in `file` (the local
+    /// files only: names that only NSS modules such as LDAP know are not found; give the id).
+    fn unix_id(&mut self, raw: &Spanned<RawId>, key: &str, file: &str) -> Option<u32> {
+        let id = match raw.get_ref() {
+            RawId::Id(n) => Ok(*n),
+            RawId::Name(name) if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) => {
+                name.parse::<i64>()
+                    .map_err(|_| format!("`{key}` = \"{name}\" is not a valid id"))
+            }
+            RawId::Name(name) => match lookup_id(file, name) {
+                Ok(Some(id)) => Ok(i64::from(id)),
+                Ok(None) => Err(format!("`{key}` = \"{name}\" is not in {file}")),
+                Err(e) => Err(format!(
+                    "`{key}` = \"{name}\" cannot be looked up: reading {file}: {e}"
+                )),
+            },
+        };
+        // u32::MAX is chown(2)'s "leave unchanged".
+        match id {
+            Ok(n) if (0..i64::from(u32::MAX)).contains(&n) => u32::try_from(n).ok(),
+            Ok(n) => {
+                self.report.error(
+                    raw.span(),
+                    format!("`{key}` = {n} is not a valid id"),
+                    format!("give an id between 0 and {}", u32::MAX - 1),
+                );
+                None
+            }
+            Err(message) => {
+                self.report.error(
+                    raw.span(),
+                    message,
+                    format!(
+                        "name an existing {} or give its numeric id, as in {key} = 33",
+                        if key == "owner" { "user" } else { "group" }
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn listener(&mut self, raw: &Spanned<RawListener>) -> Option<ListenerConfig> {
@@ -471,12 +629,18 @@ impl Validator<'_, '_> {
                 "listen",
                 r#""0.0.0.0:8443""#,
             )
-            .and_then(|listen| self.listen_addr(listen, label.clone()));
+            .and_then(|listen| self.listener_addr(listen, label.clone()));
+        let unix = present(l.unix.as_ref(), |u| {
+            self.unix_perms(u, listen.as_ref(), &label)
+        });
+        let on_unix = matches!(listen, Some(ListenAddr::Unix(_)));
         let tls = present(l.tls.as_ref(), |t| self.tls(t, &label));
         let trusted_proxies = present(l.trusted_proxies.as_ref(), |t| self.trusted_proxies(t));
         let proxy_protocol = l.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref());
+        // A Unix listener's peers are local processes the socket file let in: trusted.
         if let Some(p) = &l.proxy_protocol
             && *p.get_ref()
+            && !on_unix
             && l.trusted_proxies
                 .as_ref()
                 .is_none_or(|t| t.get_ref().is_empty())
@@ -517,6 +681,7 @@ impl Validator<'_, '_> {
         Some(ListenerConfig {
             name: name?,
             listen: listen?,
+            unix: unix?.unwrap_or_default(),
             tls: tls?,
             trusted_proxies: trusted_proxies?.unwrap_or_default(),
             proxy_protocol,
@@ -1617,7 +1782,7 @@ impl Validator<'_, '_> {
                 self.report.error(
                     a.span(),
                     format!("server address \"{}\" cannot be connected to: {why}", a.get_ref()),
-                    r#"write HOST:PORT, as in "127.0.0.1:9001", "[::1]:9001" or "chat.internal:9001""#,
+                    r#"write HOST:PORT, as in "127.0.0.1:9001", "[::1]:9001" or "chat.internal:9001", or a Unix socket: "unix:/run/chat.sock", "unix:@chat""#,
                 );
                 None
             }
@@ -1731,4 +1896,15 @@ fn label(what: &str, name: &Option<Spanned<String>>) -> String {
         Some(name) => format!("{what} `{}`", name.get_ref()),
         None => format!("the unnamed {what}"),
     }
+}
+
+/// The id of `name` in a passwd(5) or group(5) file (`name:x:ID:...`).
+fn lookup_id(file: &str, name: &str) -> std::io::Result<Option<u32>> {
+    let text = std::fs::read_to_string(file)?;
+    Ok(text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next() == Some(name))
+            .then(|| fields.nth(1).and_then(|id| id.parse().ok()))
+            .flatten()
+    }))
 }

@@ -88,6 +88,26 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// Checks a backend server address: `host:port` where host is a DNS name, an IPv4 address
 /// or a bracketed IPv6 address, and port is 1-65535. Names are resolved at connect time.
 pub(super) fn check_server_address(s: &str) -> Result<(), String> {
+    if let Some(unix) = super::model::UnixAddr::parse(s) {
+        // sun_path is 108 bytes (unix(7)), a path's last one a NUL, an abstract name's first.
+        return match unix {
+            super::model::UnixAddr::Abstract(name) if name.is_empty() => {
+                Err("the abstract name is empty".to_owned())
+            }
+            super::model::UnixAddr::Abstract(name) if name.len() > 106 => Err(format!(
+                "the abstract name is {} bytes; at most 106 fit in a socket address",
+                name.len()
+            )),
+            super::model::UnixAddr::Path(path) if !path.is_absolute() => {
+                Err("a Unix socket path must be absolute, as in \"unix:/run/chat.sock\"".to_owned())
+            }
+            super::model::UnixAddr::Path(path) if path.as_os_str().len() > 107 => Err(format!(
+                "the path is {} bytes; a Unix socket path holds at most 107",
+                path.as_os_str().len()
+            )),
+            _ => Ok(()),
+        };
+    }
     let port = if let Some(rest) = s.strip_prefix('[') {
         let (ip, after) = rest
             .split_once(']')

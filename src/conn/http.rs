@@ -438,11 +438,13 @@ impl HttpConn {
             Ok((route, listener)) => {
                 self.flush_bytes();
                 self.attribute(&route);
-                // One scan of a list that is usually empty.
-                let trusted = listener
-                    .trusted_proxies
-                    .iter()
-                    .any(|c| c.contains(self.ctx.client().ip()));
+                // One scan of a list that is usually empty. A Unix socket's client (without
+                // a PROXY header naming another) is a local process the socket file's
+                // permissions let in, such as a web server in front: trusted.
+                let trusted = match self.ctx.client().ip() {
+                    Some(ip) => listener.trusted_proxies.iter().any(|c| c.contains(ip)),
+                    None => true,
+                };
                 if websocket {
                     self.websocket(req, route, &listener, trusted).await
                 } else {
@@ -580,7 +582,7 @@ impl HttpConn {
         affinity: Affinity,
     ) -> Result<(BackendStream, Lease), ProxyError> {
         let opening = Opening {
-            client: self.ctx.client(),
+            client: self.ctx.client().addr(),
             reached: self.ctx.reached(),
             http: true,
         };

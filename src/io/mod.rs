@@ -9,9 +9,12 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
+
 use bytes::{Buf, Bytes};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
 
 use tls::{BackendTls, TlsStream};
 
@@ -26,15 +29,161 @@ pub fn tcp_keepalive() -> socket2::TcpKeepalive {
         .with_retries(6)
 }
 
+/// A connected stream socket: TCP, or a Unix domain socket (a Unix listener's client, a
+/// `unix:` server). The relays treat both alike: readiness, `splice(2)` and `shutdown(2)`
+/// work the same on either; one match per call is all a TCP connection pays.
+#[derive(Debug)]
+pub enum Socket {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Socket {
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Socket::Tcp(s) => s.poll_read_ready(cx),
+            Socket::Unix(s) => s.poll_read_ready(cx),
+        }
+    }
+
+    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Socket::Tcp(s) => s.poll_write_ready(cx),
+            Socket::Unix(s) => s.poll_write_ready(cx),
+        }
+    }
+
+    pub fn try_io<R>(
+        &self,
+        interest: Interest,
+        f: impl FnOnce() -> io::Result<R>,
+    ) -> io::Result<R> {
+        match self {
+            Socket::Tcp(s) => s.try_io(interest, f),
+            Socket::Unix(s) => s.try_io(interest, f),
+        }
+    }
+
+    pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Socket::Tcp(s) => s.try_write(buf),
+            Socket::Unix(s) => s.try_write(buf),
+        }
+    }
+
+    /// Reads without consuming (`MSG_PEEK`), waiting for bytes.
+    pub async fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Socket::Tcp(s) => s.peek(buf).await,
+            // tokio's UnixStream has no peek: the same `recv(2)`, through its readiness.
+            Socket::Unix(s) => loop {
+                s.readable().await?;
+                let peeked = s.try_io(Interest::READABLE, || {
+                    rustix::net::recv(s.as_fd(), &mut *buf, rustix::net::RecvFlags::PEEK)
+                        .map(|(n, _)| n)
+                        .map_err(io::Error::from)
+                });
+                match peeked {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    done => return done,
+                }
+            },
+        }
+    }
+
+    /// The address the client reached; `None` on a Unix socket.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Socket::Tcp(s) => s.local_addr().ok(),
+            Socket::Unix(_) => None,
+        }
+    }
+
+    /// `TCP_NODELAY`; a Unix socket has no Nagle to turn off.
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        match self {
+            Socket::Tcp(s) => s.set_nodelay(nodelay),
+            Socket::Unix(_) => Ok(()),
+        }
+    }
+}
+
+impl AsFd for Socket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Socket::Tcp(s) => s.as_fd(),
+            Socket::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Socket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Socket::Tcp(s) => s.is_write_vectored(),
+            Socket::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// The client's stream after the TLS stage.
 pub enum ClientStream {
-    Plain(TcpStream),
+    Plain(Socket),
     Tls(Box<TlsStream>),
 }
 
-/// A connection to a backend server: plain TCP, or TLS when the backend has `tls`.
+/// A connection to a backend server: plain (TCP or Unix), or TLS when the backend has `tls`.
 pub enum BackendStream {
-    Plain(TcpStream),
+    Plain(Socket),
     /// Boxed: the TLS state is a few hundred bytes that plain backends should not carry.
     Tls(Box<BackendTls>),
 }

@@ -62,6 +62,27 @@ pub fn v1(client: SocketAddr, local: SocketAddr) -> Encoded {
     out
 }
 
+/// For a client with no address (a Unix socket's, without a PROXY header of its own):
+/// `PROXY UNKNOWN\r\n` (section 2.1), or in v2 the PROXY command with family `AF_UNSPEC`
+/// and no addresses (section 2.2); either way the server uses the connection's own endpoints.
+pub fn unknown(v2: bool) -> Encoded {
+    let mut out = Encoded {
+        buf: [0; V1_MAX],
+        len: 0,
+    };
+    if v2 {
+        out.buf[..12].copy_from_slice(&V2_SIGNATURE);
+        out.buf[12] = 0x21;
+        // buf[13] (family and transport) and buf[14..16] (length) stay 0.
+        out.len = 16;
+    } else {
+        let line = b"PROXY UNKNOWN\r\n";
+        out.buf[..line.len()].copy_from_slice(line);
+        out.len = line.len();
+    }
+    out
+}
+
 /// The binary form (section 2.2): version 2, command PROXY, TCP over IPv4 or IPv6, no TLVs.
 pub fn v2(client: SocketAddr, local: SocketAddr) -> Encoded {
     let (client, local) = same_family(client, local);
@@ -102,6 +123,14 @@ pub fn v2(client: SocketAddr, local: SocketAddr) -> Encoded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_client() {
+        assert_eq!(unknown(false).as_bytes(), b"PROXY UNKNOWN\r\n");
+        let v2 = unknown(true);
+        assert_eq!(&v2.as_bytes()[..12], &V2_SIGNATURE);
+        assert_eq!(&v2.as_bytes()[12..], &[0x21, 0x00, 0x00, 0x00]);
+    }
 
     #[test]
     fn v1_lines() {

@@ -1,9 +1,9 @@
-//! TLS streams: rustls' unbuffered connection over a `TcpStream` (or any byte stream: the
-//! unit tests run it over memory), with its record buffers lent from the relay buffer pool.
-//! The same code drives both ends: the server side toward clients ([`accept_after`]) and
-//! the client side toward backends whose servers speak TLS ([`connect`]); rustls'
-//! unbuffered server and client connections differ only in how they are made and in early
-//! data (see [`Endpoint`]).
+//! TLS streams: rustls' unbuffered connection over a `Socket` (TCP or Unix; or any byte
+//! stream: the unit tests run it over memory), with its record buffers lent from the relay
+//! buffer pool. The same code drives both ends: the server side toward clients
+//! ([`accept_after`]) and the client side toward backends whose servers speak TLS
+//! ([`connect`]); rustls' unbuffered server and client connections differ only in how they
+//! are made and in early data (see [`Endpoint`]).
 //!
 //! rustls' buffered connections keep a 4 KiB receive buffer for the connection's whole
 //! life and reads the socket 4 KiB at a time. Here received TLS bytes go into a buffer taken
@@ -31,8 +31,8 @@ use rustls::unbuffered::{
 };
 use rustls::{ClientConfig, ServerConfig};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
+use crate::io::Socket;
 use crate::io::buffer::{self, Sealed};
 
 type Slot = buffer::Slot<Sealed>;
@@ -106,7 +106,7 @@ impl Endpoint for UnbufferedClientConnection {
 
 /// A TLS stream whose handshake has completed: the server side by default, the client side
 /// toward backends as [`BackendTls`].
-pub struct TlsStream<IO = TcpStream, C: Endpoint = UnbufferedServerConnection> {
+pub struct TlsStream<IO = Socket, C: Endpoint = UnbufferedServerConnection> {
     io: IO,
     conn: C,
     /// Received TLS bytes not yet processed: `incoming[in_start..in_end]`.
@@ -206,7 +206,7 @@ where
 }
 
 /// The client side of TLS toward a backend server.
-pub type BackendTls<IO = TcpStream> = TlsStream<IO, UnbufferedClientConnection>;
+pub type BackendTls<IO = Socket> = TlsStream<IO, UnbufferedClientConnection>;
 
 /// Completes a TLS handshake as a client on a connection to a server, asking for `name`
 /// (sent as SNI when it is a DNS name, and what the certificate is checked against) and

@@ -15,9 +15,9 @@ use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use crate::io::Socket;
 use rustix::pipe::{PipeFlags, SpliceFlags};
 use tokio::io::Interest;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::Cancel;
@@ -124,8 +124,8 @@ impl Direction {
     fn poll_move(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut TcpStream,
-        dst: &mut TcpStream,
+        src: &mut Socket,
+        dst: &mut Socket,
         other_done: bool,
         flow: Flow<'_>,
         progressed: &mut bool,
@@ -235,8 +235,8 @@ impl Drop for Direction {
 /// Relays between two plain TCP sockets until both directions end, one fails, nothing moves
 /// for `idle_timeout`, or `cancel` fires.
 pub async fn relay(
-    client: &mut TcpStream,
-    backend: &mut TcpStream,
+    client: &mut Socket,
+    backend: &mut Socket,
     up: Flow<'_>,
     down: Flow<'_>,
     idle_timeout: Duration,

@@ -117,11 +117,12 @@ fn mix(mut z: u64) -> u64 {
 /// it (the pick then falls back to round robin). `request` is `None` for TCP connections.
 pub(super) fn key_hash(
     hash_on: &HashOn,
-    client: IpAddr,
+    client: Option<IpAddr>,
     request: Option<(&HeaderMap, &Uri)>,
 ) -> Option<u64> {
     match hash_on {
-        HashOn::ClientIp => Some(match client.to_canonical() {
+        // A Unix socket's client has no address: no key, so balanced as without one.
+        HashOn::ClientIp => Some(match client?.to_canonical() {
             IpAddr::V4(ip) => hash_bytes(&ip.octets()),
             IpAddr::V6(ip) => hash_bytes(&ip.octets()),
         }),
@@ -257,8 +258,10 @@ mod tests {
 
     #[test]
     fn keys_come_from_the_client_address_header_cookie_or_query() {
-        let ip: IpAddr = "192.0.2.7".parse().unwrap();
-        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        let ip: Option<IpAddr> = "192.0.2.7".parse().ok();
+        let mapped: Option<IpAddr> = "::ffff:192.0.2.7".parse().ok();
+        // A Unix socket's client: no address, no key.
+        assert_eq!(key_hash(&HashOn::ClientIp, None, None), None);
         assert_eq!(
             key_hash(&HashOn::ClientIp, ip, None),
             key_hash(&HashOn::ClientIp, mapped, None)

@@ -99,15 +99,15 @@ async fn probe(
     server: &Server,
     check: &HealthCheck,
 ) -> Result<(), String> {
-    let tcp = connect_addr(server)
+    let socket = connect_addr(server)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let stream = match &servers.tls {
-        None => BackendStream::Plain(tcp),
+        None => BackendStream::Plain(socket),
         Some(connector) => {
             let http = check.kind != HealthKind::Tcp;
             let tls = connector
-                .handshake(tcp, index, http)
+                .handshake(socket, index, http)
                 .await
                 .map_err(|e| format!("TLS: {}", crate::error::error_chain(&e)))?;
             BackendStream::Tls(Box::new(tls))
@@ -124,7 +124,7 @@ async fn probe(
     let conn = conn.with_upgrades();
     tokio::pin!(conn);
     let mut request = Request::get(check.path.as_str())
-        .header(header::HOST, server.address.as_str())
+        .header(header::HOST, server.host())
         .header(header::USER_AGENT, "sockgate-health-check");
     let key = websocket.then(tungstenite::handshake::client::generate_key);
     request = match &key {

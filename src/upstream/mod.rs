@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 use http::{HeaderMap, Uri};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec};
 use tokio::net::TcpStream;
+
+use crate::io::Socket;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    BackendConfig, BackendTls, Balance, HealthCheck, Passive, ProxyVersion, ServerConfig,
+    BackendConfig, BackendTls, Balance, HealthCheck, Passive, ProxyVersion, ServerConfig, UnixAddr,
 };
 use crate::io::BackendStream;
 use crate::metrics::Metrics;
@@ -36,6 +38,9 @@ pub struct Server {
     pub weight: u32,
     /// Pre-parsed when the address is an IP literal, so connecting skips the resolver.
     literal: Option<SocketAddr>,
+    /// A `unix:` server's socket (boxed: most servers are not, and a backend of a thousand
+    /// servers keeps its list small).
+    unix: Option<Box<UnixAddr>>,
     /// Its rendezvous-hashing identity, from the address.
     seed: u64,
     /// Connections using it: connecting, relaying, or kept alive.
@@ -82,6 +87,18 @@ impl Servers {
         }
         let until = server.ejected_until.load(Ordering::Relaxed);
         until == 0 || self.now_ms() >= until
+    }
+}
+
+impl Server {
+    /// The `Host` a health check sends: the address, or `localhost` for a Unix socket,
+    /// whose `unix:/path` is not a host.
+    fn host(&self) -> &str {
+        if self.unix.is_some() {
+            "localhost"
+        } else {
+            &self.address
+        }
     }
 }
 
@@ -140,8 +157,8 @@ pub enum ConnectError {
 /// client connection or request.
 #[derive(Debug, Clone, Copy)]
 pub struct Opening {
-    /// The client's address, for the PROXY header.
-    pub client: SocketAddr,
+    /// The client's address, for the PROXY header (`None`: a Unix socket's client).
+    pub client: Option<SocketAddr>,
     /// The address the client reached, for the PROXY header.
     pub reached: SocketAddr,
     /// HTTP or WebSocket traffic: TLS offers ALPN `http/1.1`; TCP offers none.
@@ -249,6 +266,7 @@ impl Pool {
                         address: s.address.clone(),
                         weight: s.weight,
                         literal: s.address.parse().ok(),
+                        unix: UnixAddr::parse(&s.address).map(Box::new),
                         seed: balance::hash_bytes(s.address.as_bytes()),
                         active: AtomicUsize::new(0),
                         up: AtomicBool::new(true),
@@ -289,7 +307,11 @@ impl Pool {
 
     /// The key this backend hashes for a connection from `client` (and, for HTTP and
     /// WebSocket, its request).
-    pub fn affinity(&self, client: IpAddr, request: Option<(&HeaderMap, &Uri)>) -> Affinity {
+    pub fn affinity(
+        &self,
+        client: Option<IpAddr>,
+        request: Option<(&HeaderMap, &Uri)>,
+    ) -> Affinity {
         match &self.balance {
             Balance::Hash(on) => Affinity(balance::key_hash(on, client, request)),
             _ => Affinity(None),
@@ -504,8 +526,8 @@ impl Pool {
         }
     }
 
-    /// One attempt on server `index` within `timeout`: the TCP connect, the PROXY header
-    /// the servers expect (in plaintext before TLS, as HAProxy sends it), then the TLS
+    /// One attempt on server `index` within `timeout`: the connect, the PROXY header the
+    /// servers expect (in plaintext before TLS, as HAProxy sends it), then the TLS
     /// handshake if the backend has `tls`.
     async fn connect_one(
         &self,
@@ -521,15 +543,17 @@ impl Pool {
         };
         let attempt = async {
             let mut stream = connect_addr(server).await.map_err(io_error)?;
-            // Small writes (WebSocket frames, request/response protocols) go out at once.
-            let _ = stream.set_nodelay(true);
-            // Keepalive finds a backend host that vanished without a FIN (power, network).
-            // A server on this host cannot vanish that way: the kernel closes a dead
-            // process's sockets and answers probes for a hung one, so loopback servers go
-            // without it (four `setsockopt(2)` calls fewer per connection).
-            if server.literal.is_none_or(|addr| !addr.ip().is_loopback()) {
-                let _ =
-                    socket2::SockRef::from(&stream).set_tcp_keepalive(&crate::io::tcp_keepalive());
+            if let Socket::Tcp(tcp) = &stream {
+                // Small writes (WebSocket frames, request/response protocols) go out at once.
+                let _ = tcp.set_nodelay(true);
+                // Keepalive finds a backend host that vanished without a FIN (power,
+                // network). A server on this host cannot vanish that way: the kernel closes a
+                // dead process's sockets and answers probes for a hung one, so loopback
+                // servers go without it (four `setsockopt(2)` calls fewer per connection).
+                if server.literal.is_none_or(|addr| !addr.ip().is_loopback()) {
+                    let _ =
+                        socket2::SockRef::from(tcp).set_tcp_keepalive(&crate::io::tcp_keepalive());
+                }
             }
             if let Some(version) = self.send_proxy {
                 send_proxy_header(&mut stream, version, opening)
@@ -564,27 +588,55 @@ impl Pool {
     }
 }
 
-/// Writes the PROXY header as the connection's first bytes: the client's address and the
-/// one it reached.
+/// Writes the PROXY header as the connection's first bytes: the client's address (`UNKNOWN`
+/// for a Unix socket's client, which has none) and the one it reached. A `unix:` server
+/// gets the same header: the addresses are the client's, not those of the gateway's
+/// connection to the server.
 async fn send_proxy_header(
-    stream: &mut TcpStream,
+    stream: &mut Socket,
     version: ProxyVersion,
     opening: Opening,
 ) -> io::Result<()> {
+    use crate::io::proxy_header::{unknown, v1, v2};
     use tokio::io::AsyncWriteExt;
-    let header = match version {
-        ProxyVersion::V1 => crate::io::proxy_header::v1(opening.client, opening.reached),
-        ProxyVersion::V2 => crate::io::proxy_header::v2(opening.client, opening.reached),
+    let header = match (version, opening.client) {
+        (ProxyVersion::V1, Some(client)) => v1(client, opening.reached),
+        (ProxyVersion::V2, Some(client)) => v2(client, opening.reached),
+        (version, None) => unknown(version == ProxyVersion::V2),
     };
     stream.write_all(header.as_bytes()).await
 }
 
-/// A TCP connect to `server`, without a timer (the caller has one).
-async fn connect_addr(server: &Server) -> io::Result<TcpStream> {
+/// A connect to `server`, without a timer (the caller has one).
+async fn connect_addr(server: &Server) -> io::Result<Socket> {
+    if let Some(unix) = &server.unix {
+        return connect_unix(unix).await.map(Socket::Unix);
+    }
     match server.literal {
         Some(addr) if addr.ip().is_loopback() => connect_loopback(addr).await,
         Some(addr) => TcpStream::connect(addr).await,
         None => TcpStream::connect(server.address.as_str()).await,
+    }
+    .map(Socket::Tcp)
+}
+
+/// A Unix socket connect. Linux completes it inside `connect(2)` or refuses it at once: a
+/// full backlog answers `EAGAIN` on a non-blocking socket (no waiting for room, unlike TCP's
+/// SYN queue), which counts as a failed attempt like a refused one, and the next server is
+/// tried.
+async fn connect_unix(addr: &UnixAddr) -> io::Result<tokio::net::UnixStream> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None)?;
+    match socket.connect(&SockAddr::unix(addr.sun_path())?) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = tokio::net::UnixStream::from_std(socket.into())?;
+    stream.writable().await?;
+    match stream.take_error()? {
+        Some(e) => Err(e),
+        None => Ok(stream),
     }
 }
 

@@ -30,7 +30,7 @@ fn pool(config: &BackendConfig, timeout: Duration) -> Pool {
 fn opening() -> Opening {
     let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
     Opening {
-        client: addr,
+        client: Some(addr),
         reached: addr,
         http: false,
     }

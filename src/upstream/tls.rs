@@ -13,9 +13,9 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use tokio::net::TcpStream;
 
 use crate::config::{BackendTls, BackendVerify, ServerConfig};
+use crate::io::Socket;
 use crate::io::tls::BackendTls as TlsStream;
 
 /// ALPN offered for HTTP and WebSocket traffic (and HTTP checks): the backend side speaks
@@ -70,7 +70,7 @@ impl Connector {
     /// ALPN `http/1.1` when `http`.
     pub(super) async fn handshake(
         &self,
-        stream: TcpStream,
+        stream: Socket,
         index: usize,
         http: bool,
     ) -> io::Result<TlsStream> {

@@ -28,6 +28,7 @@ mod shed;
 mod support;
 mod tcp;
 mod tls;
+mod unix;
 mod upgrade;
 mod websocket;
 mod ws_close;

@@ -208,11 +208,13 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// (RFC 7239) from what the gateway saw. `Host` becomes an absolute-form URI's authority
 /// (RFC 9112 §3.2.2); `target` has checked that there is one `Host` at most and that it
 /// is a plain `host[:port]`. A trusted proxy's lists are appended to and its
-/// `X-Forwarded-Proto` and `X-Forwarded-Host` kept; anyone else's are replaced.
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` kept; anyone else's are replaced. A client
+/// without an address (a Unix socket's) adds nothing to `X-Forwarded-For` and is
+/// `for=unknown` in `Forwarded` (RFC 7239 §6.2).
 pub(super) fn add_forwarding(
     headers: &mut HeaderMap,
     uri: &Uri,
-    client: IpAddr,
+    client: Option<IpAddr>,
     tls: bool,
     trusted: bool,
 ) {
@@ -227,12 +229,14 @@ pub(super) fn add_forwarding(
         headers.remove(X_FORWARDED_HOST);
         headers.remove(header::FORWARDED);
     }
-    let ip = client.to_canonical();
+    let ip = client.map(|ip| ip.to_canonical());
     let proto = if tls { "https" } else { "http" };
     // `fmt::Write` into a `String` cannot fail.
-    let mut xff = joined(headers, X_FORWARDED_FOR);
-    let _ = write!(xff, "{ip}");
-    set(headers, X_FORWARDED_FOR, xff);
+    if let Some(ip) = ip {
+        let mut xff = joined(headers, X_FORWARDED_FOR);
+        let _ = write!(xff, "{ip}");
+        set(headers, X_FORWARDED_FOR, xff);
+    }
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
@@ -244,8 +248,9 @@ pub(super) fn add_forwarding(
     }
     let mut forwarded = joined(headers, header::FORWARDED);
     let _ = match ip {
-        IpAddr::V4(v4) => write!(forwarded, "for={v4};proto={proto}"),
-        IpAddr::V6(v6) => write!(forwarded, "for=\"[{v6}]\";proto={proto}"),
+        Some(IpAddr::V4(v4)) => write!(forwarded, "for={v4};proto={proto}"),
+        Some(IpAddr::V6(v6)) => write!(forwarded, "for=\"[{v6}]\";proto={proto}"),
+        None => write!(forwarded, "for=unknown;proto={proto}"),
     };
     if let Some(authority) = authority.as_ref().and_then(|a| a.to_str().ok()) {
         // An authority holds no quote or backslash (`authority_host`).
@@ -483,7 +488,7 @@ mod tests {
         trusted: bool,
     ) -> Vec<(String, String)> {
         let uri: Uri = uri.parse().expect("uri");
-        add_forwarding(h, &uri, client.parse().expect("ip"), tls, trusted);
+        add_forwarding(h, &uri, Some(client.parse().expect("ip")), tls, trusted);
         let mut all: Vec<_> = h
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().expect("text").to_owned()))

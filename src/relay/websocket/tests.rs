@@ -174,7 +174,7 @@ fn ctx() -> ConnCtx {
     ConnCtx::new(
         1,
         "l".into(),
-        std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+        crate::live::Peer::Ip(std::net::SocketAddr::from(([127, 0, 0, 1], 1))),
         CancellationToken::new(),
     )
 }
