@@ -62,6 +62,7 @@ use crate::services::Services;
 use crate::snapshot::ListenerSnap;
 use crate::upstream::{Affinity, ConnectError, Lease, Pool};
 
+pub mod h2;
 mod headers;
 mod idle;
 
@@ -110,17 +111,7 @@ pub async fn serve(
     services: Arc<Services>,
     tls: bool,
 ) -> Result<End, Error> {
-    let state = Arc::new(HttpConn {
-        ctx: ctx.clone(),
-        services: services.clone(),
-        tls,
-        session: tokio::sync::Mutex::new(None),
-        session_stale: AtomicBool::new(false),
-        upgrade: Mutex::new(None),
-        flushed: Mutex::new(Flushed::default()),
-        head_late: AtomicBool::new(false),
-        parked: Mutex::new(None),
-    });
+    let state = Arc::new(HttpConn::new(ctx.clone(), services.clone(), tls));
     let io = Counting {
         inner: Some(client),
         state: state.clone(),
@@ -351,6 +342,22 @@ struct HttpConn {
     parked: Mutex<Option<Rewind<ClientStream>>>,
 }
 
+impl HttpConn {
+    fn new(ctx: Arc<ConnCtx>, services: Arc<Services>, tls: bool) -> Self {
+        HttpConn {
+            ctx,
+            services,
+            tls,
+            session: tokio::sync::Mutex::new(None),
+            session_stale: AtomicBool::new(false),
+            upgrade: Mutex::new(None),
+            flushed: Mutex::new(Flushed::default()),
+            head_late: AtomicBool::new(false),
+            parked: Mutex::new(None),
+        }
+    }
+}
+
 impl Drop for HttpConn {
     /// The client is gone: its backend connection goes too, even mid-response.
     fn drop(&mut self) {
@@ -436,6 +443,15 @@ impl HttpConn {
             }
             Err(e) => Err(e),
         };
+        self.respond(route_name.as_deref(), result)
+    }
+
+    /// The response to a request: the backend's, or the error's, logged and counted.
+    fn respond(
+        &self,
+        route_name: Option<&str>,
+        result: Result<Response<Body>, ProxyError>,
+    ) -> Response<Body> {
         let response = result.unwrap_or_else(|e| {
             match &e {
                 // Logged where it was found, with what was asked for.
@@ -454,7 +470,7 @@ impl HttpConn {
             .http_responses_total
             .with_label_values(&[
                 &self.ctx.listener,
-                route_name.as_deref().unwrap_or(""),
+                route_name.unwrap_or(""),
                 response.status().as_str(),
             ])
             .inc();
@@ -632,7 +648,7 @@ impl HttpConn {
         let idle = listener.defaults.idle_timeout;
         let mut req = Request::from_parts(parts, Idle::new(body, idle, Side::Client));
 
-        let mut session = self.session.lock().await;
+        let mut session = SessionSlot::take(&self.session);
         if self.session_stale.swap(false, Ordering::Relaxed) {
             *session = None;
         }
@@ -987,4 +1003,41 @@ async fn answer_late_head(mut client: Rewind<ClientStream>, state: &HttpConn, ti
         .http_responses_total
         .with_label_values(&[&state.ctx.listener, "", "408"])
         .inc();
+}
+
+/// The connection's kept-alive backend session, or, while another request of the same
+/// connection holds it (concurrent HTTP/2 streams), a session of this request's own, so
+/// that no stream waits behind another's response. HTTP/1.1 requests come one at a time
+/// and always find it free.
+enum SessionSlot<'a> {
+    Shared(tokio::sync::MutexGuard<'a, Option<BackendSession>>),
+    Own(Option<BackendSession>),
+}
+
+impl<'a> SessionSlot<'a> {
+    fn take(shared: &'a tokio::sync::Mutex<Option<BackendSession>>) -> Self {
+        match shared.try_lock() {
+            Ok(guard) => SessionSlot::Shared(guard),
+            Err(_) => SessionSlot::Own(None),
+        }
+    }
+}
+
+impl std::ops::Deref for SessionSlot<'_> {
+    type Target = Option<BackendSession>;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            SessionSlot::Shared(guard) => guard,
+            SessionSlot::Own(own) => own,
+        }
+    }
+}
+
+impl std::ops::DerefMut for SessionSlot<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            SessionSlot::Shared(guard) => guard,
+            SessionSlot::Own(own) => own,
+        }
+    }
 }

@@ -16,6 +16,7 @@ mod balance;
 mod certwatch;
 mod cli;
 mod deploy;
+mod h2;
 mod http;
 mod limits;
 mod passthrough;

@@ -1,0 +1,523 @@
+//! HTTP/2 on a TLS listener: requests over h2 forwarded to an HTTP/1.1 backend, concurrent
+//! streams that do not wait for each other, WebSockets over h2 (RFC 8441) bridged to an
+//! HTTP/1.1 Upgrade, and a drain that closes them with 1001 before the GOAWAY.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::client::conn::http2::SendRequest;
+use hyper::ext::Protocol;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::{Notify, mpsc};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+
+use crate::support::*;
+
+/// What the backend saw of a WebSocket: its handshake's headers, then every Close code.
+#[derive(Debug)]
+enum Saw {
+    Handshake(http::HeaderMap),
+    Close(Option<u16>),
+}
+
+struct Backend {
+    addr: SocketAddr,
+    /// Lets the `/slow` requests answer.
+    release: Arc<Notify>,
+    saw: mpsc::UnboundedReceiver<Saw>,
+}
+
+/// An HTTP/1.1 backend: `/slow` answers when released, a WebSocket upgrade on `/chat` is
+/// accepted (with the first subprotocol offered) and echoed (`close:CODE` makes it close
+/// with CODE), anything else gets a page listing the request's headers.
+async fn backend() -> Backend {
+    let (listener, addr) = listen().await;
+    let release = Arc::new(Notify::new());
+    let (tx, saw) = mpsc::unbounded_channel();
+    let notify = release.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (notify, tx) = (notify.clone(), tx.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let (notify, tx) = (notify.clone(), tx.clone());
+                    async move { Ok::<_, std::convert::Infallible>(answer(req, &notify, tx).await) }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Backend { addr, release, saw }
+}
+
+async fn answer(
+    mut req: Request<Incoming>,
+    release: &Notify,
+    tx: mpsc::UnboundedSender<Saw>,
+) -> hyper::Response<Full<Bytes>> {
+    if req.uri().path() == "/slow" {
+        release.notified().await;
+        return hyper::Response::new(Full::new(Bytes::from("slow done\n")));
+    }
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
+    let Some(key) = key.filter(|_| req.headers().contains_key(header::UPGRADE)) else {
+        let mut page = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
+        for (name, value) in req.headers() {
+            page.push_str(&format!("{name}: {}\n", value.to_str().unwrap()));
+        }
+        return hyper::Response::new(Full::new(Bytes::from(page)));
+    };
+    let protocol = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|p| p.trim().to_owned());
+    tx.send(Saw::Handshake(req.headers().clone())).unwrap();
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let upgraded = upgrade.await.unwrap();
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            match msg {
+                Message::Text(text) if text.starts_with("close:") => {
+                    let code: u16 = text["close:".len()..].parse().unwrap();
+                    let frame = CloseFrame {
+                        code: code.into(),
+                        reason: "backend says bye".into(),
+                    };
+                    let _ = ws.close(Some(frame)).await;
+                }
+                Message::Close(frame) => {
+                    let _ = tx.send(Saw::Close(frame.map(|f| f.code.into())));
+                    let _ = ws.flush().await;
+                    break;
+                }
+                msg if msg.is_text() || msg.is_binary() => {
+                    if ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut response = hyper::Response::new(Full::default());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, "upgrade".parse().unwrap());
+    headers.insert(header::UPGRADE, "websocket".parse().unwrap());
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept.parse().unwrap());
+    if let Some(protocol) = protocol {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol.parse().unwrap());
+    }
+    response
+}
+
+fn config(backend: SocketAddr) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[defaults]
+close_timeout = "2s"
+drain_timeout = "10s"
+drain_spread = "200ms"
+
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:0"
+tls = {{ cert = "server.crt", key = "server.key" }}
+
+  [[listener.route]]
+  name = "chat"
+  protocol = "websocket"
+  path_prefix = "/chat"
+  backend = "app"
+
+  [[listener.route]]
+  name = "app"
+  protocol = "http"
+  backend = "app"
+
+[[backend]]
+name = "app"
+servers = ["{backend}"]
+"#
+    )
+}
+
+struct Setup {
+    pki: Pki,
+    gw: Gateway,
+    backend: Backend,
+}
+
+async fn setup() -> Setup {
+    let pki = Pki::new();
+    let backend = backend().await;
+    let gw = Gateway::start(pki.path(), &config(backend.addr)).await;
+    Setup { pki, gw, backend }
+}
+
+type Sender = SendRequest<Empty<Bytes>>;
+
+impl Setup {
+    /// An HTTP/2 client offering `h2` and `http/1.1`, as browsers do; the gateway picks h2.
+    /// The handle ends when the gateway closes the connection.
+    async fn h2(&self) -> (Sender, tokio::task::JoinHandle<()>) {
+        let config = client_config(&[&self.pki.pki.ca.cert], &[b"h2", b"http/1.1"]);
+        let tls = tls_connect(self.gw.addr("edge"), config, "localhost").await;
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        (sender, conn)
+    }
+
+    async fn responses(&self, route: &str, code: &str) -> f64 {
+        self.gw.metrics().await.get(
+            "sockgate_http_responses_total",
+            &[("listener", "edge"), ("route", route), ("code", code)],
+        )
+    }
+}
+
+async fn get(sender: &mut Sender, path: &str, extra: &[(&str, &str)]) -> (u16, String) {
+    let mut req = Request::get(format!("https://localhost{path}"));
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        sender.send_request(req.body(Empty::new()).unwrap()),
+    )
+    .await
+    .expect("a response head within 10s")
+    .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+type H2Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Opens a WebSocket over an HTTP/2 stream (RFC 8441) on `path`, offering `protocols`.
+async fn websocket(sender: &mut Sender, path: &str, protocols: &str) -> (H2Ws, http::HeaderMap) {
+    // The extended CONNECT needs the server's SETTINGS_ENABLE_CONNECT_PROTOCOL, which a
+    // first request's answer has surely come after.
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("https://localhost{path}"))
+        .header(header::SEC_WEBSOCKET_VERSION, "13")
+        .header(header::SEC_WEBSOCKET_PROTOCOL, protocols)
+        .extension(Protocol::from_static("websocket"))
+        .body(Empty::new())
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .expect("an answer to the CONNECT within 10s")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let headers = response.headers().clone();
+    let upgraded = hyper::upgrade::on(response).await.unwrap();
+    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+    (ws, headers)
+}
+
+async fn next_message(ws: &mut H2Ws) -> Message {
+    tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("a message within 10s")
+        .expect("the stream still open")
+        .unwrap()
+}
+
+async fn backend_saw(backend: &mut Backend) -> Saw {
+    tokio::time::timeout(Duration::from_secs(10), backend.saw.recv())
+        .await
+        .expect("the backend saw something within 10s")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn requests_over_h2_reach_an_http1_backend_with_forwarding_headers() {
+    let s = setup().await;
+    let (mut sender, _conn) = s.h2().await;
+    let cookies = [
+        ("cookie", "a=1"),
+        ("cookie", "b=2"),
+        ("x-forwarded-for", "6.6.6.6"),
+    ];
+    let (status, page) = get(&mut sender, "/page?q=1", &cookies).await;
+    assert_eq!(status, 200, "{page}");
+    // An HTTP/1.1 request in origin form, with Host from :authority.
+    assert!(page.starts_with("GET /page?q=1 HTTP/1.1\n"), "{page}");
+    assert!(page.contains("\nhost: localhost\n"), "{page}");
+    assert!(page.contains("\nx-forwarded-for: 127.0.0.1\n"), "{page}");
+    assert!(page.contains("\nx-forwarded-proto: https\n"), "{page}");
+    assert!(page.contains("\nx-forwarded-host: localhost\n"), "{page}");
+    assert!(
+        page.contains("\nforwarded: for=127.0.0.1;proto=https;host=\"localhost\"\n"),
+        "{page}"
+    );
+    // RFC 9113 §8.2.3: split cookies joined for HTTP/1.1.
+    assert!(page.contains("\ncookie: a=1; b=2\n"), "{page}");
+    // Several requests on the one connection.
+    for _ in 0..3 {
+        assert_eq!(get(&mut sender, "/again", &[]).await.0, 200);
+    }
+    assert_eq!(s.responses("app", "200").await, 4.0);
+    // One connection, counted once, its ALPN in `/connections`.
+    let m = s.gw.metrics().await;
+    assert_eq!(
+        m.get(
+            "sockgate_connections_total",
+            &[("listener", "edge"), ("protocol", "http")]
+        ),
+        1.0
+    );
+    let (_, live) = http_get(s.gw.admin(), "/connections").await;
+    assert!(live.contains("\"tls.alpn\":\"h2\""), "{live}");
+
+    // An HTTP/1.1 client on the same listener is served as before.
+    let config = client_config(&[&s.pki.pki.ca.cert], &[b"http/1.1"]);
+    let tls = tls_connect(s.gw.addr("edge"), config, "localhost").await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut h1, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let response = h1
+        .send_request(
+            Request::get("/h1")
+                .header("host", "localhost")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), http::Version::HTTP_11);
+    assert_eq!(s.responses("app", "200").await, 5.0);
+}
+
+#[tokio::test]
+async fn concurrent_streams_do_not_wait_behind_a_slow_one() {
+    let s = setup().await;
+    let (sender, _conn) = s.h2().await;
+    let mut slow_sender = sender.clone();
+    let slow = tokio::spawn(async move { get(&mut slow_sender, "/slow", &[]).await });
+    // Let the slow request take the connection's backend session first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let fast: Vec<_> = (0..5)
+        .map(|i| {
+            let mut sender = sender.clone();
+            tokio::spawn(async move { get(&mut sender, &format!("/fast/{i}"), &[]).await })
+        })
+        .collect();
+    for (i, task) in fast.into_iter().enumerate() {
+        let (status, page) = task.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(page.starts_with(&format!("GET /fast/{i} ")), "{page}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the fast streams took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        !slow.is_finished(),
+        "the slow stream answered before its release"
+    );
+    s.backend.release.notify_one();
+    let (status, page) = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((status, page.as_str()), (200, "slow done\n"));
+    assert_eq!(s.responses("app", "200").await, 6.0);
+}
+
+#[tokio::test]
+async fn websocket_over_h2_is_bridged_to_an_http1_upgrade_and_closes_both_ways() {
+    let mut s = setup().await;
+    let (mut sender, _conn) = s.h2().await;
+    assert_eq!(get(&mut sender, "/", &[]).await.0, 200);
+    let (mut ws, headers) = websocket(&mut sender, "/chat", "chat.v2, chat.v1").await;
+    // The backend's choice of subprotocol comes back in the 200.
+    assert_eq!(headers[header::SEC_WEBSOCKET_PROTOCOL], "chat.v2");
+    let Saw::Handshake(seen) = backend_saw(&mut s.backend).await else {
+        panic!("expected the handshake first");
+    };
+    // An RFC 6455 handshake toward the backend: a fresh key, version 13, the offer.
+    assert_eq!(seen[header::UPGRADE], "websocket");
+    assert_eq!(seen[header::CONNECTION], "upgrade");
+    assert_eq!(seen[header::SEC_WEBSOCKET_VERSION], "13");
+    assert_eq!(seen[header::SEC_WEBSOCKET_KEY].len(), 24);
+    assert_eq!(seen[header::SEC_WEBSOCKET_PROTOCOL], "chat.v2, chat.v1");
+    assert_eq!(seen[header::HOST], "localhost");
+    assert_eq!(seen["x-forwarded-proto"], "https");
+
+    for text in ["one", "two", "three"] {
+        ws.send(Message::text(text)).await.unwrap();
+        assert_eq!(next_message(&mut ws).await, Message::text(text));
+    }
+    ws.send(Message::binary(vec![7u8; 100_000])).await.unwrap();
+    assert_eq!(
+        next_message(&mut ws).await,
+        Message::binary(vec![7u8; 100_000])
+    );
+    // Plain requests go on beside the WebSocket on the same connection.
+    assert_eq!(get(&mut sender, "/beside", &[]).await.0, 200);
+
+    // The backend closes with 4000: the client gets that code.
+    ws.send(Message::text("close:4000")).await.unwrap();
+    match next_message(&mut ws).await {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 4000),
+        other => panic!("expected a Close, got {other:?}"),
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(matches!(
+        backend_saw(&mut s.backend).await,
+        Saw::Close(Some(4000))
+    ));
+
+    // A second WebSocket on the same connection; the client closes with 1000.
+    let (mut ws, _) = websocket(&mut sender, "/chat", "chat.v1").await;
+    assert!(matches!(
+        backend_saw(&mut s.backend).await,
+        Saw::Handshake(_)
+    ));
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("hello"));
+    ws.close(Some(CloseFrame {
+        code: 1000.into(),
+        reason: "".into(),
+    }))
+    .await
+    .unwrap();
+    assert!(matches!(
+        backend_saw(&mut s.backend).await,
+        Saw::Close(Some(1000))
+    ));
+    match next_message(&mut ws).await {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1000),
+        other => panic!("expected the Close reply, got {other:?}"),
+    }
+
+    let m = s.gw.metrics().await;
+    let closes = |code: &str, initiator: &str| {
+        m.get(
+            "sockgate_websocket_closes_total",
+            &[("route", "chat"), ("code", code), ("initiator", initiator)],
+        )
+    };
+    assert_eq!(closes("other", "backend"), 1.0);
+    assert_eq!(closes("1000", "client"), 1.0);
+    let messages = m.get(
+        "sockgate_websocket_messages_total",
+        &[("route", "chat"), ("direction", "client_to_backend")],
+    );
+    // one, two, three, the binary, close:4000, hello.
+    assert_eq!(messages, 6.0);
+    assert_eq!(s.responses("chat", "200").await, 2.0);
+}
+
+#[tokio::test]
+async fn drain_closes_websockets_inside_h2_with_1001_before_the_goaway() {
+    let mut s = setup().await;
+    let (mut sender, conn) = s.h2().await;
+    assert_eq!(get(&mut sender, "/", &[]).await.0, 200);
+    let (mut ws, _) = websocket(&mut sender, "/chat", "chat.v1").await;
+    assert!(matches!(
+        backend_saw(&mut s.backend).await,
+        Saw::Handshake(_)
+    ));
+    ws.send(Message::text("before drain")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("before drain"));
+    // A slow request in flight across the drain finishes.
+    let mut slow_sender = sender.clone();
+    let slow = tokio::spawn(async move { get(&mut slow_sender, "/slow", &[]).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    s.gw.handle.drain();
+    match next_message(&mut ws).await {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("expected a Close 1001, got {other:?}"),
+    }
+    assert!(matches!(
+        backend_saw(&mut s.backend).await,
+        Saw::Close(Some(1001))
+    ));
+    // No GOAWAY yet: the connection still takes a new stream while the WebSocket's
+    // closing handshake is open.
+    assert_eq!(get(&mut sender, "/after-close-frame", &[]).await.0, 200);
+    assert!(!conn.is_finished());
+    s.backend.release.notify_one();
+    // The client answers the Close (tungstenite does on the next read); the stream ends.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(slow.await.unwrap().0, 200);
+    // Then the GOAWAY: no new stream is taken, and the connection closes.
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the gateway closed the connection after the WebSocket's Close")
+        .unwrap();
+    assert!(
+        sender
+            .send_request(
+                Request::get("https://localhost/")
+                    .body(Empty::new())
+                    .unwrap()
+            )
+            .await
+            .is_err()
+    );
+    let m = s.gw.metrics().await;
+    assert_eq!(
+        m.get(
+            "sockgate_websocket_closes_total",
+            &[
+                ("route", "chat"),
+                ("code", "1001"),
+                ("initiator", "gateway")
+            ],
+        ),
+        1.0
+    );
+    tokio::time::timeout(Duration::from_secs(10), s.gw.handle.wait())
+        .await
+        .expect("gateway finished after the connection closed");
+}
