@@ -72,6 +72,11 @@ async fn answer(
         release.notified().await;
         return hyper::Response::new(Full::new(Bytes::from("slow done\n")));
     }
+    if req.uri().path().ends_with("/forbidden") {
+        let mut response = hyper::Response::new(Full::new(Bytes::from("no\n")));
+        *response.status_mut() = StatusCode::FORBIDDEN;
+        return response;
+    }
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
     let Some(key) = key.filter(|_| req.headers().contains_key(header::UPGRADE)) else {
         let mut page = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
@@ -129,13 +134,14 @@ async fn answer(
     response
 }
 
-fn config(backend: SocketAddr) -> String {
+fn config(backend: SocketAddr, defaults: &str) -> String {
     format!(
         r#"
 [admin]
 listen = "127.0.0.1:0"
 
 [defaults]
+{defaults}
 close_timeout = "2s"
 drain_timeout = "10s"
 drain_spread = "200ms"
@@ -170,9 +176,13 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with("").await
+}
+
+async fn setup_with(defaults: &str) -> Setup {
     let pki = Pki::new();
     let backend = backend().await;
-    let gw = Gateway::start(pki.path(), &config(backend.addr)).await;
+    let gw = Gateway::start(pki.path(), &config(backend.addr, defaults)).await;
     Setup { pki, gw, backend }
 }
 
@@ -223,10 +233,10 @@ async fn get(sender: &mut Sender, path: &str, extra: &[(&str, &str)]) -> (u16, S
 
 type H2Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
-/// Opens a WebSocket over an HTTP/2 stream (RFC 8441) on `path`, offering `protocols`.
-async fn websocket(sender: &mut Sender, path: &str, protocols: &str) -> (H2Ws, http::HeaderMap) {
-    // The extended CONNECT needs the server's SETTINGS_ENABLE_CONNECT_PROTOCOL, which a
-    // first request's answer has surely come after.
+/// Sends an extended CONNECT (RFC 8441) for a WebSocket on `path`, offering `protocols`.
+/// It needs the server's SETTINGS_ENABLE_CONNECT_PROTOCOL, which the answer to a first
+/// request has surely come after.
+async fn connect(sender: &mut Sender, path: &str, protocols: &str) -> hyper::Response<Incoming> {
     let req = Request::builder()
         .method(Method::CONNECT)
         .uri(format!("https://localhost{path}"))
@@ -235,10 +245,15 @@ async fn websocket(sender: &mut Sender, path: &str, protocols: &str) -> (H2Ws, h
         .extension(Protocol::from_static("websocket"))
         .body(Empty::new())
         .unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+    tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
         .await
         .expect("an answer to the CONNECT within 10s")
-        .unwrap();
+        .unwrap()
+}
+
+/// Opens a WebSocket over an HTTP/2 stream (RFC 8441) on `path`, offering `protocols`.
+async fn websocket(sender: &mut Sender, path: &str, protocols: &str) -> (H2Ws, http::HeaderMap) {
+    let response = connect(sender, path, protocols).await;
     assert_eq!(response.status(), StatusCode::OK);
     let headers = response.headers().clone();
     let upgraded = hyper::upgrade::on(response).await.unwrap();
@@ -520,4 +535,69 @@ async fn drain_closes_websockets_inside_h2_with_1001_before_the_goaway() {
     tokio::time::timeout(Duration::from_secs(10), s.gw.handle.wait())
         .await
         .expect("gateway finished after the connection closed");
+}
+
+#[tokio::test]
+async fn websocket_refusals_over_h2_come_back_as_they_came() {
+    let s = setup().await;
+    let (mut sender, _conn) = s.h2().await;
+    assert_eq!(get(&mut sender, "/", &[]).await.0, 200);
+    // The backend refuses the upgrade: its answer goes back as it came.
+    let response = connect(&mut sender, "/chat/forbidden", "chat.v1").await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"no\n");
+    // No WebSocket route for the path: 404, as for an HTTP/1.1 upgrade.
+    let response = connect(&mut sender, "/elsewhere", "chat.v1").await;
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    // The connection goes on.
+    assert_eq!(get(&mut sender, "/still", &[]).await.0, 200);
+    assert_eq!(s.responses("chat", "403").await, 1.0);
+    assert_eq!(s.responses("", "404").await, 1.0);
+}
+
+#[tokio::test]
+async fn an_h2_connection_without_streams_is_closed_after_handshake_timeout() {
+    let s = setup_with(r#"handshake_timeout = "1s""#).await;
+    let (mut sender, conn) = s.h2().await;
+    assert_eq!(get(&mut sender, "/", &[]).await.0, 200);
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the idle connection was closed within 5s")
+        .unwrap();
+    // Between one and two `handshake_timeout` of silence.
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A client that sends nothing after choosing h2 is closed as well.
+    let config = client_config(&[&s.pki.pki.ca.cert], &[b"h2"]);
+    let mut tls = tls_connect(s.gw.addr("edge"), config, "localhost").await;
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(8), async {
+        use tokio::io::AsyncReadExt;
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "a silent h2 client was not closed within 8s"
+    );
+
+    // A WebSocket stream is not idle, however quiet.
+    let (mut sender, conn) = s.h2().await;
+    assert_eq!(get(&mut sender, "/", &[]).await.0, 200);
+    let (mut ws, _) = websocket(&mut sender, "/chat", "chat.v1").await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(!conn.is_finished());
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(next_message(&mut ws).await, Message::text("still here"));
 }

@@ -43,6 +43,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use super::headers::{
     BadRequest, add_forwarding, origin_form, permessage_deflate, strip_hop_by_hop,
@@ -137,7 +138,7 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(state.handle(req).await) }
         })
     };
-    let mut builder = server_http2::Builder::new(Exec(services.clone()));
+    let mut builder = server_http2::Builder::new(Exec(services.clone(), tracing::Span::current()));
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_STREAMS)
@@ -166,54 +167,55 @@ pub async fn serve(
             conn.as_mut().graceful_shutdown();
         }
         tokio::select! {
-            res = conn.as_mut() => break res,
+            res = conn.as_mut() => break Some(res),
             Some(p) = upgraded.recv() => pending.push(take_upgraded(p)),
             Some(ws) = pending.next(), if !pending.is_empty() => {
-                match ws {
-                    // Active until the relay ends.
-                    Some(ws) => relays.push(relay(ws)),
-                    None => drop(state.active.fetch_sub(1, Ordering::Relaxed)),
+                if let Some(ws) = ws {
+                    relays.push(relay(ws));
                 }
             }
-            Some(()) = relays.next(), if !relays.is_empty() => {
-                state.active.fetch_sub(1, Ordering::Relaxed);
-            }
+            Some(()) = relays.next(), if !relays.is_empty() => {}
             _ = services.shutdown.drained(), if !closing => closing = true,
             _ = ctx.cancel.cancelled(), if !reload_seen && close_deadline.is_none() => {
-                if ctx.close_reason() == CloseReason::Reload && !services.shutdown.is_stopped() {
-                    // Plain requests are routed anew; the WebSocket relays close their
-                    // streams (1012) themselves.
+                if services.shutdown.is_stopped() {
+                    break None;
+                }
+                if ctx.close_reason() == CloseReason::Reload {
+                    // Plain requests are routed anew, as on HTTP/1.1; the WebSocket relays
+                    // close their streams (1012) themselves.
                     reload_seen = true;
                     http.close_idle_backend();
                     continue;
-                }
-                if services.shutdown.is_stopped() {
-                    state.flush();
-                    return Ok(End::Cancelled);
                 }
                 // An operator's close or a shed: the relays send their Close, then GOAWAY,
                 // bounded by `drain_timeout` as a drain is.
                 closing = true;
                 close_deadline = Some(Box::pin(tokio::time::sleep(drain_timeout)));
             }
+            // With the token spent on the reload or the close, a hard stop is heard here.
             _ = services.shutdown.stopped(), if reload_seen || close_deadline.is_some() => {
-                state.flush();
-                return Ok(End::Cancelled);
+                break None;
             }
             _ = async {
                 match close_deadline.as_mut() {
                     Some(deadline) => deadline.await,
                     None => std::future::pending().await,
                 }
-            } => {
-                state.flush();
-                return Ok(End::Cancelled);
-            }
+            } => break None,
             _ = idle_tick.tick() => {
                 let wire = state.wire_up.load(Ordering::Relaxed)
                     + state.wire_down.load(Ordering::Relaxed);
-                if state.active.load(Ordering::Relaxed) == 0 && wire == last_wire && !goaway {
-                    tracing::debug!(?head_timeout, "HTTP/2 connection idle: GOAWAY");
+                let idle = state.active.load(Ordering::Relaxed) == 0
+                    && relays.is_empty()
+                    && pending.is_empty()
+                    && wire == last_wire;
+                if idle && goaway {
+                    // The GOAWAY's PING was never answered (RFC 9113 §6.8 has the server
+                    // wait for it): a silent client is not waited for any longer.
+                    break Some(Ok(()));
+                }
+                if idle && !closing {
+                    tracing::debug!(?head_timeout, "HTTP/2 connection without a stream: GOAWAY");
                     closing = true;
                 }
                 last_wire = wire;
@@ -221,13 +223,21 @@ pub async fn serve(
             }
         }
     };
-    drop(conn);
     // A connection that ended before any request is still HTTP.
     ctx.set_protocol(Protocol::Http, &services.metrics);
-    // The client connection is gone: what was still relaying ends on its own.
-    while relays.next().await.is_some() {}
+    // Whatever is still relaying ends now, and records how: on a hard stop at once (a relay
+    // sees the stop first), or because the client connection is gone. One still going when
+    // an operator's close ran out of `drain_timeout` is dropped with the connection.
+    if served.is_some() || services.shutdown.is_stopped() {
+        while relays.next().await.is_some() {}
+    }
+    drop(relays);
+    drop(conn);
     state.flush();
-    served.map(|()| End::Closed).map_err(Error::Http)
+    match served {
+        None => Ok(End::Cancelled),
+        Some(served) => served.map(|()| End::Closed).map_err(Error::Http),
+    }
 }
 
 async fn take_upgraded(p: Pending) -> Option<WebSocket> {
@@ -252,7 +262,8 @@ async fn take_upgraded(p: Pending) -> Option<WebSocket> {
 
 impl H2Conn {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Tracked> {
-        self.active.fetch_add(1, Ordering::Relaxed);
+        // Dropped with the response body, or here if the stream is reset before its answer.
+        let active = Active::new(self.clone());
         let websocket = req.method() == Method::CONNECT
             && req
                 .extensions()
@@ -266,16 +277,17 @@ impl H2Conn {
         let http = &self.http;
         http.ctx.set_protocol(protocol, &http.services.metrics);
         self.flush();
-        let (response, upgraded) = if websocket {
-            let (route_name, result, upgraded) = self.websocket(req).await;
-            (http.respond(route_name.as_deref(), result), upgraded)
+        let response = if websocket {
+            let (route_name, result) = self.websocket(req).await;
+            http.respond(route_name.as_deref(), result)
         } else {
             let (route_name, result) = self.forward(req).await;
-            (http.respond(route_name.as_deref(), result), false)
+            http.respond(route_name.as_deref(), result)
         };
-        // A WebSocket stream stays active in `pending`, then in the relay set.
-        let done = if upgraded { None } else { Some(self.clone()) };
-        response.map(|body| Tracked { body, done })
+        response.map(|body| Tracked {
+            body,
+            _active: active,
+        })
     }
 
     async fn forward(
@@ -303,11 +315,10 @@ impl H2Conn {
 
     /// RFC 8441 §5: the extended CONNECT toward the backend as the HTTP/1.1 Upgrade
     /// handshake of RFC 6455 §4.1.
-    /// The third value says whether the stream was handed to the relay.
     async fn websocket(
         &self,
         req: Request<Incoming>,
-    ) -> (Option<Arc<str>>, Result<Response<Body>, ProxyError>, bool) {
+    ) -> (Option<Arc<str>>, Result<Response<Body>, ProxyError>) {
         let http = &self.http;
         let mut req = req;
         let client_upgrade = hyper::upgrade::on(&mut req);
@@ -322,11 +333,7 @@ impl H2Conn {
         let key = tungstenite::handshake::client::generate_key();
         let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
         let Ok(key) = HeaderValue::from_str(&key) else {
-            return (
-                None,
-                Err(ProxyError::BadRequest(BadRequest::Connect)),
-                false,
-            );
+            return (None, Err(ProxyError::BadRequest(BadRequest::Connect)));
         };
         headers.insert(header::SEC_WEBSOCKET_KEY, key);
         headers.insert(
@@ -336,7 +343,7 @@ impl H2Conn {
         let req = Request::from_parts(parts, body);
         let (route, listener) = match http.route(&req, Protocol::WebSocket, true) {
             Ok(routed) => routed,
-            Err(e) => return (None, Err(e), false),
+            Err(e) => return (None, Err(e)),
         };
         self.attribute(&route);
         let name = Some(route.name.clone());
@@ -351,7 +358,7 @@ impl H2Conn {
         };
         let (mut sender, lease) = match connected.await {
             Ok(connected) => connected,
-            Err(e) => return (name, Err(e), false),
+            Err(e) => return (name, Err(e)),
         };
         let (mut parts, body) = req.into_parts();
         parts.version = Version::HTTP_11;
@@ -368,11 +375,11 @@ impl H2Conn {
         let limit = route.request_timeout.min(idle);
         let answer = sender.send_request(Request::from_parts(parts, body));
         let Some(answer) = http.response_within(limit, answer).await else {
-            return (name, Err(ProxyError::Timeout(limit)), false);
+            return (name, Err(ProxyError::Timeout(limit)));
         };
         let mut response = match answer {
             Ok(response) => response,
-            Err(e) => return (name, Err(ProxyError::Backend(e)), false),
+            Err(e) => return (name, Err(ProxyError::Backend(e))),
         };
         let accepted = response
             .headers()
@@ -383,7 +390,6 @@ impl H2Conn {
             return (
                 name,
                 Ok(response.map(|body| Either::Left(Idle::new(body, idle, Side::Backend)))),
-                false,
             );
         }
         if !accepted {
@@ -398,7 +404,6 @@ impl H2Conn {
                         "wrong Sec-WebSocket-Accept in the backend's 101",
                     ),
                 })),
-                false,
             );
         }
         let backend_upgrade = hyper::upgrade::on(&mut response);
@@ -427,9 +432,9 @@ impl H2Conn {
         };
         if self.upgrades.send(pending).is_err() {
             // The connection is ending: nothing will relay this stream.
-            return (name, Err(ProxyError::Closing), false);
+            return (name, Err(ProxyError::Closing));
         }
-        (name, Ok(ok), true)
+        (name, Ok(ok))
     }
 
     /// Records the route for `/connections` and the access log, and where the following
@@ -507,19 +512,28 @@ fn join_cookies(headers: &mut http::HeaderMap) {
     }
 }
 
-/// A response body that marks its stream done when hyper drops it (sent whole, or the
-/// stream reset), for the connection's idle rule.
-pub struct Tracked {
-    body: Body,
-    done: Option<Arc<H2Conn>>,
+/// A request being answered, for the connection's idle rule; its WebSocket, if it opens
+/// one, is counted by the relay set instead.
+struct Active(Arc<H2Conn>);
+
+impl Active {
+    fn new(conn: Arc<H2Conn>) -> Self {
+        conn.active.fetch_add(1, Ordering::Relaxed);
+        Active(conn)
+    }
 }
 
-impl Drop for Tracked {
+impl Drop for Active {
     fn drop(&mut self) {
-        if let Some(conn) = self.done.take() {
-            conn.active.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// A response body that holds its request [`Active`] until hyper drops it (sent whole, or
+/// the stream reset).
+pub struct Tracked {
+    body: Body,
+    _active: Active,
 }
 
 impl hyper::body::Body for Tracked {
@@ -542,9 +556,10 @@ impl hyper::body::Body for Tracked {
     }
 }
 
-/// Runs hyper's per-stream tasks as tasks the shutdown waits for.
+/// Runs hyper's per-stream tasks as tasks the shutdown waits for, in the connection's
+/// span (its id in the stream's log events).
 #[derive(Clone)]
-struct Exec(Arc<Services>);
+struct Exec(Arc<Services>, tracing::Span);
 
 impl<F> hyper::rt::Executor<F> for Exec
 where
@@ -552,7 +567,7 @@ where
     F::Output: Send + 'static,
 {
     fn execute(&self, task: F) {
-        drop(self.0.shutdown.spawn(task));
+        drop(self.0.shutdown.spawn(task.instrument(self.1.clone())));
     }
 }
 
