@@ -112,12 +112,12 @@ async fn answer(
                     let _ = ws.flush().await;
                     break;
                 }
-                msg if msg.is_text() || msg.is_binary() => {
-                    if ws.send(msg).await.is_err() {
+                msg => {
+                    let data = msg.is_text() || msg.is_binary();
+                    if data && ws.send(msg).await.is_err() {
                         break;
                     }
                 }
-                _ => {}
             }
         }
     });
