@@ -601,3 +601,44 @@ async fn an_h2_connection_without_streams_is_closed_after_handshake_timeout() {
     ws.send(Message::text("still here")).await.unwrap();
     assert_eq!(next_message(&mut ws).await, Message::text("still here"));
 }
+
+#[tokio::test]
+async fn an_operator_close_gives_the_websockets_inside_1001_then_the_connection_closes() {
+    let mut s = setup().await;
+    let (mut sender, conn) = s.h2().await;
+    assert_eq!(get(&mut sender, "/", &[]).await.0, 200);
+    let (mut ws, _) = websocket(&mut sender, "/chat", "chat.v1").await;
+    assert!(matches!(
+        backend_saw(&mut s.backend).await,
+        Saw::Handshake(_)
+    ));
+    // The connection's latest request is the WebSocket's: its route is `chat`.
+    let (status, body) = http_request(s.gw.admin(), "DELETE", "/connections?route=chat").await;
+    assert_eq!((status, body.trim()), (200, r#"{"closed":1}"#));
+    match next_message(&mut ws).await {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("expected a Close 1001, got {other:?}"),
+    }
+    assert!(matches!(
+        backend_saw(&mut s.backend).await,
+        Saw::Close(Some(1001))
+    ));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the connection closed after its WebSocket")
+        .unwrap();
+    let m = s.gw.metrics().await;
+    assert_eq!(
+        m.get(
+            "sockgate_connections_active",
+            &[("listener", "edge"), ("protocol", "http")]
+        ),
+        0.0
+    );
+}
