@@ -27,6 +27,8 @@ use crate::support::*;
 enum Saw {
     Handshake(http::HeaderMap),
     Close(Option<u16>),
+    /// A browser's page reported its result: the query of `/result`.
+    Result(String),
 }
 
 struct Backend {
@@ -71,6 +73,21 @@ async fn answer(
     if req.uri().path() == "/slow" {
         release.notified().await;
         return hyper::Response::new(Full::new(Bytes::from("slow done\n")));
+    }
+    match req.uri().path() {
+        "/index.html" => {
+            let mut response = hyper::Response::new(Full::new(Bytes::from(PAGE)));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, "text/html".parse().unwrap());
+            return response;
+        }
+        "/result" => {
+            let query = req.uri().query().unwrap_or("").to_owned();
+            let _ = tx.send(Saw::Result(query));
+            return hyper::Response::new(Full::default());
+        }
+        _ => {}
     }
     if req.uri().path().ends_with("/forbidden") {
         let mut response = hyper::Response::new(Full::new(Bytes::from("no\n")));
@@ -133,6 +150,21 @@ async fn answer(
     }
     response
 }
+
+/// The page a browser loads over HTTP/2: it opens a WebSocket on the same origin (which
+/// Chromium then carries inside the HTTP/2 connection, RFC 8441), sends a message, reports
+/// the echo, and closes with 1000.
+const PAGE: &str = r#"<!doctype html>
+<title>h2 websocket</title>
+<script>
+const report = (q) => fetch("/result?" + q);
+const ws = new WebSocket("wss://" + location.host + "/chat", "chat.v1");
+ws.onopen = () => ws.send("hello from chromium");
+ws.onmessage = (e) => report("echo=" + encodeURIComponent(e.data) + "&protocol=" + ws.protocol)
+    .then(() => ws.close(1000));
+ws.onerror = () => report("error=1");
+</script>
+"#;
 
 fn config(backend: SocketAddr, defaults: &str) -> String {
     format!(
@@ -640,5 +672,71 @@ async fn an_operator_close_gives_the_websockets_inside_1001_then_the_connection_
             &[("listener", "edge"), ("protocol", "http")]
         ),
         0.0
+    );
+}
+
+/// A real browser: headless Chromium loads a page over HTTP/2 and opens a WebSocket, which
+/// it carries inside that connection (RFC 8441). Skipped, saying so, where no Chromium is
+/// installed (`apt-get install chromium`).
+#[tokio::test]
+async fn chromium_opens_a_websocket_over_h2() {
+    let Some(browser) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        eprintln!("skipped: no chromium on this machine");
+        return;
+    };
+    let mut s = setup().await;
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("https://localhost:{}/index.html", s.gw.addr("edge").port());
+    let mut child = tokio::process::Command::new(browser)
+        .args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            // The test CA is not in the browser's store.
+            "--ignore-certificate-errors",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(&url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    let result = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match s.backend.saw.recv().await.unwrap() {
+                Saw::Result(query) => return query,
+                other => seen.push(other),
+            }
+        }
+    })
+    .await;
+    let result =
+        result.unwrap_or_else(|_| panic!("no result from the page in 60s; backend saw {seen:?}"));
+    assert_eq!(result, "echo=hello%20from%20chromium&protocol=chat.v1");
+    assert!(matches!(
+        backend_saw(&mut s.backend).await,
+        Saw::Close(Some(1000))
+    ));
+    child.kill().await.unwrap();
+    // The WebSocket was accepted with a 200, which only HTTP/2 answers (HTTP/1.1 has 101).
+    assert_eq!(s.responses("chat", "200").await, 1.0);
+    assert_eq!(s.responses("chat", "101").await, 0.0);
+    assert_eq!(
+        s.gw.metrics().await.get(
+            "sockgate_websocket_closes_total",
+            &[("route", "chat"), ("code", "1000"), ("initiator", "client")],
+        ),
+        1.0
     );
 }
