@@ -116,6 +116,8 @@ async fn answer(
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         while let Some(Ok(msg)) = ws.next().await {
             match msg {
+                // Gone without a Close.
+                Message::Text(text) if text.as_str() == "drop" => return,
                 Message::Text(text) if text.starts_with("close:") => {
                     let code: u16 = text["close:".len()..].parse().unwrap();
                     let frame = CloseFrame {
@@ -739,4 +741,50 @@ async fn chromium_opens_a_websocket_over_h2() {
         ),
         1.0
     );
+}
+
+#[tokio::test]
+async fn a_lost_peer_over_h2_gets_the_same_close_codes() {
+    let mut s = setup().await;
+    let (mut sender, _conn) = s.h2().await;
+    assert_eq!(get(&mut sender, "/", &[]).await.0, 200);
+
+    // The backend vanishes without a Close: the client gets 1014 inside its stream.
+    // (tungstenite does not know 1014, so the frames are read off the stream as they are.)
+    let response = connect(&mut sender, "/chat", "chat.v1").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let upgraded = hyper::upgrade::on(response).await.unwrap();
+    let mut raw = RawWs::after_handshake(TokioIo::new(upgraded));
+    assert!(matches!(
+        backend_saw(&mut s.backend).await,
+        Saw::Handshake(_)
+    ));
+    raw.send(0x1, b"drop").await;
+    let (opcode, payload) = raw.read_frame().await;
+    assert_eq!(opcode, 0x8, "expected a Close frame");
+    assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 1014);
+    raw.send(0x8, &payload[..2]).await;
+    assert!(raw.at_eof().await, "the stream did not end after the Close");
+
+    // The client's stream goes away without a Close: the backend gets 1001.
+    let (ws, _) = websocket(&mut sender, "/chat", "chat.v1").await;
+    assert!(matches!(
+        backend_saw(&mut s.backend).await,
+        Saw::Handshake(_)
+    ));
+    drop(ws);
+    assert!(matches!(
+        backend_saw(&mut s.backend).await,
+        Saw::Close(Some(1001))
+    ));
+    // The connection itself goes on.
+    assert_eq!(get(&mut sender, "/still", &[]).await.0, 200);
+    let m = s.gw.metrics().await;
+    let closes = |code: &str| {
+        m.get(
+            "sockgate_websocket_closes_total",
+            &[("route", "chat"), ("code", code), ("initiator", "gateway")],
+        )
+    };
+    assert_eq!((closes("1014"), closes("1001")), (1.0, 1.0));
 }
