@@ -649,7 +649,7 @@ impl HttpConn {
         let mut req = Request::from_parts(parts, Idle::new(body, idle, Side::Client));
 
         let mut session = SessionSlot::take(&self.session);
-        if self.session_stale.swap(false, Ordering::Relaxed) {
+        if session.is_shared() && self.session_stale.swap(false, Ordering::Relaxed) {
             *session = None;
         }
         // A kept-alive backend connection may have been closed by the server since the last
@@ -692,7 +692,7 @@ impl HttpConn {
             };
             match answer {
                 Ok(mut response) => {
-                    if self.session_stale.swap(false, Ordering::Relaxed) {
+                    if session.is_shared() && self.session_stale.swap(false, Ordering::Relaxed) {
                         // hyper finishes this response's body, then closes.
                         *session = None;
                     }
@@ -1020,6 +1020,11 @@ impl<'a> SessionSlot<'a> {
             Ok(guard) => SessionSlot::Shared(guard),
             Err(_) => SessionSlot::Own(None),
         }
+    }
+
+    /// `session_stale` speaks of the shared session only.
+    fn is_shared(&self) -> bool {
+        matches!(self, SessionSlot::Shared(_))
     }
 }
 
