@@ -17,4 +17,12 @@ if ! python3 -c 'import websockets' >/dev/null 2>&1; then
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'websockets>=13'
 fi
 
+# The HTTP/2 test drives a real browser: headless Chromium opens a WebSocket over h2.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  echo "installing chromium for the browser test"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } \
+    || echo "chromium could not be installed: the browser test will say it is skipped" >&2
+fi
+
 cargo test --locked --all-targets "$@"

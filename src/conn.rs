@@ -366,6 +366,10 @@ async fn pipeline(
         None => ClientStream::Plain(tcp),
     };
     let tls = matches!(client, ClientStream::Tls(_));
+    // A client that chose `h2` in the handshake speaks HTTP/2: no bytes to look at.
+    if tls && ctx.info().alpn.as_deref() == Some("h2") {
+        return h2_path(client, ctx, &listener.name, services).await;
+    }
     let (detected, client) = if listener.detect {
         unless_closed(ctx, async {
             detect::detect(client, listener.defaults.detect_timeout)
@@ -425,6 +429,61 @@ async fn pipeline(
                 .await
                 .map(Handoff::Finished)
         }
+    }
+}
+
+/// HTTP/2 on a TLS listener (ALPN `h2`): each WebSocket stream inside gets its own relay,
+/// run in this connection's task by the HTTP stage.
+async fn h2_path(
+    client: ClientStream,
+    ctx: &Arc<ConnCtx>,
+    listener: &str,
+    services: &Arc<Services>,
+) -> Result<Handoff, ConnError> {
+    let mut client = Rewind::new(Bytes::new(), client);
+    let Some(listener) = services.snapshot().listener(listener).cloned() else {
+        // A reload removed the listener meanwhile.
+        close_gently(&mut client).await;
+        return Err(ConnError::NoRoute);
+    };
+    let relay = |ws: http::h2::WebSocket| -> http::h2::Relay {
+        let ctx = ctx.clone();
+        let services = services.clone();
+        Box::pin(
+            async move {
+                let http::h2::WebSocket {
+                    mut client,
+                    mut backend,
+                    route,
+                    listener,
+                    permessage_deflate,
+                    lease,
+                } = ws;
+                let session = websocket_session(&route, &listener, permessage_deflate);
+                let end = relay::websocket::relay(
+                    &mut client,
+                    &mut backend,
+                    &session,
+                    &ctx,
+                    &services.metrics,
+                    &services.shutdown,
+                )
+                .await;
+                drop(lease);
+                tracing::info!(
+                    route = %route.name,
+                    outcome = end.reason.as_str(),
+                    closed_by = end.close.map_or("", |(_, by)| by),
+                    websocket.close_code = end.close.map(|(code, _)| code),
+                    "WebSocket stream finished"
+                );
+            }
+            .in_current_span(),
+        )
+    };
+    match http::h2::serve(client, ctx.clone(), listener, services.clone(), &relay).await? {
+        http::End::Cancelled => Ok(Handoff::Finished(Finish::Cancelled)),
+        http::End::Closed | http::End::Upgraded(_) => Ok(Handoff::Finished(Finish::Http)),
     }
 }
 

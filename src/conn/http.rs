@@ -61,6 +61,7 @@ use crate::services::Services;
 use crate::snapshot::ListenerSnap;
 use crate::upstream::{Affinity, ConnectError, Lease, Opening, Pool};
 
+pub mod h2;
 mod headers;
 mod idle;
 
@@ -110,28 +111,7 @@ pub async fn serve(
     services: Arc<Services>,
     tls: bool,
 ) -> Result<End, Error> {
-    // Once per connection: every request on it carries the same certificate.
-    let (client_cert, client_subject) = {
-        let info = ctx.info();
-        let subject = info
-            .client_subject
-            .as_deref()
-            .and_then(|s| HeaderValue::from_str(s).ok());
-        (info.client_cert, subject)
-    };
-    let state = Arc::new(HttpConn {
-        ctx: ctx.clone(),
-        services: services.clone(),
-        tls,
-        client_cert,
-        client_subject,
-        session: tokio::sync::Mutex::new(None),
-        session_stale: AtomicBool::new(false),
-        upgrade: Mutex::new(None),
-        flushed: Mutex::new(Flushed::default()),
-        head_late: AtomicBool::new(false),
-        parked: Mutex::new(None),
-    });
+    let state = Arc::new(HttpConn::new(ctx.clone(), services.clone(), tls));
     let io = Counting {
         inner: Some(client),
         state: state.clone(),
@@ -366,6 +346,45 @@ struct HttpConn {
     parked: Mutex<Option<Rewind<ClientStream>>>,
 }
 
+impl HttpConn {
+    fn new(ctx: Arc<ConnCtx>, services: Arc<Services>, tls: bool) -> Self {
+        // Once per connection: every request on it carries the same certificate.
+        let (client_cert, client_subject) = {
+            let info = ctx.info();
+            let subject = info
+                .client_subject
+                .as_deref()
+                .and_then(|s| HeaderValue::from_str(s).ok());
+            (info.client_cert, subject)
+        };
+        HttpConn {
+            ctx,
+            services,
+            tls,
+            client_cert,
+            client_subject,
+            session: tokio::sync::Mutex::new(None),
+            session_stale: AtomicBool::new(false),
+            upgrade: Mutex::new(None),
+            flushed: Mutex::new(Flushed::default()),
+            head_late: AtomicBool::new(false),
+            parked: Mutex::new(None),
+        }
+    }
+}
+
+impl HttpConn {
+    /// Whether the client's forwarding headers are kept: one scan of a list that is usually
+    /// empty. A Unix socket's client (without a PROXY header naming another) is a local
+    /// process the socket file's permissions let in, such as a web server in front: trusted.
+    fn trusted(&self, listener: &ListenerSnap) -> bool {
+        match self.ctx.client().ip() {
+            Some(ip) => listener.trusted_proxies.iter().any(|c| c.contains(ip)),
+            None => true,
+        }
+    }
+}
+
 impl Drop for HttpConn {
     /// The client is gone: its backend connection goes too, even mid-response.
     fn drop(&mut self) {
@@ -438,13 +457,7 @@ impl HttpConn {
             Ok((route, listener)) => {
                 self.flush_bytes();
                 self.attribute(&route);
-                // One scan of a list that is usually empty. A Unix socket's client (without
-                // a PROXY header naming another) is a local process the socket file's
-                // permissions let in, such as a web server in front: trusted.
-                let trusted = match self.ctx.client().ip() {
-                    Some(ip) => listener.trusted_proxies.iter().any(|c| c.contains(ip)),
-                    None => true,
-                };
+                let trusted = self.trusted(&listener);
                 if websocket {
                     self.websocket(req, route, &listener, trusted).await
                 } else {
@@ -453,6 +466,15 @@ impl HttpConn {
             }
             Err(e) => Err(e),
         };
+        self.respond(route_name.as_deref(), result)
+    }
+
+    /// The response to a request: the backend's, or the error's, logged and counted.
+    fn respond(
+        &self,
+        route_name: Option<&str>,
+        result: Result<Response<Body>, ProxyError>,
+    ) -> Response<Body> {
         let response = result.unwrap_or_else(|e| {
             match &e {
                 // Logged where it was found, with what was asked for.
@@ -471,7 +493,7 @@ impl HttpConn {
             .http_responses_total
             .with_label_values(&[
                 &self.ctx.listener,
-                route_name.as_deref().unwrap_or(""),
+                route_name.unwrap_or(""),
                 response.status().as_str(),
             ])
             .inc();
@@ -647,8 +669,8 @@ impl HttpConn {
         let idle = listener.defaults.idle_timeout;
         let mut req = Request::from_parts(parts, Idle::new(body, idle, Side::Client));
 
-        let mut session = self.session.lock().await;
-        if self.session_stale.swap(false, Ordering::Relaxed) {
+        let mut session = SessionSlot::take(&self.session);
+        if session.is_shared() && self.session_stale.swap(false, Ordering::Relaxed) {
             *session = None;
         }
         // A kept-alive backend connection may have been closed by the server since the last
@@ -691,7 +713,7 @@ impl HttpConn {
             };
             match answer {
                 Ok(mut response) => {
-                    if self.session_stale.swap(false, Ordering::Relaxed) {
+                    if session.is_shared() && self.session_stale.swap(false, Ordering::Relaxed) {
                         // hyper finishes this response's body, then closes.
                         *session = None;
                     }
@@ -1007,4 +1029,46 @@ async fn answer_late_head(mut client: Rewind<ClientStream>, state: &HttpConn, ti
         .http_responses_total
         .with_label_values(&[&state.ctx.listener, "", "408"])
         .inc();
+}
+
+/// The connection's kept-alive backend session, or, while another request of the same
+/// connection holds it (concurrent HTTP/2 streams), a session of this request's own, so
+/// that no stream waits behind another's response. HTTP/1.1 requests come one at a time
+/// and always find it free.
+enum SessionSlot<'a> {
+    Shared(tokio::sync::MutexGuard<'a, Option<BackendSession>>),
+    Own(Option<BackendSession>),
+}
+
+impl<'a> SessionSlot<'a> {
+    fn take(shared: &'a tokio::sync::Mutex<Option<BackendSession>>) -> Self {
+        match shared.try_lock() {
+            Ok(guard) => SessionSlot::Shared(guard),
+            Err(_) => SessionSlot::Own(None),
+        }
+    }
+
+    /// `session_stale` speaks of the shared session only.
+    fn is_shared(&self) -> bool {
+        matches!(self, SessionSlot::Shared(_))
+    }
+}
+
+impl std::ops::Deref for SessionSlot<'_> {
+    type Target = Option<BackendSession>;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            SessionSlot::Shared(guard) => guard,
+            SessionSlot::Own(own) => own,
+        }
+    }
+}
+
+impl std::ops::DerefMut for SessionSlot<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            SessionSlot::Shared(guard) => guard,
+            SessionSlot::Own(own) => own,
+        }
+    }
 }

@@ -80,7 +80,7 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// Builds a listener's rustls config. `http` adds ALPN `http/1.1` (listeners with HTTP or
+/// Builds a listener's rustls config. `http` adds ALPN `h2` and `http/1.1` (listeners with HTTP or
 /// WebSocket routes); a TCP-only listener offers no ALPN, so clients of other protocols
 /// are not refused for offering theirs.
 pub fn server_config(
@@ -110,7 +110,9 @@ pub fn server_config(
     };
     let mut config = builder.with_cert_resolver(Arc::new(SniResolver::new(tls)));
     if http {
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // `h2` first: a client offering both takes the server's order (RFC 7301 §3.2 leaves
+        // the choice to the server; rustls picks by this list), and browsers expect h2.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     }
     // Resumption makes a returning client's handshake an abbreviated one: stateless tickets
     // (keys rotated by the ticketer) for TLS 1.3 and 1.2, plus a session-ID cache for TLS 1.2

@@ -17,6 +17,7 @@ mod balance;
 mod certwatch;
 mod cli;
 mod deploy;
+mod h2;
 mod http;
 mod limits;
 mod mtls;

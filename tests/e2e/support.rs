@@ -517,6 +517,14 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> RawWs<S> {
         RawWs { stream, buf }
     }
 
+    /// A stream whose handshake was done elsewhere (an HTTP/2 extended CONNECT).
+    pub fn after_handshake(stream: S) -> Self {
+        RawWs {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     /// Sends one masked, final frame.
     pub async fn send(&mut self, opcode: u8, payload: &[u8]) {
         assert!(payload.len() < 126);

@@ -929,11 +929,17 @@ fn sni_and_alpn_are_reported() {
     let mut server = handshake(&mut client, &PKI.http);
     assert_eq!(server.take_sni().as_deref(), Some("api.example.test"));
     assert_eq!(server.take_sni(), None, "taken");
-    assert_eq!(server.alpn_protocol(), Some(&b"http/1.1"[..]));
-    assert_eq!(client.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    // An HTTP listener offers h2 first; a client offering both gets it.
+    assert_eq!(server.alpn_protocol(), Some(&b"h2"[..]));
+    assert_eq!(client.conn.alpn_protocol(), Some(&b"h2"[..]));
     // The certificate was picked by the name.
     let certs = client.conn.peer_certificates().unwrap();
     assert_eq!(certs[0].as_ref(), &PKI.api_cert[..]);
+
+    // A client offering only HTTP/1.1 gets it.
+    let mut client = Client::new(client_config(TLS12, true, &[b"http/1.1"]), "localhost");
+    let server = handshake(&mut client, &PKI.http);
+    assert_eq!(server.alpn_protocol(), Some(&b"http/1.1"[..]));
 
     // No ALPN on a TCP listener, whatever the client offers.
     let mut client = Client::new(client_config(TLS12, true, &[b"h2"]), "localhost");
