@@ -320,7 +320,7 @@ impl Channel {
 /// of the new config. What is not claimed is closed.
 #[derive(Debug, Default)]
 pub struct Inherited {
-    listeners: Vec<(String, SocketAddr, Vec<std::net::TcpListener>)>,
+    listeners: Vec<(String, SocketAddr, Listening)>,
     admin: Option<(SocketAddr, std::net::TcpListener)>,
     control: Option<(PathBuf, std::os::unix::net::UnixListener)>,
 }
@@ -330,17 +330,31 @@ impl Inherited {
         let mut fds = fds.into_iter();
         let mut out = Inherited::default();
         for l in offer.listeners {
-            let sockets = fds
-                .by_ref()
-                .take(l.sockets)
-                .map(|fd| tcp_listener(fd, &l.name))
-                .collect::<Result<Vec<_>, _>>()?;
-            if sockets.is_empty() {
-                return Err(HandoffError::Protocol(format!(
-                    "listener `{}` came without a socket",
-                    l.name
-                )));
+            let mut tcp = Vec::new();
+            let mut udp = Vec::new();
+            for fd in fds.by_ref().take(l.sockets) {
+                if socket2::SockRef::from(&fd).r#type()? == socket2::Type::DGRAM {
+                    udp.push(udp_socket(fd, &l.name)?);
+                } else {
+                    tcp.push(tcp_listener(fd, &l.name)?);
+                }
             }
+            let sockets = match (tcp.is_empty(), udp.is_empty()) {
+                (false, true) => Listening::Tcp(tcp),
+                (true, false) => Listening::Udp(udp),
+                (true, true) => {
+                    return Err(HandoffError::Protocol(format!(
+                        "listener `{}` came without a socket",
+                        l.name
+                    )));
+                }
+                (false, false) => {
+                    return Err(HandoffError::Protocol(format!(
+                        "listener `{}` came with TCP and UDP sockets",
+                        l.name
+                    )));
+                }
+            };
             out.listeners.push((l.name, l.configured, sockets));
         }
         if let Some(addr) = offer.admin {
@@ -364,7 +378,7 @@ impl Inherited {
         &mut self,
         name: &str,
         configured: SocketAddr,
-    ) -> Option<Vec<std::net::TcpListener>> {
+    ) -> Option<Listening> {
         let i = self
             .listeners
             .iter()
@@ -409,6 +423,37 @@ impl Inherited {
         );
         closed
     }
+}
+
+/// A listener's received sockets: listening TCP sockets, or a udp listener's datagram
+/// sockets.
+#[derive(Debug)]
+pub enum Listening {
+    Tcp(Vec<std::net::TcpListener>),
+    Udp(Vec<std::net::UdpSocket>),
+}
+
+impl Listening {
+    /// The first socket's address, `None` without sockets.
+    pub fn first_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        match self {
+            Listening::Tcp(s) => s.first().map(|s| s.local_addr()),
+            Listening::Udp(s) => s.first().map(|s| s.local_addr()),
+        }
+    }
+}
+
+/// A received descriptor as a bound UDP socket, checked to be one.
+fn udp_socket(fd: OwnedFd, what: &str) -> Result<std::net::UdpSocket, HandoffError> {
+    let socket = socket2::SockRef::from(&fd);
+    if socket.r#type()? != socket2::Type::DGRAM || socket.local_addr()?.as_socket().is_none() {
+        return Err(HandoffError::Protocol(format!(
+            "the socket for {what} is not a bound UDP socket"
+        )));
+    }
+    let socket = std::net::UdpSocket::from(fd);
+    socket.set_nonblocking(true)?;
+    Ok(socket)
 }
 
 /// A received descriptor as a listening TCP socket, checked to be one.
@@ -589,9 +634,11 @@ mod tests {
                 .take_listener("edge", "127.0.0.1:1".parse().unwrap())
                 .is_none()
         );
-        let edge = inherited
-            .take_listener("edge", "127.0.0.1:0".parse().unwrap())
-            .unwrap();
+        let Some(Listening::Tcp(edge)) =
+            inherited.take_listener("edge", "127.0.0.1:0".parse().unwrap())
+        else {
+            panic!("the edge listener's TCP sockets");
+        };
         assert_eq!(edge.len(), 40);
         assert_eq!(edge[0].local_addr().unwrap(), edge0);
         let mut accepted = accept_blocking(&edge[0]);

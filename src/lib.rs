@@ -185,17 +185,18 @@ impl Gateway {
         }
         let snapshot = Snapshot::build_after(config, &self.services.metrics, Some(&old))
             .map_err(StartError::from)?;
-        let wanted: HashMap<String, SocketAddr> = snapshot
+        // A listener is kept when its address and kind (TCP or UDP) are unchanged.
+        let wanted: HashMap<String, (SocketAddr, bool)> = snapshot
             .config
             .listeners
             .iter()
-            .map(|l| (l.name.clone(), l.listen))
+            .map(|l| (l.name.clone(), (l.listen, l.udp)))
             .collect();
         let keep: Vec<String> = {
             let bound = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
             bound
                 .iter()
-                .filter(|(name, b)| wanted.get(*name) == Some(&b.configured))
+                .filter(|(name, b)| wanted.get(*name) == Some(&(b.configured, b.udp)))
                 .map(|(name, _)| name.clone())
                 .collect()
         };
@@ -220,7 +221,12 @@ impl Gateway {
             if keep.contains(&l.name) {
                 continue;
             }
-            match listener::bind(&l.name, l.listen, self.workers.sockets_per_listener()) {
+            match listener::bind(
+                &l.name,
+                l.listen,
+                self.workers.sockets_per_listener(),
+                l.udp,
+            ) {
                 Ok(pending) => new_bound.push(pending),
                 Err(e) => {
                     let e = StartError::from(e);
@@ -431,8 +437,8 @@ pub async fn start_adopting(
     let mut pending = Vec::new();
     for l in &snapshot.config.listeners {
         pending.push(match inherited.take_listener(&l.name, l.listen) {
-            Some(sockets) => listener::adopt(&l.name, l.listen, sockets)?,
-            None => listener::bind(&l.name, l.listen, workers.sockets_per_listener())?,
+            Some(sockets) => listener::adopt(&l.name, l.listen, sockets, l.udp)?,
+            None => listener::bind(&l.name, l.listen, workers.sockets_per_listener(), l.udp)?,
         });
     }
     let admin_listener = match admin_listen {

@@ -3,7 +3,9 @@
 //! reach the accept loop.
 //!
 //! A listener is one accepting socket per worker ([`crate::workers`]), all bound to the same
-//! address with `SO_REUSEPORT`, each accepted on by its own worker's event loop.
+//! address with `SO_REUSEPORT`, each accepted on by its own worker's event loop. A udp
+//! listener has one datagram socket per worker the same way, each received on by
+//! [`conn::udp::serve`](crate::conn::udp::serve).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,8 +38,11 @@ pub struct Pending {
     local_addr: SocketAddr,
     /// One per worker. Kept as std sockets until each reaches its worker: a tokio socket
     /// belongs to the runtime it was registered with.
-    sockets: Vec<std::net::TcpListener>,
+    sockets: Sockets,
 }
+
+/// A listener's sockets, of its kind (the same as an upgrade hands over).
+pub use crate::handoff::Listening as Sockets;
 
 /// A listener accepting connections.
 #[derive(Debug)]
@@ -50,22 +55,36 @@ pub struct Bound {
     pub stop: CancellationToken,
     /// The sockets, for a binary upgrade to hand over (see [`crate::handoff`]).
     pub copies: crate::handoff::Copies,
+    /// Datagram sockets (`protocol = "udp"`).
+    pub udp: bool,
 }
 
-/// Binds `count` sockets to `addr` (with port 0, the port the first one got).
-pub fn bind(name: &str, addr: SocketAddr, count: usize) -> Result<Pending, BindError> {
+/// Binds `count` sockets to `addr` (with port 0, the port the first one got), datagram
+/// sockets when `udp`.
+pub fn bind(name: &str, addr: SocketAddr, count: usize, udp: bool) -> Result<Pending, BindError> {
     let error = |source| BindError {
         listener: name.to_owned(),
         addr,
         source,
     };
     let reuse_port = count > 1;
-    let first = bind_socket(addr, reuse_port, true).map_err(error)?;
-    let local_addr = first.local_addr().map_err(error)?;
-    let mut sockets = vec![first];
-    for _ in 1..count {
-        sockets.push(bind_socket(local_addr, reuse_port, true).map_err(error)?);
-    }
+    let (local_addr, sockets) = if udp {
+        let first = bind_udp(addr, reuse_port).map_err(error)?;
+        let local_addr = first.local_addr().map_err(error)?;
+        let mut sockets = vec![first];
+        for _ in 1..count {
+            sockets.push(bind_udp(local_addr, reuse_port).map_err(error)?);
+        }
+        (local_addr, Sockets::Udp(sockets))
+    } else {
+        let first = bind_socket(addr, reuse_port, true).map_err(error)?;
+        let local_addr = first.local_addr().map_err(error)?;
+        let mut sockets = vec![first];
+        for _ in 1..count {
+            sockets.push(bind_socket(local_addr, reuse_port, true).map_err(error)?);
+        }
+        (local_addr, Sockets::Tcp(sockets))
+    };
     Ok(Pending {
         name: name.to_owned(),
         configured: addr,
@@ -79,17 +98,23 @@ pub fn bind(name: &str, addr: SocketAddr, count: usize) -> Result<Pending, BindE
 pub fn adopt(
     name: &str,
     addr: SocketAddr,
-    sockets: Vec<std::net::TcpListener>,
+    sockets: Sockets,
+    udp: bool,
 ) -> Result<Pending, BindError> {
     let error = |source| BindError {
         listener: name.to_owned(),
         addr,
         source,
     };
+    if matches!(sockets, Sockets::Udp(_)) != udp {
+        return Err(error(std::io::Error::other(format!(
+            "the process before had a {} listener here, and a socket cannot change protocol; give the listener a new name or address for this upgrade",
+            if udp { "TCP" } else { "UDP" }
+        ))));
+    }
     let local_addr = sockets
-        .first()
+        .first_addr()
         .ok_or_else(|| error(std::io::Error::other("no socket received")))?
-        .local_addr()
         .map_err(error)?;
     Ok(Pending {
         name: name.to_owned(),
@@ -106,6 +131,23 @@ const BACKLOG: i32 = 4096;
 /// listeners side by side (as nginx does by default) instead of the second failing to bind.
 pub fn listen_socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(bind_socket(addr, false, false)?)
+}
+
+/// A datagram socket; IPv6 ones IPv6-only, as [`bind_socket`]'s. With `reuse_port`, Linux
+/// hands each datagram to one socket of the group by a hash of its source and destination,
+/// so one client's datagrams keep reaching the same socket (and worker).
+fn bind_udp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// `reuse_port`: several sockets of ours share the address, the kernel spreading new
@@ -153,6 +195,41 @@ impl Pending {
         let stop = CancellationToken::new();
         let name: Arc<str> = self.name.as_str().into();
         let copies = crate::handoff::Copies::default();
+        let sockets = match self.sockets {
+            Sockets::Tcp(sockets) => sockets,
+            Sockets::Udp(sockets) => {
+                let limits = crate::conn::udp::SessionLimits {
+                    global: limit.clone(),
+                    sessions: ConnLimit::new(usize::MAX),
+                };
+                for (i, socket) in sockets.into_iter().enumerate() {
+                    let copy = copies.keep(&socket);
+                    let receive = crate::conn::udp::serve(
+                        socket,
+                        name.clone(),
+                        services.clone(),
+                        limits.clone(),
+                        stop.clone(),
+                    );
+                    let receive = async move {
+                        receive.await;
+                        drop(copy);
+                    };
+                    let worker = i % workers.sockets_per_listener();
+                    services.shutdown.spawn_on(receive, workers.runtime(worker));
+                }
+                return (
+                    self.name,
+                    Bound {
+                        configured: self.configured,
+                        local_addr: self.local_addr,
+                        stop,
+                        copies,
+                        udp: true,
+                    },
+                );
+            }
+        };
         // Shared by the listener's accept loops on every worker; they outlive reloads, so
         // counts carry on while a reload changes the limits.
         let limits = ListenerLimits {
@@ -160,7 +237,7 @@ impl Pending {
             listener: ConnLimit::new(usize::MAX),
             per_ip: IpTable::new(),
         };
-        for (i, socket) in self.sockets.into_iter().enumerate() {
+        for (i, socket) in sockets.into_iter().enumerate() {
             let copy = copies.keep(&socket);
             let accept = accept_loop(
                 socket,
@@ -186,6 +263,7 @@ impl Pending {
                 local_addr: self.local_addr,
                 stop,
                 copies,
+                udp: false,
             },
         )
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Defaults, Protocol, RouteConfig, WebSocketLimits};
+use crate::config::{Defaults, Protocol, RouteConfig, UdpSessions, WebSocketLimits};
 use crate::upstream::Pool;
 
 /// One route, with its backend pool resolved.
@@ -20,6 +20,8 @@ pub struct Route {
     /// HTTP: request sent to the backend's response head (the route's or the default).
     pub request_timeout: Duration,
     pub websocket: WebSocketLimits,
+    /// UDP routes: session idle timeout and limit.
+    pub sessions: UdpSessions,
 }
 
 /// What is known about a connection or request when it is routed.
@@ -46,6 +48,7 @@ impl Route {
             backend,
             request_timeout: config.request_timeout.unwrap_or(defaults.request_timeout),
             websocket: config.websocket.clone(),
+            sessions: config.sessions,
         }
     }
 
@@ -144,7 +147,12 @@ impl RouteTable {
     pub fn any_http(&self) -> bool {
         self.routes
             .iter()
-            .any(|r| !matches!(r.protocol, Some(Protocol::Tcp | Protocol::TlsPassthrough)))
+            .any(|r| {
+                !matches!(
+                    r.protocol,
+                    Some(Protocol::Tcp | Protocol::TlsPassthrough | Protocol::Udp)
+                )
+            })
     }
 
     /// Some route is `tls_passthrough` (known without a walk over the routes).
@@ -201,6 +209,7 @@ mod tests {
             backend: backend.clone(),
             request_timeout: Duration::from_secs(1),
             websocket: WebSocketLimits::default(),
+            sessions: Default::default(),
         })
     }
 

@@ -50,6 +50,7 @@ pub(super) struct RawDefaults {
 pub(super) struct RawListener {
     pub name: Text,
     pub listen: Text,
+    pub protocol: Text,
     pub tls: Option<Spanned<RawTls>>,
     pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
     pub proxy_protocol: Option<Spanned<bool>>,
@@ -92,6 +93,8 @@ pub(super) struct RawRoute {
     pub max_frames_per_second: Option<Spanned<i64>>,
     pub ping_interval: Text,
     pub pong_timeout: Text,
+    pub session_idle_timeout: Text,
+    pub max_sessions: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

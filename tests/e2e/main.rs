@@ -26,6 +26,7 @@ mod shed;
 mod support;
 mod tcp;
 mod tls;
+mod udp;
 mod upgrade;
 mod websocket;
 mod ws_close;
