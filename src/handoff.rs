@@ -374,11 +374,7 @@ impl Inherited {
 
     /// The sockets of listener `name` if the old process had it on the same configured
     /// address.
-    pub fn take_listener(
-        &mut self,
-        name: &str,
-        configured: SocketAddr,
-    ) -> Option<Listening> {
+    pub fn take_listener(&mut self, name: &str, configured: SocketAddr) -> Option<Listening> {
         let i = self
             .listeners
             .iter()

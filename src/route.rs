@@ -145,14 +145,12 @@ impl RouteTable {
 
     /// Some route can take HTTP or WebSocket: the listener offers ALPN `http/1.1`.
     pub fn any_http(&self) -> bool {
-        self.routes
-            .iter()
-            .any(|r| {
-                !matches!(
-                    r.protocol,
-                    Some(Protocol::Tcp | Protocol::TlsPassthrough | Protocol::Udp)
-                )
-            })
+        self.routes.iter().any(|r| {
+            !matches!(
+                r.protocol,
+                Some(Protocol::Tcp | Protocol::TlsPassthrough | Protocol::Udp)
+            )
+        })
     }
 
     /// Some route is `tls_passthrough` (known without a walk over the routes).

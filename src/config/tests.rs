@@ -2029,7 +2029,9 @@ max_new_connections_per_ip = "5/s""#,
     ] {
         assert_reports(
             &printed,
-            &format!("sockgate.toml:{at}: `{key}` cannot apply to listener `voice`, which is udp: it has sessions, not connections\n  hint: remove it, and bound sessions with `max_sessions` on the listener's route"),
+            &format!(
+                "sockgate.toml:{at}: `{key}` cannot apply to listener `voice`, which is udp: it has sessions, not connections\n  hint: remove it, and bound sessions with `max_sessions` on the listener's route"
+            ),
         );
     }
 }

@@ -724,7 +724,11 @@ impl Validator<'_, '_> {
         let protocol = present(r.protocol.as_ref(), |p| {
             let protocol = self.protocol(p)?;
             match (udp, protocol) {
-                (true, Protocol::Udp) | (false, Protocol::WebSocket | Protocol::Http | Protocol::Tcp | Protocol::TlsPassthrough) => Some(protocol),
+                (true, Protocol::Udp)
+                | (
+                    false,
+                    Protocol::WebSocket | Protocol::Http | Protocol::Tcp | Protocol::TlsPassthrough,
+                ) => Some(protocol),
                 (true, other) => {
                     self.report.error(
                         p.span(),
@@ -942,7 +946,10 @@ impl Validator<'_, '_> {
             );
         }
         for (key, span) in [
-            ("max_connections", l.max_connections.as_ref().map(Spanned::span)),
+            (
+                "max_connections",
+                l.max_connections.as_ref().map(Spanned::span),
+            ),
             (
                 "max_connections_per_ip",
                 l.max_connections_per_ip.as_ref().map(Spanned::span),
@@ -1192,7 +1199,11 @@ impl Validator<'_, '_> {
                 }
             }
         });
-        if let Some(route) = b.name.as_ref().and_then(|n| self.udp_backends.get(n.get_ref())) {
+        if let Some(route) = b
+            .name
+            .as_ref()
+            .and_then(|n| self.udp_backends.get(n.get_ref()))
+        {
             let route = route.clone();
             self.udp_backend_keys(b, &label, &route);
         }

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus::IntCounter;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -111,7 +112,10 @@ impl Session {
 
 /// Sends one datagram from the client to the session's server, without waiting.
 pub fn forward(session: &Session, datagram: &[u8], up: Counters<'_>) -> Forwarded {
-    match session.backend.try_send(datagram) {
+    // A plain send(2), not tokio's `try_send`: that one answers WouldBlock until the event
+    // loop has seen the socket writable, which a new session's socket has not yet when its
+    // first datagram goes out. A datagram never waits for room anyway.
+    match socket2::SockRef::from(&session.backend).send(datagram) {
         Ok(_) => {
             session.touch();
             up.relayed(datagram.len());
@@ -155,11 +159,32 @@ pub async fn relay(
                 };
             }
             _ = drain.cancelled() => return UdpEnd::Drained,
-            ready = session.backend.readable() => {
-                if let Err(error) = ready {
-                    return UdpEnd::Error { side: Side::Backend, error };
+            // An ICMP error sets the socket's error, which epoll reports as EPOLLERR alone,
+            // not as readable: without `ERROR` the session would not hear of it.
+            ready = session.backend.ready(Interest::READABLE | Interest::ERROR) => {
+                let ready = match ready {
+                    Ok(ready) => ready,
+                    Err(error) => return UdpEnd::Error { side: Side::Backend, error },
+                };
+                if ready.is_error() {
+                    match session.backend.take_error() {
+                        Ok(Some(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                            return UdpEnd::Refused;
+                        }
+                        Ok(Some(error)) | Err(error) => {
+                            return UdpEnd::Error { side: Side::Backend, error };
+                        }
+                        // Taken by a send meanwhile: forget the readiness, or this would spin.
+                        Ok(None) => {
+                            let _ = session
+                                .backend
+                                .try_io(Interest::ERROR, || Err::<(), _>(io::ErrorKind::WouldBlock.into()));
+                        }
+                    }
                 }
-                if let Some(end) = receive(session, listening, down, &answered) {
+                if ready.is_readable()
+                    && let Some(end) = receive(session, listening, down, &answered)
+                {
                     return end;
                 }
             }
@@ -200,7 +225,7 @@ fn receive(
             if !session.answered.swap(true, Ordering::Relaxed) {
                 answered();
             }
-            match listening.try_send_to(&buf[..n], session.client) {
+            match socket2::SockRef::from(listening).send_to(&buf[..n], &session.client.into()) {
                 Ok(_) => down.relayed(n),
                 // A full send buffer, or a client address the host cannot send to now:
                 // this datagram is lost, as it would be on the way.

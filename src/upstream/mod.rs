@@ -433,8 +433,7 @@ impl Pool {
 
     /// The server a lease of this pool is on (`None` if a reload replaced the servers).
     fn lease_server(&self, lease: &Lease) -> Option<&Server> {
-        Arc::ptr_eq(&self.servers, &lease.servers)
-            .then(|| &self.servers.list[lease.index])
+        Arc::ptr_eq(&self.servers, &lease.servers).then(|| &self.servers.list[lease.index])
     }
 
     /// Passive ejection: `failures` connect failures in a row take the server out for
