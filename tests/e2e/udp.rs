@@ -9,7 +9,7 @@ use tokio::net::UdpSocket;
 use crate::support::*;
 
 /// A UDP echo server on a fresh port: each datagram comes back with `tag` in front.
-async fn udp_echo(tag: &'static [u8]) -> SocketAddr {
+pub(crate) async fn udp_echo(tag: &'static [u8]) -> SocketAddr {
     let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let addr = socket.local_addr().unwrap();
     tokio::spawn(async move {
