@@ -172,7 +172,12 @@ impl Listening {
             match sessions.get(&client) {
                 Some(entry) => match udp_relay::forward(&entry.session, datagram, entry.up()) {
                     Forwarded::Sent | Forwarded::Dropped => return,
-                    Forwarded::Refused => sessions.remove(&client),
+                    // Counted now, so that the session this datagram starts picks a
+                    // server knowing of it.
+                    Forwarded::Refused => {
+                        entry.route.backend.udp_refused(&entry.lease);
+                        sessions.remove(&client)
+                    }
                     Forwarded::Failed(e) => {
                         tracing::debug!(conn.id = entry.ctx.id, error = %e, "sending to the server failed; the session ends");
                         sessions.remove(&client)
@@ -269,10 +274,16 @@ impl Listening {
         });
         services.live.insert(entry.ctx.clone());
         // A fresh socket's first send fails only on a local error; the task reports it.
-        if let Forwarded::Failed(_) | Forwarded::Refused =
-            udp_relay::forward(&entry.session, datagram, entry.up())
-        {
-            entry.ctx.cancel.cancel();
+        match udp_relay::forward(&entry.session, datagram, entry.up()) {
+            Forwarded::Sent | Forwarded::Dropped => {}
+            Forwarded::Refused => {
+                entry.route.backend.udp_refused(&entry.lease);
+                entry.ctx.cancel.cancel();
+            }
+            Forwarded::Failed(e) => {
+                tracing::debug!(conn.id = entry.ctx.id, error = %e, "sending to the server failed; the session ends");
+                entry.ctx.cancel.cancel();
+            }
         }
         lock(&self.sessions).insert(client, entry.clone());
         let span = tracing::info_span!(
@@ -310,7 +321,9 @@ async fn run(mut ending: Ending, socket: Arc<UdpSocket>) {
         || pool.udp_answered(&entry.lease),
     )
     .await;
-    if let UdpEnd::Refused = end {
+    if let UdpEnd::Refused = end
+        && !entry.session.refused_on_send()
+    {
         pool.udp_refused(&entry.lease);
     }
     ending.end = Some(end);

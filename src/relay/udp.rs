@@ -99,6 +99,11 @@ impl Session {
         }
     }
 
+    /// Whether [`forward`] saw the refusal (its caller counts it), rather than the relay.
+    pub fn refused_on_send(&self) -> bool {
+        self.refused.load(Ordering::Relaxed)
+    }
+
     fn touch(&self) {
         let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last.store(ms, Ordering::Relaxed);

@@ -624,7 +624,11 @@ servers = ["{echo}"]
     .await
     .unwrap()
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // The old process drains: its session ends with the drain, and it exits at once.
     let status = gw.exit_status(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0), "{}", gw.stderr());
