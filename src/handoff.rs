@@ -736,10 +736,10 @@ mod tests {
             Err(HandoffError::Protocol(_))
         ));
 
-        // A socket that is not listening is refused.
+        // A TCP socket that is not listening is refused.
         let (mut old, mut new) = pair();
         let l = tcp_listener_on_loopback();
-        let not_listening = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let not_listening = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let sockets = Sockets {
             listeners: vec![ListenerSockets {
                 name: "edge".into(),
@@ -755,6 +755,26 @@ mod tests {
         sent.unwrap();
         let e = received.unwrap_err();
         assert!(e.to_string().contains("not a listening TCP socket"), "{e}");
+
+        // A udp listener's sockets are all datagram sockets: one listener does not mix them.
+        let (mut old, mut new) = pair();
+        let l = tcp_listener_on_loopback();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sockets = Sockets {
+            listeners: vec![ListenerSockets {
+                name: "edge".into(),
+                configured: "127.0.0.1:0".parse().unwrap(),
+                fds: vec![
+                    l.as_fd().try_clone_to_owned().unwrap(),
+                    udp.as_fd().try_clone_to_owned().unwrap(),
+                ],
+            }],
+            ..Sockets::default()
+        };
+        let (sent, received) = tokio::join!(old.offer(&sockets), new.receive());
+        sent.unwrap();
+        let e = received.unwrap_err();
+        assert!(e.to_string().contains("came with TCP and UDP sockets"), "{e}");
     }
 
     #[test]
