@@ -626,8 +626,9 @@ servers = ["{echo}"]
     .unwrap();
     assert!(
         out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        "upgrade: {}\ngateway: {}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.stderr()
     );
     // The old process drains: its session ends with the drain, and it exits at once.
     let status = gw.exit_status(Duration::from_secs(10)).await;
