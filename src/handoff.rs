@@ -774,7 +774,10 @@ mod tests {
         let (sent, received) = tokio::join!(old.offer(&sockets), new.receive());
         sent.unwrap();
         let e = received.unwrap_err();
-        assert!(e.to_string().contains("came with TCP and UDP sockets"), "{e}");
+        assert!(
+            e.to_string().contains("came with TCP and UDP sockets"),
+            "{e}"
+        );
     }
 
     #[test]
