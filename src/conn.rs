@@ -19,6 +19,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 
 pub mod http;
+pub mod udp;
 
 use crate::client_hello::{self, Hello};
 use crate::config::Protocol;

@@ -343,6 +343,17 @@ impl Inherited {
                     l.name
                 )));
             }
+            let datagram = |fd: &OwnedFd| {
+                socket2::SockRef::from(fd)
+                    .r#type()
+                    .is_ok_and(|t| t == socket2::Type::DGRAM)
+            };
+            if sockets.iter().any(datagram) && !sockets.iter().all(datagram) {
+                return Err(HandoffError::Protocol(format!(
+                    "listener `{}` came with stream and datagram sockets",
+                    l.name
+                )));
+            }
             out.listeners.push((l.name, l.configured, sockets));
         }
         if let Some(addr) = offer.admin {
@@ -409,13 +420,19 @@ impl Inherited {
     }
 }
 
-/// A received descriptor for a listener: a listening stream socket, TCP or Unix (which of
-/// the two the listener's address wants is checked when it is adopted).
+/// A received descriptor for a listener: a listening stream socket (TCP or Unix) or a bound
+/// UDP socket (which of them the listener's address and protocol want is checked when it is
+/// adopted).
 fn listening_socket(fd: OwnedFd, what: &str) -> Result<OwnedFd, HandoffError> {
     let socket = socket2::SockRef::from(&fd);
-    if socket.r#type()? != socket2::Type::STREAM || !socket.is_listener()? {
+    let usable = match socket.r#type()? {
+        socket2::Type::STREAM => socket.is_listener()?,
+        socket2::Type::DGRAM => socket.local_addr()?.as_socket().is_some(),
+        _ => false,
+    };
+    if !usable {
         return Err(HandoffError::Protocol(format!(
-            "the socket for {what} is not a listening stream socket"
+            "the socket for {what} is neither a listening stream socket nor a bound UDP socket"
         )));
     }
     socket.set_nonblocking(true)?;
@@ -699,10 +716,10 @@ mod tests {
             Err(HandoffError::Protocol(_))
         ));
 
-        // A socket that is not listening is refused.
+        // A TCP socket that is not listening is refused.
         let (mut old, mut new) = pair();
         let l = tcp_listener_on_loopback();
-        let not_listening = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let not_listening = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let sockets = Sockets {
             listeners: vec![ListenerSockets {
                 name: "edge".into(),
@@ -718,7 +735,32 @@ mod tests {
         sent.unwrap();
         let e = received.unwrap_err();
         assert!(
-            e.to_string().contains("not a listening stream socket"),
+            e.to_string()
+                .contains("neither a listening stream socket nor a bound UDP socket"),
+            "{e}"
+        );
+
+        // A udp listener's sockets are all datagram sockets: one listener does not mix them.
+        let (mut old, mut new) = pair();
+        let l = tcp_listener_on_loopback();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let sockets = Sockets {
+            listeners: vec![ListenerSockets {
+                name: "edge".into(),
+                configured: "127.0.0.1:0".into(),
+                fds: vec![
+                    l.as_fd().try_clone_to_owned().unwrap(),
+                    udp.as_fd().try_clone_to_owned().unwrap(),
+                ],
+            }],
+            ..Sockets::default()
+        };
+        let (sent, received) = tokio::join!(old.offer(&sockets), new.receive());
+        sent.unwrap();
+        let e = received.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("came with stream and datagram sockets"),
             "{e}"
         );
     }

@@ -185,17 +185,18 @@ impl Gateway {
         }
         let snapshot = Snapshot::build_after(config, &self.services.metrics, Some(&old))
             .map_err(StartError::from)?;
-        let wanted: HashMap<String, ListenAddr> = snapshot
+        // A listener is kept when its address and kind (stream or UDP) are unchanged.
+        let wanted: HashMap<String, (ListenAddr, bool)> = snapshot
             .config
             .listeners
             .iter()
-            .map(|l| (l.name.clone(), l.listen.clone()))
+            .map(|l| (l.name.clone(), (l.listen.clone(), l.udp)))
             .collect();
         let keep: Vec<String> = {
             let bound = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
             bound
                 .iter()
-                .filter(|(name, b)| wanted.get(*name) == Some(&b.configured))
+                .filter(|(name, b)| wanted.get(*name) == Some(&(b.configured.clone(), b.udp)))
                 .map(|(name, _)| name.clone())
                 .collect()
         };
@@ -239,13 +240,14 @@ impl Gateway {
                     })
                     .and_then(|fds| {
                         taken_over.push(i);
-                        listener::adopt(&l.name, &l.listen, l.unix, fds)
+                        listener::adopt(&l.name, &l.listen, l.unix, fds, l.udp)
                     }),
                 None => listener::bind(
                     &l.name,
                     &l.listen,
                     l.unix,
                     self.workers.sockets_per_listener(),
+                    l.udp,
                 ),
             };
             match result {
@@ -478,8 +480,14 @@ pub async fn start_adopting(
     for l in &snapshot.config.listeners {
         pending.push(
             match inherited.take_listener(&l.name, &l.listen.to_string()) {
-                Some(fds) => listener::adopt(&l.name, &l.listen, l.unix, fds)?,
-                None => listener::bind(&l.name, &l.listen, l.unix, workers.sockets_per_listener())?,
+                Some(fds) => listener::adopt(&l.name, &l.listen, l.unix, fds, l.udp)?,
+                None => listener::bind(
+                    &l.name,
+                    &l.listen,
+                    l.unix,
+                    workers.sockets_per_listener(),
+                    l.udp,
+                )?,
             },
         );
     }

@@ -5,7 +5,8 @@
 //! A TCP listener is one accepting socket per worker ([`crate::workers`]), all bound to the
 //! same address with `SO_REUSEPORT`, each accepted on by its own worker's event loop. A Unix
 //! listener is one socket (Unix sockets have no reuseport group) that every worker accepts
-//! on through a descriptor of its own.
+//! on through a descriptor of its own. A udp listener has one datagram socket per worker,
+//! like a TCP one, each received on by [`conn::udp::serve`](crate::conn::udp::serve).
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -41,6 +42,8 @@ pub struct BindError {
 pub enum Listening {
     Tcp(std::net::TcpListener),
     Unix(std::os::unix::net::UnixListener),
+    /// A udp listener's datagram socket.
+    Udp(std::net::UdpSocket),
 }
 
 impl AsFd for Listening {
@@ -48,6 +51,7 @@ impl AsFd for Listening {
         match self {
             Listening::Tcp(l) => l.as_fd(),
             Listening::Unix(l) => l.as_fd(),
+            Listening::Udp(s) => s.as_fd(),
         }
     }
 }
@@ -90,6 +94,8 @@ pub struct Pending {
     file: Option<SocketFile>,
     /// Bound here, rather than adopted from an upgrade or a renamed listener.
     created: bool,
+    /// Datagram sockets (`protocol = "udp"`).
+    udp: bool,
 }
 
 /// A listener accepting connections.
@@ -106,16 +112,20 @@ pub struct Bound {
     /// A Unix listener's socket file, removed when the listener ends here (a reload removed
     /// it, or the gateway exits) but not when an upgrade handed the socket over.
     pub file: Option<SocketFile>,
+    /// Datagram sockets (`protocol = "udp"`).
+    pub udp: bool,
 }
 
-/// Binds `count` sockets to `addr` (with port 0, the port the first one got). A Unix socket
-/// has no `SO_REUSEPORT`: its one socket is shared by the `count` accept loops (see
-/// [`bind_unix`]).
+/// Binds `count` sockets to `addr` (with port 0, the port the first one got); datagram
+/// sockets when `udp` (on an IP address: `check` refuses a udp listener on a Unix socket).
+/// A Unix socket has no `SO_REUSEPORT`: its one socket is shared by the `count` accept
+/// loops (see [`bind_unix`]).
 pub fn bind(
     name: &str,
     addr: &ListenAddr,
     perms: UnixPerms,
     count: usize,
+    udp: bool,
 ) -> Result<Pending, BindError> {
     let error = |source| BindError {
         listener: name.to_owned(),
@@ -134,10 +144,30 @@ pub fn bind(
                 sockets,
                 file,
                 created: true,
+                udp: false,
             });
         }
     };
     let reuse_port = count > 1;
+    if udp {
+        let first = bind_udp(tcp_addr, reuse_port).map_err(error)?;
+        let local_addr = first.local_addr().map_err(error)?;
+        let mut sockets = vec![Listening::Udp(first)];
+        for _ in 1..count {
+            sockets.push(Listening::Udp(
+                bind_udp(local_addr, reuse_port).map_err(error)?,
+            ));
+        }
+        return Ok(Pending {
+            name: name.to_owned(),
+            configured: addr.clone(),
+            local_addr: ListenAddr::Tcp(local_addr),
+            sockets,
+            file: None,
+            created: true,
+            udp: true,
+        });
+    }
     let first = bind_socket(tcp_addr, reuse_port, true).map_err(error)?;
     let local_addr = first.local_addr().map_err(error)?;
     let mut sockets = vec![Listening::Tcp(first)];
@@ -153,6 +183,7 @@ pub fn bind(
         sockets,
         file: None,
         created: true,
+        udp: false,
     })
 }
 
@@ -280,6 +311,7 @@ pub fn adopt(
     addr: &ListenAddr,
     perms: UnixPerms,
     fds: Vec<OwnedFd>,
+    udp: bool,
 ) -> Result<Pending, BindError> {
     let error = |source| BindError {
         listener: name.to_owned(),
@@ -288,8 +320,19 @@ pub fn adopt(
     };
     let mut sockets = Vec::with_capacity(fds.len());
     for fd in fds {
-        let local = socket2::SockRef::from(&fd).local_addr().map_err(error)?;
+        let socket = socket2::SockRef::from(&fd);
+        let local = socket.local_addr().map_err(error)?;
+        let datagram = socket.r#type().map_err(error)? == socket2::Type::DGRAM;
+        if datagram != udp {
+            return Err(error(std::io::Error::other(format!(
+                "the process before had a {} listener here, and a socket cannot change protocol; give the listener a new name or address for this upgrade",
+                if udp { "stream" } else { "udp" }
+            ))));
+        }
         sockets.push(match addr {
+            ListenAddr::Tcp(_) if udp && local.as_socket().is_some() => {
+                Listening::Udp(std::net::UdpSocket::from(fd))
+            }
             ListenAddr::Tcp(_) if local.as_socket().is_some() => {
                 Listening::Tcp(std::net::TcpListener::from(fd))
             }
@@ -306,6 +349,7 @@ pub fn adopt(
     let local_addr = match sockets.first() {
         None => return Err(error(std::io::Error::other("no socket received"))),
         Some(Listening::Tcp(l)) => ListenAddr::Tcp(l.local_addr().map_err(error)?),
+        Some(Listening::Udp(s)) => ListenAddr::Tcp(s.local_addr().map_err(error)?),
         Some(Listening::Unix(_)) => addr.clone(),
     };
     let file = match addr {
@@ -324,6 +368,7 @@ pub fn adopt(
         sockets,
         file,
         created: false,
+        udp,
     })
 }
 
@@ -334,6 +379,23 @@ const BACKLOG: i32 = 4096;
 /// listeners side by side (as nginx does by default) instead of the second failing to bind.
 pub fn listen_socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(bind_socket(addr, false, false)?)
+}
+
+/// A datagram socket; IPv6 ones IPv6-only, as [`bind_socket`]'s. With `reuse_port`, Linux
+/// hands each datagram to one socket of the group by a hash of its source and destination,
+/// so one client's datagrams keep reaching the same socket (and worker).
+fn bind_udp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// `reuse_port`: several sockets of ours share the address, the kernel spreading new
@@ -391,6 +453,42 @@ impl Pending {
         let stop = CancellationToken::new();
         let name: Arc<str> = self.name.as_str().into();
         let copies = crate::handoff::Copies::default();
+        if self.udp {
+            let limits = crate::conn::udp::SessionLimits {
+                global: limit.clone(),
+                sessions: ConnLimit::new(usize::MAX),
+            };
+            for (i, socket) in self.sockets.into_iter().enumerate() {
+                let Listening::Udp(socket) = socket else {
+                    unreachable!("a udp listener holds datagram sockets only");
+                };
+                let copy = copies.keep(&socket);
+                let receive = crate::conn::udp::serve(
+                    socket,
+                    name.clone(),
+                    services.clone(),
+                    limits.clone(),
+                    stop.clone(),
+                );
+                let receive = async move {
+                    receive.await;
+                    drop(copy);
+                };
+                let worker = i % workers.sockets_per_listener();
+                services.shutdown.spawn_on(receive, workers.runtime(worker));
+            }
+            return (
+                self.name,
+                Bound {
+                    configured: self.configured,
+                    local_addr: self.local_addr,
+                    stop,
+                    copies,
+                    file: None,
+                    udp: true,
+                },
+            );
+        }
         // Shared by the listener's accept loops on every worker; they outlive reloads, so
         // counts carry on while a reload changes the limits.
         let limits = ListenerLimits {
@@ -425,6 +523,7 @@ impl Pending {
                 stop,
                 copies,
                 file: self.file,
+                udp: false,
             },
         )
     }
@@ -462,6 +561,11 @@ impl Acceptor {
         Ok(match socket {
             Listening::Tcp(l) => Acceptor::Tcp(TcpListener::from_std(l)?),
             Listening::Unix(l) => Acceptor::Unix(tokio::net::UnixListener::from_std(l)?),
+            Listening::Udp(_) => {
+                return Err(std::io::Error::other(
+                    "a datagram socket has no connections to accept",
+                ));
+            }
         })
     }
 

@@ -224,8 +224,9 @@ impl ConnCtx {
     /// the access log's events carry (see [`access_event`]).
     pub fn snapshot(&self) -> ConnSummary {
         let info = self.info().clone();
-        let websocket = info.protocol == Some(Protocol::WebSocket);
-        let messages = websocket.then(|| {
+        // WebSocket messages; UDP datagrams.
+        let counted = matches!(info.protocol, Some(Protocol::WebSocket | Protocol::Udp));
+        let messages = counted.then(|| {
             (
                 self.messages_client_to_backend.load(Ordering::Relaxed),
                 self.messages_backend_to_client.load(Ordering::Relaxed),
@@ -277,7 +278,7 @@ pub struct ConnSummary {
     pub started: SystemTime,
     pub bytes_client_to_backend: u64,
     pub bytes_backend_to_client: u64,
-    /// WebSockets only.
+    /// WebSockets (messages) and UDP sessions (datagrams) only.
     pub messages_client_to_backend: Option<u64>,
     pub messages_backend_to_client: Option<u64>,
     /// Open so far, in milliseconds.

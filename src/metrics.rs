@@ -38,6 +38,10 @@ pub struct Metrics {
     pub backend_up: IntGaugeVec,
     pub no_healthy_server_total: IntCounterVec,
     pub http_responses_total: IntCounterVec,
+    /// UDP datagrams relayed, by route and direction.
+    pub udp_datagrams_total: IntCounterVec,
+    /// UDP datagrams the gateway could not relay, by reason.
+    pub udp_dropped_total: IntCounterVec,
     /// The `max_connections` in force (configured, or derived from the open-files limit).
     pub max_connections: prometheus::IntGauge,
 }
@@ -241,6 +245,18 @@ impl Metrics {
                 "sockgate_http_responses_total",
                 "HTTP responses sent to clients, by status code (101 for WebSocket upgrades).",
                 &["listener", "route", "code"],
+            ),
+            udp_datagrams_total: counter(
+                &r,
+                "sockgate_udp_datagrams_total",
+                "UDP datagrams relayed, each whole, by direction.",
+                &["listener", "route", "direction"],
+            ),
+            udp_dropped_total: counter(
+                &r,
+                "sockgate_udp_dropped_total",
+                "UDP datagrams not relayed: a socket's send buffer was full (client_busy, backend_busy) or no server could be given a new session (no_server).",
+                &["listener", "reason"],
             ),
             registry: r,
         }

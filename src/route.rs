@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Defaults, Protocol, RouteConfig, WebSocketLimits};
+use crate::config::{Defaults, Protocol, RouteConfig, UdpSessions, WebSocketLimits};
 use crate::upstream::Pool;
 
 /// One route, with its backend pool resolved.
@@ -23,6 +23,8 @@ pub struct Route {
     /// without one.
     pub client_cert: Option<bool>,
     pub websocket: WebSocketLimits,
+    /// UDP routes: session idle timeout and limit.
+    pub sessions: UdpSessions,
 }
 
 /// What is known about a connection or request when it is routed.
@@ -52,6 +54,7 @@ impl Route {
             request_timeout: config.request_timeout.unwrap_or(defaults.request_timeout),
             client_cert: config.client_cert,
             websocket: config.websocket.clone(),
+            sessions: config.sessions,
         }
     }
 
@@ -149,9 +152,12 @@ impl RouteTable {
 
     /// Some route can take HTTP or WebSocket: the listener offers ALPN `http/1.1`.
     pub fn any_http(&self) -> bool {
-        self.routes
-            .iter()
-            .any(|r| !matches!(r.protocol, Some(Protocol::Tcp | Protocol::TlsPassthrough)))
+        self.routes.iter().any(|r| {
+            !matches!(
+                r.protocol,
+                Some(Protocol::Tcp | Protocol::TlsPassthrough | Protocol::Udp)
+            )
+        })
     }
 
     /// Some route is `tls_passthrough` (known without a walk over the routes).
@@ -215,6 +221,7 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             client_cert: CLIENT_CERTS[client_cert],
             websocket: WebSocketLimits::default(),
+            sessions: Default::default(),
         })
     }
 

@@ -27,6 +27,8 @@ pub struct Snapshot {
 #[derive(Clone)]
 pub struct ListenerSnap {
     pub name: Arc<str>,
+    /// `protocol = "udp"`: datagrams, relayed per client session (see `conn::udp`).
+    pub udp: bool,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub routes: RouteTable,
     /// False when every route is `tcp`: no detection, no added delay.
@@ -152,6 +154,7 @@ impl Snapshot {
                 l.name.clone(),
                 Arc::new(ListenerSnap {
                     name: l.name.as_str().into(),
+                    udp: l.udp,
                     tls,
                     detect: !routes.all_tcp(),
                     routes,

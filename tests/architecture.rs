@@ -80,6 +80,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "route", "upstream", "services", "snapshot", "live", "metrics", "io", "error", "config",
         ],
     ),
+    // The UDP pipeline: per-client sessions on a udp listener's socket; picks the route and
+    // server for each new session and hands its datagrams to the UDP relay.
+    (
+        "udp",
+        &[
+            "route", "upstream", "relay", "services", "live", "metrics", "io", "error", "config",
+        ],
+    ),
     // What every connection shares: the snapshot in force, metrics, live table, drain.
     ("services", &["snapshot", "metrics", "live", "shutdown"]),
     // The config in force and what is built from it for the stages.
@@ -126,6 +134,7 @@ fn module_of(path: &Path) -> String {
         [file] if file == "lib" => "gateway".into(),
         [file] if file == "main" || file == "demo" || file == "certgen" => "main".into(),
         [dir, sub, ..] if dir == "conn" && sub == "http" => "http".into(),
+        [dir, sub] if dir == "conn" && sub == "udp" => "udp".into(),
         [first, ..] => first.clone(),
         [] => unreachable!("a file has a name"),
     }

@@ -42,7 +42,7 @@ fn the_documented_examples_are_there() {
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
-    for expected in ["edge.toml", "plaintext.toml", "tcp-only.toml"] {
+    for expected in ["edge.toml", "plaintext.toml", "tcp-only.toml", "udp.toml"] {
         assert!(
             names.iter().any(|n| n == expected),
             "config/{expected} is missing; found {names:?}"

@@ -34,7 +34,7 @@ mod tests;
 pub use cidr::Cidr;
 pub use error::{ConfigError, ConfigErrors};
 pub use model::*;
-pub use validate::{MAX_CONNECTIONS, MAX_DURATION, MAX_WEIGHT};
+pub use validate::{MAX_CONNECTIONS, MAX_DURATION, MAX_SESSIONS, MAX_WEIGHT};
 pub use values::{parse_duration, parse_size};
 
 use error::Report;

@@ -151,6 +151,9 @@ pub struct ListenerConfig {
     pub listen: ListenAddr,
     /// `unix = { mode, owner, group }`: applied to the socket file after bind.
     pub unix: UnixPerms,
+    /// `protocol = "udp"`: datagrams, relayed per client session; its routes are udp too,
+    /// and it has no TLS, PROXY header or connection limits (`max_sessions` on its route).
+    pub udp: bool,
     /// `None` = plaintext.
     pub tls: Option<TlsConfig>,
     /// Clients whose forwarded headers (`X-Forwarded-*`, `Forwarded`) are kept and appended
@@ -317,6 +320,8 @@ pub enum Protocol {
     Tcp,
     /// TLS relayed untouched, picked by the server name in the client's ClientHello.
     TlsPassthrough,
+    /// Datagrams on a `protocol = "udp"` listener, one session per client address.
+    Udp,
 }
 
 impl Protocol {
@@ -326,6 +331,7 @@ impl Protocol {
             Protocol::Http => "http",
             Protocol::Tcp => "tcp",
             Protocol::TlsPassthrough => "tls_passthrough",
+            Protocol::Udp => "udp",
         }
     }
 }
@@ -350,6 +356,27 @@ pub struct RouteConfig {
     /// those that presented none; `None`: either.
     pub client_cert: Option<bool>,
     pub websocket: WebSocketLimits,
+    /// UDP routes: how sessions end and how many there may be (defaults elsewhere).
+    pub sessions: UdpSessions,
+}
+
+/// A UDP route's sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpSessions {
+    /// No datagram either way for this long ends a session (default 60s).
+    pub idle_timeout: Duration,
+    /// Sessions open at once on the route's listener; datagrams from new client addresses
+    /// over it are dropped (default 100,000).
+    pub max_sessions: usize,
+}
+
+impl Default for UdpSessions {
+    fn default() -> Self {
+        UdpSessions {
+            idle_timeout: Duration::from_secs(60),
+            max_sessions: 100_000,
+        }
+    }
 }
 
 /// Per-route WebSocket options, all optional.

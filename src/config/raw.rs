@@ -51,6 +51,7 @@ pub(super) struct RawListener {
     pub name: Text,
     pub listen: Text,
     pub unix: Option<Spanned<RawUnix>>,
+    pub protocol: Text,
     pub tls: Option<Spanned<RawTls>>,
     pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
     pub proxy_protocol: Option<Spanned<bool>>,
@@ -117,6 +118,8 @@ pub(super) struct RawRoute {
     pub ping_interval: Text,
     pub pong_timeout: Text,
     pub client_cert: Option<Spanned<bool>>,
+    pub session_idle_timeout: Text,
+    pub max_sessions: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]

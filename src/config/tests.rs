@@ -266,7 +266,7 @@ servers = [{ address = "127.0.0.1:9001", wieght = 2 }]
     );
     assert_reports(
         &printed,
-        "sockgate.toml:8:1: unknown key `listn` in [[listener]]\n  hint: valid keys: name, listen, unix, tls, trusted_proxies, proxy_protocol, max_connections, max_connections_per_ip, max_new_connections_per_ip, client_cert_header, route; did you mean `listen`?",
+        "sockgate.toml:8:1: unknown key `listn` in [[listener]]\n  hint: valid keys: name, listen, unix, protocol, tls, trusted_proxies, proxy_protocol, max_connections, max_connections_per_ip, max_new_connections_per_ip, client_cert_header, route; did you mean `listen`?",
     );
     assert_reports(
         &printed,
@@ -274,7 +274,7 @@ servers = [{ address = "127.0.0.1:9001", wieght = 2 }]
     );
     assert_reports(
         &printed,
-        "sockgate.toml:13:3: unknown key `backnd` in [[listener.route]]\n  hint: valid keys: name, protocol, host, sni, path_prefix, backend, request_timeout, max_message_size, max_messages_per_second, max_frames_per_second, ping_interval, pong_timeout, client_cert; did you mean `backend`?",
+        "sockgate.toml:13:3: unknown key `backnd` in [[listener.route]]\n  hint: valid keys: name, protocol, host, sni, path_prefix, backend, request_timeout, max_message_size, max_messages_per_second, max_frames_per_second, ping_interval, pong_timeout, client_cert, session_idle_timeout, max_sessions; did you mean `backend`?",
     );
     assert_reports(
         &printed,
@@ -727,12 +727,12 @@ fn protocol_must_be_known() {
 [[listener]]
 name = "a"
 listen = "127.0.0.1:8080"
-route = [{ name = "all", protocol = "udp", backend = "chat" }]
+route = [{ name = "all", protocol = "quic", backend = "chat" }]
 "#,
     ));
     assert_eq!(
         printed,
-        "sockgate.toml:4:37: `protocol` = \"udp\" is not a protocol this route can match\n  hint: use \"websocket\", \"http\", \"tcp\" or \"tls_passthrough\", or leave `protocol` out to match any but passthrough TLS\n"
+        "sockgate.toml:4:37: `protocol` = \"quic\" is not a protocol this route can match\n  hint: use \"websocket\", \"http\", \"tcp\", \"tls_passthrough\" or \"udp\", or leave `protocol` out to match any but passthrough TLS\n"
     );
 }
 
@@ -2523,5 +2523,297 @@ fn unix_server_addresses_are_checked() {
     assert_reports(
         &printed,
         "the path is 108 bytes; a Unix socket path holds at most 107",
+    );
+}
+
+/// A udp listener with one route to backend `chat`, and `extra` keys on the listener.
+fn udp_listener(listener_extra: &str, route_extra: &str) -> String {
+    with_backend(&format!(
+        r#"
+[[listener]]
+name = "voice"
+listen = "127.0.0.1:4000"
+protocol = "udp"
+{listener_extra}
+  [[listener.route]]
+  name = "voice"
+  backend = "chat"
+  {route_extra}
+"#
+    ))
+}
+
+#[test]
+fn udp_listener_is_valid_with_its_session_keys_and_defaults() {
+    let config = valid(&udp_listener("", ""));
+    let l = &config.listeners[0];
+    assert!(l.udp);
+    assert_eq!(l.routes[0].protocol, Some(Protocol::Udp));
+    assert_eq!(l.routes[0].sessions, UdpSessions::default());
+    assert_eq!(
+        UdpSessions::default(),
+        UdpSessions {
+            idle_timeout: Duration::from_secs(60),
+            max_sessions: 100_000
+        }
+    );
+    let config = valid(&udp_listener(
+        "",
+        "protocol = \"udp\"\n  session_idle_timeout = \"5m\"\n  max_sessions = 500",
+    ));
+    assert_eq!(
+        config.listeners[0].routes[0].sessions,
+        UdpSessions {
+            idle_timeout: Duration::from_secs(300),
+            max_sessions: 500
+        }
+    );
+    // `protocol = "tcp"` on a listener is the default, written out.
+    let config = valid(&with_backend(
+        r#"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:8080"
+protocol = "tcp"
+route = [{ name = "all", backend = "chat" }]
+"#,
+    ));
+    assert!(!config.listeners[0].udp);
+}
+
+#[test]
+fn listener_protocol_must_be_tcp_or_udp() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:8080"
+protocol = "sctp"
+route = [{ name = "all", backend = "chat" }]
+"#,
+    ));
+    assert_reports(
+        &printed,
+        "sockgate.toml:4:12: `protocol` = \"sctp\" is not a protocol listener `a` can listen for\n  hint: use \"udp\" for datagrams, or leave `protocol` out for TCP (every route protocol but udp)",
+    );
+}
+
+#[test]
+fn udp_listener_refuses_tls_proxy_protocol_and_connection_limits() {
+    let printed = errors(&udp_listener(
+        r#"tls = { cert = "certs/dev/server.crt", key = "certs/dev/server.key" }
+proxy_protocol = true
+trusted_proxies = ["10.0.0.0/8"]
+max_connections = 10
+max_connections_per_ip = 2
+max_new_connections_per_ip = "5/s""#,
+        "",
+    ));
+    assert_reports(
+        &printed,
+        "sockgate.toml:5:7: `tls` cannot apply to listener `voice`, which is udp: the gateway terminates TLS over TCP only (DTLS is not supported)\n  hint: remove `tls`; UDP datagrams are relayed as they come",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:6:18: `proxy_protocol` cannot apply to listener `voice`, which is udp: a PROXY header starts a TCP connection; datagrams carry none\n  hint: remove `proxy_protocol`",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:7:19: `trusted_proxies` cannot apply to listener `voice`, which is udp: there are no PROXY or forwarded headers to trust in datagrams\n  hint: remove `trusted_proxies`",
+    );
+    for (at, key) in [
+        ("8:19", "max_connections"),
+        ("9:26", "max_connections_per_ip"),
+        ("10:30", "max_new_connections_per_ip"),
+    ] {
+        assert_reports(
+            &printed,
+            &format!(
+                "sockgate.toml:{at}: `{key}` cannot apply to listener `voice`, which is udp: it has sessions, not connections\n  hint: remove it, and bound sessions with `max_sessions` on the listener's route"
+            ),
+        );
+    }
+}
+
+#[test]
+fn udp_listener_routes_are_udp_and_there_is_one() {
+    let printed = errors(&udp_listener(
+        "",
+        "protocol = \"tcp\"\n  [[listener.route]]\n  name = \"second\"\n  backend = \"chat\"",
+    ));
+    assert_reports(
+        &printed,
+        "sockgate.toml:9:14: route `voice` has protocol = \"tcp\", but listener `voice` is udp: it receives datagrams, never tcp connections\n  hint: remove `protocol` (routes of a udp listener are udp), or move the route to a TCP listener",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:10:3: listener `voice` is udp and has more than one route: a datagram carries nothing to choose between routes by, so only the first would ever be used\n  hint: keep one [[listener.route]] on a udp listener; give other backends their own listener",
+    );
+}
+
+#[test]
+fn udp_route_on_a_tcp_listener_is_refused() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:8080"
+route = [{ name = "all", protocol = "udp", backend = "chat" }]
+"#,
+    ));
+    assert_reports(
+        &printed,
+        "sockgate.toml:4:37: route `all` has protocol = \"udp\", but listener `a` listens for TCP connections\n  hint: put the route on a listener with protocol = \"udp\"",
+    );
+}
+
+#[test]
+fn udp_route_refuses_host_path_sni_request_timeout_and_websocket_keys() {
+    let printed = errors(&udp_listener(
+        "",
+        r#"host = "voice.example.com"
+  path_prefix = "/v"
+  sni = "voice.example.com"
+  request_timeout = "5s"
+  max_message_size = 1024
+  ping_interval = "10s""#,
+    ));
+    assert_reports(
+        &printed,
+        "`host` on route `voice` never matches: UDP datagrams carry no Host header",
+    );
+    assert_reports(
+        &printed,
+        "`path_prefix` on route `voice` never matches: UDP datagrams carry no request path",
+    );
+    assert_reports(
+        &printed,
+        "`sni` on route `voice` never matches: UDP datagrams carry no server name\n  hint: remove `sni`",
+    );
+    assert_reports(
+        &printed,
+        "`request_timeout` on route `voice` has no effect: UDP datagrams carry no requests",
+    );
+    assert_reports(
+        &printed,
+        "`max_message_size` only applies to WebSocket connections, but route `voice` has protocol = \"udp\"",
+    );
+    assert_reports(
+        &printed,
+        "`ping_interval` only applies to WebSocket connections, but route `voice` has protocol = \"udp\"",
+    );
+    assert_eq!(printed.matches("sockgate.toml:").count(), 6, "{printed}");
+}
+
+#[test]
+fn session_keys_only_on_udp_routes() {
+    let printed = errors(&with_backend(
+        r#"
+[[listener]]
+name = "a"
+listen = "127.0.0.1:8080"
+  [[listener.route]]
+  name = "t"
+  backend = "chat"
+  session_idle_timeout = "30s"
+  max_sessions = 10
+"#,
+    ));
+    assert_reports(
+        &printed,
+        "sockgate.toml:7:26: `session_idle_timeout` only applies to UDP sessions, but route `t` is on a TCP listener\n  hint: remove `session_idle_timeout`, or put the route on a listener with protocol = \"udp\"",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:8:18: `max_sessions` only applies to UDP sessions, but route `t` is on a TCP listener",
+    );
+}
+
+#[test]
+fn session_keys_are_bounded() {
+    let printed = errors(&udp_listener(
+        "",
+        "session_idle_timeout = \"8761h\"\n  max_sessions = 10000001",
+    ));
+    assert_reports(
+        &printed,
+        "`session_idle_timeout` = \"8761h\" is longer than 8760h (365 days), the longest duration the gateway takes",
+    );
+    assert_reports(
+        &printed,
+        "`max_sessions` must be at most 10000000, found 10000001",
+    );
+    let printed = errors(&udp_listener(
+        "",
+        "session_idle_timeout = \"0s\"\n  max_sessions = 0",
+    ));
+    assert_reports(&printed, "`session_idle_timeout` must be longer than zero");
+    assert_reports(&printed, "`max_sessions` must be at least 1, found 0");
+}
+
+#[test]
+fn udp_backend_refuses_proxy_headers_request_checks_request_hashing_and_names() {
+    let printed = errors(
+        r#"
+[[listener]]
+name = "voice"
+listen = "127.0.0.1:4000"
+protocol = "udp"
+route = [{ name = "voice", backend = "chat" }]
+
+[[backend]]
+name = "chat"
+servers = ["127.0.0.1:9001", "voice.internal:4000"]
+send_proxy_protocol = "v2"
+health = { kind = "http", path = "/healthz" }
+balance = "hash"
+hash_on = "header:x-user"
+"#,
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:10:23: backend `chat` is used by udp route `voice`, whose datagrams cannot carry a PROXY header\n  hint: remove `send_proxy_protocol`, or give the udp route a backend of its own",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:11:19: backend `chat` is used by udp route `voice`, but a `http` health check asks its servers over TCP for what a UDP server does not answer\n  hint: use kind = \"tcp\" if the servers also listen on TCP on that port, or remove `health` (passive ejection still counts ICMP port unreachable)",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:9:30: backend `chat` is used by udp route `voice`, whose servers must be IP addresses: server \"voice.internal:4000\" is a name, which datagram sessions do not look up",
+    );
+    assert_reports(
+        &printed,
+        "route `voice` is `udp`, but backend `chat` hashes on a request's header, cookie or query parameter, which a TCP connection does not have",
+    );
+}
+
+#[test]
+fn udp_listener_on_a_unix_socket_and_udp_backends_over_unix_or_tls_are_refused() {
+    let printed = errors(
+        r#"
+[[listener]]
+name = "voice"
+listen = "unix:/run/voice.sock"
+protocol = "udp"
+route = [{ name = "voice", backend = "chat" }]
+
+[[backend]]
+name = "chat"
+servers = ["unix:/run/voice-server.sock"]
+tls = { verify = false }
+"#,
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:3:10: listener `voice` is udp, but listens on a Unix socket: datagram listeners take an IP address and port",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:9:12: backend `chat` is used by udp route `voice`, whose servers must be IP addresses: server \"unix:/run/voice-server.sock\" is a Unix stream socket",
+    );
+    assert_reports(
+        &printed,
+        "sockgate.toml:10:7: backend `chat` is used by udp route `voice`, but TLS runs over TCP only (DTLS is not supported)",
     );
 }

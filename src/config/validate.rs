@@ -16,7 +16,8 @@ use super::model::{
     AdminConfig, AdminToken, BackendConfig, BackendTls, BackendVerify, Balance, CertPair,
     ClientAuth, ClientAuthMode, ClientCert, Config, Defaults, HashOn, HealthCheck, HealthKind,
     ListenAddr, ListenerConfig, MIN_ACCESS_LOG_INTERVAL, Passive, Protocol, ProxyVersion, Rate,
-    RouteConfig, ServerConfig, SniCert, TlsConfig, UnixAddr, UnixPerms, WebSocketLimits,
+    RouteConfig, ServerConfig, SniCert, TlsConfig, UdpSessions, UnixAddr, UnixPerms,
+    WebSocketLimits,
 };
 use super::raw::{
     RawAdmin, RawBackend, RawBackendTls, RawClientAuth, RawConfig, RawDefaults, RawHealth, RawId,
@@ -61,6 +62,10 @@ pub const MAX_CONNECTIONS: usize = 10_000_000;
 /// `max_new_connections_per_ip` at most: a million a second is no limit at all.
 pub const MAX_RATE: u32 = 1_000_000;
 
+/// `max_sessions` at most: each UDP session holds a socket toward its server, so the same
+/// bound as `max_connections`.
+pub const MAX_SESSIONS: usize = MAX_CONNECTIONS;
+
 pub(super) fn validate(
     raw: &RawConfig,
     base_dir: &Path,
@@ -87,11 +92,27 @@ pub(super) fn validate(
         })
         .filter_map(|b| b.name.as_ref().map(|n| n.get_ref().clone()))
         .collect();
+    // Backends that UDP routes send datagrams to, with the first such route's name.
+    let mut udp_backends = HashMap::new();
+    for l in raw.listener.iter().map(|l| l.get_ref()) {
+        if l.protocol.as_ref().is_none_or(|p| p.get_ref() != "udp") {
+            continue;
+        }
+        for r in l.route.iter().map(|r| r.get_ref()) {
+            if let Some(b) = &r.backend {
+                let route = r.name.as_ref().map_or("", |n| n.get_ref().as_str());
+                udp_backends
+                    .entry(b.get_ref().clone())
+                    .or_insert_with(|| route.to_owned());
+            }
+        }
+    }
     let mut v = Validator {
         report,
         base_dir,
         backend_names,
         request_hashed,
+        udp_backends,
         listen_addrs: HashMap::new(),
     };
     let defaults = v.defaults(raw.defaults.as_ref());
@@ -133,6 +154,8 @@ struct Validator<'r, 'a> {
     backend_names: BackendNames,
     /// Backends with `hash_on` a header, cookie or query parameter.
     request_hashed: HashSet<String>,
+    /// Backends used by UDP routes, with the first such route.
+    udp_backends: HashMap<String, String>,
     /// Who listens where so far, for the uniqueness rule.
     listen_addrs: HashMap<ListenAddr, (String, Range<usize>)>,
 }
@@ -634,6 +657,29 @@ impl Validator<'_, '_> {
             self.unix_perms(u, listen.as_ref(), &label)
         });
         let on_unix = matches!(listen, Some(ListenAddr::Unix(_)));
+        let udp = present(l.protocol.as_ref(), |p| match p.get_ref().as_str() {
+            "tcp" => Some(false),
+            "udp" => Some(true),
+            other => {
+                self.report.error(
+                    p.span(),
+                    format!("`protocol` = \"{other}\" is not a protocol {label} can listen for"),
+                    r#"use "udp" for datagrams, or leave `protocol` out for TCP (every route protocol but udp)"#,
+                );
+                None
+            }
+        });
+        let is_udp = udp.flatten() == Some(true);
+        if is_udp {
+            self.udp_listener_keys(l, &label);
+            if on_unix && let Some(at) = &l.listen {
+                self.report.error(
+                    at.span(),
+                    format!("{label} is udp, but listens on a Unix socket: datagram listeners take an IP address and port"),
+                    r#"write IP:PORT, as in listen = "0.0.0.0:4000", or leave `protocol` out for a stream listener"#,
+                );
+            }
+        }
         let tls = present(l.tls.as_ref(), |t| self.tls(t, &label));
         let trusted_proxies = present(l.trusted_proxies.as_ref(), |t| self.trusted_proxies(t));
         let proxy_protocol = l.proxy_protocol.as_ref().is_some_and(|p| *p.get_ref());
@@ -672,7 +718,14 @@ impl Validator<'_, '_> {
                 "add a [[listener.route]] with a `backend` after this listener",
             );
         }
-        let routes: Vec<_> = l.route.iter().map(|r| self.route(r, l)).collect();
+        if is_udp && let Some(second) = l.route.get(1) {
+            self.report.error(
+                second.span(),
+                format!("{label} is udp and has more than one route: a datagram carries nothing to choose between routes by, so only the first would ever be used"),
+                "keep one [[listener.route]] on a udp listener; give other backends their own listener",
+            );
+        }
+        let routes: Vec<_> = l.route.iter().map(|r| self.route(r, l, is_udp)).collect();
         self.unique_names(
             l.route.iter().map(|r| &r.get_ref().name),
             "route",
@@ -682,6 +735,7 @@ impl Validator<'_, '_> {
             name: name?,
             listen: listen?,
             unix: unix?.unwrap_or_default(),
+            udp: udp?.unwrap_or(false),
             tls: tls?,
             trusted_proxies: trusted_proxies?.unwrap_or_default(),
             proxy_protocol,
@@ -957,12 +1011,44 @@ impl Validator<'_, '_> {
         None
     }
 
-    fn route(&mut self, raw: &Spanned<RawRoute>, listener: &RawListener) -> Option<RouteConfig> {
+    fn route(
+        &mut self,
+        raw: &Spanned<RawRoute>,
+        listener: &RawListener,
+        udp: bool,
+    ) -> Option<RouteConfig> {
         let r = raw.get_ref();
         let name = self.name(&r.name, raw.span(), "[[listener.route]]", r#""chat""#);
         let label = label("route", &r.name);
         let listener_label = self::label("listener", &listener.name);
-        let protocol = present(r.protocol.as_ref(), |p| self.protocol(p));
+        let protocol = present(r.protocol.as_ref(), |p| {
+            let protocol = self.protocol(p)?;
+            match (udp, protocol) {
+                (true, Protocol::Udp)
+                | (
+                    false,
+                    Protocol::WebSocket | Protocol::Http | Protocol::Tcp | Protocol::TlsPassthrough,
+                ) => Some(protocol),
+                (true, other) => {
+                    self.report.error(
+                        p.span(),
+                        format!("{label} has protocol = \"{}\", but {listener_label} is udp: it receives datagrams, never {} connections", other.as_str(), other.as_str()),
+                        "remove `protocol` (routes of a udp listener are udp), or move the route to a TCP listener",
+                    );
+                    None
+                }
+                (false, Protocol::Udp) => {
+                    self.report.error(
+                        p.span(),
+                        format!("{label} has protocol = \"udp\", but {listener_label} listens for TCP connections"),
+                        r#"put the route on a listener with protocol = "udp""#,
+                    );
+                    None
+                }
+            }
+        });
+        // On a udp listener every route is udp, written or not.
+        let protocol = protocol.map(|p| if udp { Some(Protocol::Udp) } else { p });
         // An invalid protocol was reported; check the rest as if it matched any.
         let kind = protocol.flatten();
 
@@ -972,6 +1058,7 @@ impl Validator<'_, '_> {
             Some(Protocol::TlsPassthrough) => {
                 Some("TLS passthrough connections (relayed without decrypting)")
             }
+            Some(Protocol::Udp) => Some("UDP datagrams"),
             _ => None,
         };
         if kind == Some(Protocol::TlsPassthrough) && r.sni.is_none() {
@@ -1016,6 +1103,14 @@ impl Validator<'_, '_> {
             Some(p.get_ref().clone())
         });
         let sni = present(r.sni.as_ref(), |s| {
+            if udp {
+                self.report.error(
+                    s.span(),
+                    format!("`sni` on {label} never matches: UDP datagrams carry no server name"),
+                    "remove `sni`",
+                );
+                return None;
+            }
             if listener.tls.is_none() && kind != Some(Protocol::TlsPassthrough) {
                 self.report.error(
                     s.span(),
@@ -1046,7 +1141,8 @@ impl Validator<'_, '_> {
             )
             .and_then(|b| self.backend_ref(b, &label))
             .and_then(|b| {
-                if let Some(kind @ (Protocol::Tcp | Protocol::TlsPassthrough)) = kind
+                if let Some(kind @ (Protocol::Tcp | Protocol::TlsPassthrough | Protocol::Udp)) =
+                    kind
                     && self.request_hashed.contains(&b)
                 {
                     let at = r.backend.as_ref().map(Spanned::span).unwrap_or_default();
@@ -1077,6 +1173,7 @@ impl Validator<'_, '_> {
         });
 
         let websocket = self.websocket_limits(r, kind, &label);
+        let sessions = self.udp_sessions(r, udp, &label);
         Some(RouteConfig {
             name: name?,
             protocol: protocol?,
@@ -1087,6 +1184,7 @@ impl Validator<'_, '_> {
             request_timeout: request_timeout?,
             client_cert: client_cert?,
             websocket: websocket?,
+            sessions: sessions?,
         })
     }
 
@@ -1136,6 +1234,93 @@ impl Validator<'_, '_> {
             return None;
         }
         Some(want)
+    }
+
+    /// `session_idle_timeout` and `max_sessions`: on routes of udp listeners only.
+    fn udp_sessions(&mut self, r: &RawRoute, udp: bool, route: &str) -> Option<UdpSessions> {
+        let only_udp = |v: &mut Self, key: &str, span: Range<usize>| {
+            if udp {
+                return Some(());
+            }
+            v.report.error(
+                span,
+                format!("`{key}` only applies to UDP sessions, but {route} is on a TCP listener"),
+                format!(r#"remove `{key}`, or put the route on a listener with protocol = "udp""#),
+            );
+            None
+        };
+        let defaults = UdpSessions::default();
+        let idle = present(r.session_idle_timeout.as_ref(), |t| {
+            only_udp(self, "session_idle_timeout", t.span())?;
+            self.duration(t, "session_idle_timeout")
+        });
+        let max = present(r.max_sessions.as_ref(), |m| {
+            only_udp(self, "max_sessions", m.span())?;
+            self.count(m, "max_sessions", MAX_SESSIONS as u32)
+                .map(|n| n as usize)
+        });
+        Some(UdpSessions {
+            idle_timeout: idle?.unwrap_or(defaults.idle_timeout),
+            max_sessions: max?.unwrap_or(defaults.max_sessions),
+        })
+    }
+
+    /// Keys a udp listener cannot honour, each reported at its value.
+    fn udp_listener_keys(&mut self, l: &RawListener, label: &str) {
+        let mut refuse = |span: Range<usize>, key: &str, why: &str, hint: &str| {
+            self.report.error(
+                span,
+                format!("`{key}` cannot apply to {label}, which is udp: {why}"),
+                hint.to_owned(),
+            );
+        };
+        if let Some(t) = &l.tls {
+            refuse(
+                t.span(),
+                "tls",
+                "the gateway terminates TLS over TCP only (DTLS is not supported)",
+                "remove `tls`; UDP datagrams are relayed as they come",
+            );
+        }
+        if let Some(p) = &l.proxy_protocol {
+            refuse(
+                p.span(),
+                "proxy_protocol",
+                "a PROXY header starts a TCP connection; datagrams carry none",
+                "remove `proxy_protocol`",
+            );
+        }
+        if let Some(t) = &l.trusted_proxies {
+            refuse(
+                t.span(),
+                "trusted_proxies",
+                "there are no PROXY or forwarded headers to trust in datagrams",
+                "remove `trusted_proxies`",
+            );
+        }
+        for (key, span) in [
+            (
+                "max_connections",
+                l.max_connections.as_ref().map(Spanned::span),
+            ),
+            (
+                "max_connections_per_ip",
+                l.max_connections_per_ip.as_ref().map(Spanned::span),
+            ),
+            (
+                "max_new_connections_per_ip",
+                l.max_new_connections_per_ip.as_ref().map(Spanned::span),
+            ),
+        ] {
+            if let Some(span) = span {
+                refuse(
+                    span,
+                    key,
+                    "it has sessions, not connections",
+                    "remove it, and bound sessions with `max_sessions` on the listener's route",
+                );
+            }
+        }
     }
 
     /// The WebSocket-only keys of a route whose protocol is `kind` (`None`: any).
@@ -1210,7 +1395,9 @@ impl Validator<'_, '_> {
         kind: Option<Protocol>,
         route: &str,
     ) -> Option<()> {
-        let Some(protocol @ (Protocol::Http | Protocol::Tcp | Protocol::TlsPassthrough)) = kind
+        let Some(
+            protocol @ (Protocol::Http | Protocol::Tcp | Protocol::TlsPassthrough | Protocol::Udp),
+        ) = kind
         else {
             return Some(());
         };
@@ -1231,11 +1418,12 @@ impl Validator<'_, '_> {
             "http" => Some(Protocol::Http),
             "tcp" => Some(Protocol::Tcp),
             "tls_passthrough" => Some(Protocol::TlsPassthrough),
+            "udp" => Some(Protocol::Udp),
             other => {
                 self.report.error(
                     raw.span(),
                     format!("`protocol` = \"{other}\" is not a protocol this route can match"),
-                    r#"use "websocket", "http", "tcp" or "tls_passthrough", or leave `protocol` out to match any but passthrough TLS"#,
+                    r#"use "websocket", "http", "tcp", "tls_passthrough" or "udp", or leave `protocol` out to match any but passthrough TLS"#,
                 );
                 None
             }
@@ -1365,6 +1553,14 @@ impl Validator<'_, '_> {
             }
         });
         let tls = present(b.tls.as_ref(), |t| self.backend_tls(t, &label));
+        if let Some(route) = b
+            .name
+            .as_ref()
+            .and_then(|n| self.udp_backends.get(n.get_ref()))
+        {
+            let route = route.clone();
+            self.udp_backend_keys(b, &label, &route);
+        }
         Some(BackendConfig {
             name: name?,
             servers: servers?,
@@ -1511,6 +1707,63 @@ impl Validator<'_, '_> {
             hint,
         );
         None
+    }
+
+    /// Keys of a backend that a UDP route sends datagrams to and that only work over TCP.
+    fn udp_backend_keys(&mut self, b: &RawBackend, backend: &str, route: &str) {
+        // A session's first datagram is sent as it arrives: no name lookup in between.
+        for server in b.servers.iter().flat_map(|s| s.get_ref()) {
+            let address = match server.get_ref() {
+                RawServer::Address(a) => Some((a.as_str(), server.span())),
+                RawServer::Table(t) => t.address.as_ref().map(|a| (a.get_ref().as_str(), a.span())),
+            };
+            if let Some((address, span)) = &address
+                && UnixAddr::parse(address).is_some()
+            {
+                self.report.error(
+                    span.clone(),
+                    format!("{backend} is used by udp route `{route}`, whose servers must be IP addresses: server \"{address}\" is a Unix stream socket"),
+                    r#"write the server's IP address and port, as in "10.0.0.7:4000", or give the udp route a backend of its own"#,
+                );
+                continue;
+            }
+            if let Some((address, span)) = address
+                && address.parse::<SocketAddr>().is_err()
+                && check_server_address(address).is_ok()
+            {
+                self.report.error(
+                    span,
+                    format!("{backend} is used by udp route `{route}`, whose servers must be IP addresses: server \"{address}\" is a name, which datagram sessions do not look up"),
+                    r#"write the server's IP address and port, as in "10.0.0.7:4000" or "[2001:db8::7]:4000""#,
+                );
+            }
+        }
+        if let Some(t) = &b.tls {
+            self.report.error(
+                t.span(),
+                format!("{backend} is used by udp route `{route}`, but TLS runs over TCP only (DTLS is not supported)"),
+                "remove `tls`, or give the udp route a backend of its own",
+            );
+        }
+        if let Some(v) = &b.send_proxy_protocol {
+            self.report.error(
+                v.span(),
+                format!("{backend} is used by udp route `{route}`, whose datagrams cannot carry a PROXY header"),
+                "remove `send_proxy_protocol`, or give the udp route a backend of its own",
+            );
+        }
+        if let Some(kind) = b
+            .health
+            .as_ref()
+            .and_then(|h| h.get_ref().kind.as_ref())
+            .filter(|k| matches!(k.get_ref().as_str(), "http" | "websocket"))
+        {
+            self.report.error(
+                kind.span(),
+                format!("{backend} is used by udp route `{route}`, but a `{}` health check asks its servers over TCP for what a UDP server does not answer", kind.get_ref()),
+                r#"use kind = "tcp" if the servers also listen on TCP on that port, or remove `health` (passive ejection still counts ICMP port unreachable)"#,
+            );
+        }
     }
 
     /// `balance` and `hash_on`, which only `balance = "hash"` takes and needs.

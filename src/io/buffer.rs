@@ -113,3 +113,23 @@ impl<P: Pool> Drop for Slot<P> {
         self.release();
     }
 }
+
+/// The largest UDP datagram (its length field is 16 bits).
+pub const DATAGRAM_SIZE: usize = 65_535;
+
+thread_local! {
+    static DATAGRAM: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's datagram buffer ([`DATAGRAM_SIZE`] bytes, allocated on first
+/// use). Every UDP session of a worker receives into the same one, so an idle session holds
+/// no buffer. `f` must not run this again (the buffer is lent once at a time).
+pub fn with_datagram<T>(f: impl FnOnce(&mut [u8]) -> T) -> T {
+    DATAGRAM.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        if buf.is_empty() {
+            buf.resize(DATAGRAM_SIZE, 0);
+        }
+        f(&mut buf)
+    })
+}

@@ -3,6 +3,7 @@
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod tcp;
+pub mod udp;
 pub mod websocket;
 
 pub use tcp::RelayEnd;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderMap, Uri};
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UdpSocket};
 
 use crate::io::Socket;
 use tokio_util::sync::CancellationToken;
@@ -437,6 +437,74 @@ impl Pool {
         }))
     }
 
+    /// A UDP socket connected to a server picked as [`Pool::connect`] picks one, for one
+    /// client session. `connect(2)` on a datagram socket sends nothing: it fixes the peer,
+    /// so the kernel drops datagrams from anyone else and reports the server's ICMP port
+    /// unreachable as `ECONNREFUSED` on the next send or receive (see [`Pool::udp_refused`]).
+    /// Only a host name to resolve or a local error (no route) can fail here.
+    /// Only a local error (no route to the server) can fail here; a server whose address is
+    /// a name is refused (config refuses it on udp routes: a session's first datagram is sent
+    /// as it arrives, with no name lookup in between).
+    pub fn connect_udp(&self, affinity: Affinity) -> Result<(UdpSocket, Lease), ConnectError> {
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last_error = None;
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        while let Some(index) = self.pick(affinity, turn, &tried) {
+            let lease = Lease::new(&self.servers, index);
+            let server = &self.servers.list[index];
+            let connected = match server.literal {
+                Some(addr) => udp_connect(addr),
+                None => Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a UDP server needs an IP address, not a name",
+                )),
+            };
+            match connected {
+                Ok(socket) => return Ok((socket, lease)),
+                Err(source) => {
+                    drop(lease);
+                    self.connect_errors.get(&self.name).inc();
+                    self.connect_failed(server);
+                    last_error = Some(ConnectError::Io {
+                        server: server.address.clone(),
+                        source,
+                    });
+                    tried.push(index);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            self.no_healthy_server.get(&self.name).inc();
+            ConnectError::NoHealthyServer {
+                backend: self.name.clone(),
+            }
+        }))
+    }
+
+    /// The server of a UDP session answered with ICMP port unreachable: counted as a
+    /// failed connect, for `sockgate_backend_connect_errors_total` and passive ejection.
+    pub fn udp_refused(&self, lease: &Lease) {
+        let Some(server) = self.lease_server(lease) else {
+            return;
+        };
+        self.connect_errors.get(&self.name).inc();
+        self.connect_failed(server);
+    }
+
+    /// The server of a UDP session sent a datagram back: it is there, as a completed
+    /// connect shows for TCP, so its failure counts start again.
+    pub fn udp_answered(&self, lease: &Lease) {
+        if let Some(server) = self.lease_server(lease) {
+            server.failures.store(0, Ordering::Relaxed);
+            server.ejections.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// The server a lease of this pool is on (`None` if a reload replaced the servers).
+    fn lease_server(&self, lease: &Lease) -> Option<&Server> {
+        Arc::ptr_eq(&self.servers, &lease.servers).then(|| &self.servers.list[lease.index])
+    }
+
     /// Passive ejection: `failures` connect failures in a row take the server out for
     /// `eject`, doubled at each ejection in a row up to [`Passive::max_eject`]. The count is
     /// not reset by the ejection, so the first failure after it ends ejects again (for
@@ -586,6 +654,15 @@ impl Pool {
             .observe(started.elapsed().as_secs_f64());
         Ok(stream)
     }
+}
+
+/// A datagram socket on an ephemeral port of the server's address family, connected to it,
+/// registered with the current runtime. Both system calls return at once.
+fn udp_connect(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM.nonblocking(), None)?;
+    socket.connect(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// Writes the PROXY header as the connection's first bytes: the client's address (`UNKNOWN`

@@ -220,3 +220,54 @@ fn weights_do_not_grow_memory() {
     let pool = pool(&config, Duration::from_secs(1));
     assert!(std::mem::size_of_val(&*pool.servers.list) < 1000 * 128);
 }
+
+#[tokio::test]
+async fn udp_refusals_eject_passively_and_an_answer_resets_the_count() {
+    let addresses = vec!["127.0.0.1:4001".to_owned(), "127.0.0.1:4002".to_owned()];
+    let passive = Passive {
+        failures: 2,
+        eject: Duration::from_secs(10),
+    };
+    let pool = pool(
+        &backend(&addresses, Balance::RoundRobin, Some(passive)),
+        Duration::from_secs(1),
+    );
+    let (socket, lease) = pool.connect_udp(Affinity::default()).unwrap();
+    assert_eq!(
+        socket.peer_addr().unwrap().to_string(),
+        lease.address(),
+        "connected to the server picked"
+    );
+    assert_eq!(pool.view()[0].active_connections, 1, "the session counts");
+    // One refusal, then an answer: the count starts again, so a second refusal ejects no one.
+    pool.udp_refused(&lease);
+    pool.udp_answered(&lease);
+    pool.udp_refused(&lease);
+    assert!(pool.view().iter().all(|s| s.healthy));
+    // Two in a row eject the server.
+    pool.udp_refused(&lease);
+    let index = addresses.iter().position(|a| a == lease.address()).unwrap();
+    assert!(!pool.view()[index].healthy);
+    assert_eq!(pool.connect_errors.value(), 3);
+    drop(lease);
+    assert_eq!(pool.view()[index].active_connections, 0);
+    // New sessions go to the other server.
+    for _ in 0..3 {
+        let (_, lease) = pool.connect_udp(Affinity::default()).unwrap();
+        assert_ne!(lease.address(), addresses[index]);
+    }
+}
+
+#[tokio::test]
+async fn a_udp_server_named_by_host_name_is_not_connected() {
+    let pool = pool(
+        &backend(&["localhost:4000".to_owned()], Balance::RoundRobin, None),
+        Duration::from_secs(1),
+    );
+    let e = pool.connect_udp(Affinity::default()).unwrap_err();
+    assert!(
+        crate::error::error_chain(&e).contains("needs an IP address"),
+        "{}",
+        crate::error::error_chain(&e)
+    );
+}

@@ -29,6 +29,7 @@ mod shed;
 mod support;
 mod tcp;
 mod tls;
+mod udp;
 mod unix;
 mod upgrade;
 mod websocket;

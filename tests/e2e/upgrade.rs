@@ -559,3 +559,96 @@ async fn a_successor_with_fewer_workers_accepts_on_every_socket_it_received() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_udp_listener_hands_its_sockets_over_and_clients_go_on_through_the_new_process() {
+    let echo = crate::udp::udp_echo(b"").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_owned();
+    let config = dir.join("sockgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[admin]
+listen = "127.0.0.1:0"
+[defaults]
+drain_timeout = "5s"
+drain_spread = "1s"
+[[listener]]
+name = "voice"
+listen = "127.0.0.1:0"
+protocol = "udp"
+route = [{{ name = "voice", backend = "voice" }}]
+[[backend]]
+name = "voice"
+servers = ["{echo}"]
+"#
+        ),
+    )
+    .unwrap();
+    let control = dir.join("control.sock").display().to_string();
+    let config_arg = config.display().to_string();
+    let mut gw = Binary::spawn(
+        &[
+            "--config",
+            &config_arg,
+            "--workers",
+            "2",
+            "--control-socket",
+            &control,
+        ],
+        tmp,
+    );
+    let ready = gw.ready().await;
+    let voice = addr(&ready, &["listeners", "voice"]);
+    let old_pid = ready["pid"].as_u64().unwrap() as u32;
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let roundtrip = async |data: &[u8]| {
+        client.send_to(data, voice).await.unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf))
+            .await
+            .expect("a reply within 5s")
+            .unwrap();
+        buf[..n].to_vec()
+    };
+    assert_eq!(roundtrip(b"before").await, b"before");
+
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_sockgate"))
+            .args(["upgrade", "--control-socket", &control])
+            .output(),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "upgrade: {}\ngateway: {}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.stderr()
+    );
+    // The old process drains: its session ends with the drain, and it exits at once.
+    let status = gw.exit_status(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{}", gw.stderr());
+    let text = std::fs::read_to_string(dir.join("ready.json")).unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let new = Successor(ready["pid"].as_u64().unwrap() as u32);
+    assert_ne!(new.0, old_pid);
+    // Same socket, same address: the client's next datagram opens a session in the new
+    // process.
+    assert_eq!(addr(&ready, &["listeners", "voice"]), voice);
+    assert_eq!(roundtrip(b"after").await, b"after");
+    let admin = addr(&ready, &["admin"]);
+    let metrics = Metrics::parse(&http_get(admin, "/metrics").await.1);
+    assert_eq!(
+        metrics.get(
+            "sockgate_connections_total",
+            &[("listener", "voice"), ("protocol", "udp")]
+        ),
+        1.0
+    );
+    new.terminate().await;
+}
