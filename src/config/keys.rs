@@ -18,8 +18,6 @@ pub(super) struct Section {
     name: &'static str,
     /// The keys its raw struct accepts.
     keys: fn() -> &'static [&'static str],
-    /// Keys from the product contract this version rejects, each with what happens instead.
-    unsupported: &'static [(&'static str, &'static str)],
     /// Keys holding a table, or an array whose table items are, of another kind.
     children: &'static [(&'static str, &'static Section)],
 }
@@ -27,7 +25,6 @@ pub(super) struct Section {
 pub(super) static ROOT: Section = Section {
     name: "the top level",
     keys: fields_of::<RawConfig>,
-    unsupported: &[],
     children: &[
         ("admin", &ADMIN),
         ("defaults", &DEFAULTS),
@@ -39,63 +36,54 @@ pub(super) static ROOT: Section = Section {
 static ADMIN: Section = Section {
     name: "[admin]",
     keys: fields_of::<RawAdmin>,
-    unsupported: &[],
     children: &[],
 };
 
 static DEFAULTS: Section = Section {
     name: "[defaults]",
     keys: fields_of::<RawDefaults>,
-    unsupported: &[],
     children: &[],
 };
 
 static LISTENER: Section = Section {
     name: "[[listener]]",
     keys: fields_of::<RawListener>,
-    unsupported: &[],
     children: &[("unix", &UNIX), ("tls", &TLS), ("route", &ROUTE)],
 };
 
 static UNIX: Section = Section {
     name: "a listener's `unix`",
     keys: fields_of::<RawUnix>,
-    unsupported: &[],
     children: &[],
 };
 
 static TLS: Section = Section {
     name: "[listener.tls]",
     keys: fields_of::<RawTls>,
-    unsupported: &[],
     children: &[("sni", &SNI), ("client_auth", &CLIENT_AUTH)],
 };
 
 static CLIENT_AUTH: Section = Section {
     name: "[listener.tls.client_auth]",
     keys: fields_of::<RawClientAuth>,
-    unsupported: &[],
     children: &[],
 };
 
 static SNI: Section = Section {
     name: "[[listener.tls.sni]]",
     keys: fields_of::<RawSni>,
-    unsupported: &[],
     children: &[],
 };
 
 static ROUTE: Section = Section {
     name: "[[listener.route]]",
     keys: fields_of::<RawRoute>,
-    unsupported: &[],
     children: &[],
 };
 
 static BACKEND: Section = Section {
     name: "[[backend]]",
     keys: fields_of::<RawBackend>,
-    unsupported: &[],
     children: &[
         ("servers", &SERVER),
         ("health", &HEALTH),
@@ -107,45 +95,34 @@ static BACKEND: Section = Section {
 static BACKEND_TLS: Section = Section {
     name: "a backend's `tls`",
     keys: fields_of::<RawBackendTls>,
-    unsupported: &[],
     children: &[],
 };
 
 static HEALTH: Section = Section {
     name: "a backend's `health`",
     keys: fields_of::<RawHealth>,
-    unsupported: &[],
     children: &[],
 };
 
 static PASSIVE: Section = Section {
     name: "a backend's `passive`",
     keys: fields_of::<RawPassive>,
-    unsupported: &[],
     children: &[],
 };
 
 static SERVER: Section = Section {
     name: "a `servers` entry",
     keys: fields_of::<RawServerTable>,
-    unsupported: &[],
     children: &[],
 };
 
-/// Reports and removes every unknown or unsupported key in `table` and below.
+/// Reports and removes every unknown key in `table` and below.
 pub(super) fn check(table: &mut DeTable<'_>, section: &Section, report: &mut Report<'_>) {
     let valid = (section.keys)();
     let mut rejected = Vec::new();
     for (key, value) in table.iter_mut() {
         let name: &str = key.get_ref();
-        if let Some((_, instead)) = section.unsupported.iter().find(|(k, _)| *k == name) {
-            report.error(
-                key.span(),
-                format!("`{name}` is not supported by this version of sockgate"),
-                *instead,
-            );
-            rejected.push(name.to_owned());
-        } else if !valid.contains(&name) {
+        if !valid.contains(&name) {
             let mut hint = format!("valid keys: {}", valid.join(", "));
             if let Some(close) = super::values::closest(name, valid.iter().copied()) {
                 hint.push_str(&format!("; did you mean `{close}`?"));

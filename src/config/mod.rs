@@ -6,9 +6,8 @@
 //! ```text
 //! text ─ parse ─ key walk ─ serde ─ validate ─▶ Config
 //!          │        │         │        │
-//!       syntax   unknown &  wrong    rules, cross-references,
-//!       error    unsupported type    certificates (all of them)
-//!                keys (all)
+//!       syntax   unknown    wrong    rules, cross-references,
+//!       error    keys (all) type     certificates (all of them)
 //! ```
 //!
 //! A syntax error or a value of the wrong type ends checking there (nothing later can be
