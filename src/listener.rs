@@ -453,42 +453,6 @@ impl Pending {
         let stop = CancellationToken::new();
         let name: Arc<str> = self.name.as_str().into();
         let copies = crate::handoff::Copies::default();
-        if self.udp {
-            let limits = crate::conn::udp::SessionLimits {
-                global: limit.clone(),
-                sessions: ConnLimit::new(usize::MAX),
-            };
-            for (i, socket) in self.sockets.into_iter().enumerate() {
-                let Listening::Udp(socket) = socket else {
-                    unreachable!("a udp listener holds datagram sockets only");
-                };
-                let copy = copies.keep(&socket);
-                let receive = crate::conn::udp::serve(
-                    socket,
-                    name.clone(),
-                    services.clone(),
-                    limits.clone(),
-                    stop.clone(),
-                );
-                let receive = async move {
-                    receive.await;
-                    drop(copy);
-                };
-                let worker = i % workers.sockets_per_listener();
-                services.shutdown.spawn_on(receive, workers.runtime(worker));
-            }
-            return (
-                self.name,
-                Bound {
-                    configured: self.configured,
-                    local_addr: self.local_addr,
-                    stop,
-                    copies,
-                    file: None,
-                    udp: true,
-                },
-            );
-        }
         // Shared by the listener's accept loops on every worker; they outlive reloads, so
         // counts carry on while a reload changes the limits.
         let limits = ListenerLimits {
@@ -496,24 +460,29 @@ impl Pending {
             listener: ConnLimit::new(usize::MAX),
             per_ip: IpTable::new(),
         };
+        // A udp listener's sessions, likewise shared by its sockets.
+        let sessions = crate::conn::udp::SessionLimits {
+            global: limit.clone(),
+            sessions: ConnLimit::new(usize::MAX),
+        };
         for (i, socket) in self.sockets.into_iter().enumerate() {
             let copy = copies.keep(&socket);
-            let accept = accept_loop(
-                socket,
-                name.clone(),
-                services.clone(),
-                limits.clone(),
-                stop.clone(),
-            );
-            let accept = async move {
-                accept.await;
+            let (name, shared, stop) = (name.clone(), services.clone(), stop.clone());
+            let (limits, sessions) = (limits.clone(), sessions.clone());
+            let run = async move {
+                match socket {
+                    Listening::Udp(socket) => {
+                        crate::conn::udp::serve(socket, name, shared, sessions, stop).await;
+                    }
+                    socket => accept_loop(socket, name, shared, limits, stop).await,
+                }
                 drop(copy);
             };
             // Sockets received from an upgrade may outnumber this process's workers: every
             // one of them must be accepted on, or the connections the kernel queues on it
             // would wait forever.
             let worker = i % workers.sockets_per_listener();
-            services.shutdown.spawn_on(accept, workers.runtime(worker));
+            services.shutdown.spawn_on(run, workers.runtime(worker));
         }
         (
             self.name,
@@ -523,7 +492,7 @@ impl Pending {
                 stop,
                 copies,
                 file: self.file,
-                udp: false,
+                udp: self.udp,
             },
         )
     }
@@ -561,11 +530,7 @@ impl Acceptor {
         Ok(match socket {
             Listening::Tcp(l) => Acceptor::Tcp(TcpListener::from_std(l)?),
             Listening::Unix(l) => Acceptor::Unix(tokio::net::UnixListener::from_std(l)?),
-            Listening::Udp(_) => {
-                return Err(std::io::Error::other(
-                    "a datagram socket has no connections to accept",
-                ));
-            }
+            Listening::Udp(_) => unreachable!("datagram sockets are received on, not accepted on"),
         })
     }
 

@@ -383,6 +383,30 @@ impl HttpConn {
             None => true,
         }
     }
+
+    /// The request head as the backend gets it: the forwarding headers (kept and appended
+    /// to when `trusted`), the client certificate's subject where the listener names a
+    /// header for it, and the target in origin form.
+    fn toward_backend(
+        &self,
+        parts: &mut http::request::Parts,
+        listener: &ListenerSnap,
+        trusted: bool,
+    ) {
+        add_forwarding(
+            &mut parts.headers,
+            &parts.uri,
+            self.ctx.client().ip(),
+            self.tls,
+            trusted,
+        );
+        set_client_subject(
+            &mut parts.headers,
+            listener.client_cert_header.as_ref(),
+            self.client_subject.as_ref(),
+        );
+        parts.uri = origin_form(&parts.uri);
+    }
 }
 
 impl Drop for HttpConn {
@@ -653,19 +677,7 @@ impl HttpConn {
             .backend
             .affinity(self.ctx.client().ip(), Some((&parts.headers, &parts.uri)));
         strip_hop_by_hop(&mut parts.headers);
-        add_forwarding(
-            &mut parts.headers,
-            &parts.uri,
-            self.ctx.client().ip(),
-            self.tls,
-            trusted,
-        );
-        set_client_subject(
-            &mut parts.headers,
-            listener.client_cert_header.as_ref(),
-            self.client_subject.as_ref(),
-        );
-        parts.uri = origin_form(&parts.uri);
+        self.toward_backend(&mut parts, listener, trusted);
         let idle = listener.defaults.idle_timeout;
         let mut req = Request::from_parts(parts, Idle::new(body, idle, Side::Client));
 
@@ -762,19 +774,7 @@ impl HttpConn {
                 .headers
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         }
-        add_forwarding(
-            &mut parts.headers,
-            &parts.uri,
-            self.ctx.client().ip(),
-            self.tls,
-            trusted,
-        );
-        set_client_subject(
-            &mut parts.headers,
-            listener.client_cert_header.as_ref(),
-            self.client_subject.as_ref(),
-        );
-        parts.uri = origin_form(&parts.uri);
+        self.toward_backend(&mut parts, listener, trusted);
         let idle = listener.defaults.idle_timeout;
         let body = Idle::new(body, idle, Side::Client);
         // The 101 is a response head like any other (`request_timeout`), and the wait is a

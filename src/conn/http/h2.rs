@@ -44,10 +44,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use super::headers::{
-    BadRequest, add_forwarding, origin_form, permessage_deflate, set_client_subject,
-    strip_hop_by_hop,
-};
+use super::headers::{BadRequest, permessage_deflate, strip_hop_by_hop};
 use super::idle::Idle;
 use super::{Body, End, Error, HttpConn, MAX_HEAD, ProxyError};
 use crate::config::Protocol;
@@ -362,19 +359,7 @@ impl H2Conn {
         };
         let (mut parts, body) = req.into_parts();
         parts.version = Version::HTTP_11;
-        add_forwarding(
-            &mut parts.headers,
-            &parts.uri,
-            http.ctx.client().ip(),
-            true,
-            trusted,
-        );
-        set_client_subject(
-            &mut parts.headers,
-            listener.client_cert_header.as_ref(),
-            http.client_subject.as_ref(),
-        );
-        parts.uri = origin_form(&parts.uri);
+        http.toward_backend(&mut parts, &listener, trusted);
         let idle = listener.defaults.idle_timeout;
         let body = Idle::new(body, idle, Side::Client);
         let limit = route.request_timeout.min(idle);
