@@ -621,3 +621,79 @@ async fn tcp_routes_match_on_the_certificate_too() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn over_http2_requests_and_websockets_route_on_the_certificate_and_carry_its_subject() {
+    use futures_util::{SinkExt, StreamExt};
+    use hyper::ext::Protocol;
+    use hyper_util::rt::TokioExecutor;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let mut s = setup().await;
+    let edge = s.gw.addr("edge");
+    let alpn: &[&[u8]] = &[b"h2", b"http/1.1"];
+    let tls = connect(edge, client_tls(&s.pki, Some(s.ca.client()), alpn)).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+
+    // A request: the certificate's route, the verified subject once, the forged one gone.
+    let req = http::Request::get("https://localhost/who")
+        .header("X-Client-Cert-Subject", "CN=admin")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = tokio::time::timeout(LIMIT, sender.send_request(req))
+        .await
+        .expect("a response within 10s")
+        .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let page = String::from_utf8_lossy(&body).into_owned();
+    assert!(page.starts_with("private\n"), "{page}");
+    assert_eq!(page.matches("x-client-cert-subject: ").count(), 1, "{page}");
+    assert!(
+        page.contains(&format!("\nx-client-cert-subject: {SUBJECT}\n")),
+        "{page}"
+    );
+
+    // A WebSocket inside the same connection (RFC 8441): the HTTP/1.1 upgrade toward the
+    // backend carries the subject, and only it.
+    let req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri("https://localhost/chat")
+        .header("sec-websocket-version", "13")
+        .header("X-Client-Cert-Subject", "CN=admin")
+        .extension(Protocol::from_static("websocket"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = tokio::time::timeout(LIMIT, sender.send_request(req))
+        .await
+        .expect("an answer to the CONNECT within 10s")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = tokio::time::timeout(LIMIT, s.ws_seen[0].recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, [SUBJECT]);
+    let upgraded = hyper::upgrade::on(response).await.unwrap();
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        Role::Client,
+        None,
+    )
+    .await;
+    ws.send(Message::text("hi")).await.unwrap();
+    let echoed = tokio::time::timeout(LIMIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(echoed, Message::text("hi"));
+    ws.close(None).await.unwrap();
+}
