@@ -708,6 +708,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn protected_rows_follow_their_plain_rows_in_scenarios_2_and_6_only() {
+        let plain = crate::cases(true, 10, &[1, 2, 6]);
+        let all = with_rows(plain.clone(), false).unwrap();
+        assert_eq!(all.len(), plain.len() + 4);
+        for (i, case) in all.iter().enumerate() {
+            if case.protected {
+                assert!([2, 6].contains(&case.scenario));
+                assert_eq!(case.name, format!("{}, protected", all[i - 1].name));
+                assert!(!all[i - 1].protected);
+                assert!(!case.has_direct());
+            }
+        }
+        let shorts: std::collections::BTreeSet<&str> =
+            all.iter().map(|c| c.short.as_str()).collect();
+        assert_eq!(shorts.len(), all.len(), "chart labels stay unique");
+        assert!(with_rows(crate::cases(true, 10, &[1, 3, 4, 5]), false).is_err());
+        assert!(with_rows(plain, true).is_err());
+    }
+
+    #[test]
     fn header_v2_for_ipv4() {
         let h = header_v2(
             "127.0.0.1:40000".parse().unwrap(),
