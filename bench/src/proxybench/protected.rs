@@ -9,7 +9,7 @@
 //! |---|---|---|---|
 //! | PROXY protocol v2 header required, before TLS | `bind ... accept-proxy` | `listen ... proxy_protocol` + `set_real_ip_from 127.0.0.0/8` | `proxy_protocol = true` |
 //! | header only from 127.0.0.0/8 | `tcp-request connection reject unless { src 127.0.0.0/8 }` | cannot: any source may send one; realip only decides whose is believed | `trusted_proxies = ["127.0.0.0/8"]` |
-//! | least connections over two backends | `balance leastconn` | `least_conn` | `balance = "least_conn"` |
+//! | least connections over two backends | `balance leastconn` | `least_conn`, with a `zone` shared by the workers | `balance = "least_conn"` |
 //! | active TCP health check every 1 s | `check inter 1s` | none in open-source nginx (passive `max_fails` only, its default) | `health = { kind = "tcp", interval = "1s" }` |
 //! | connections per listener | frontend `maxconn` | `limit_conn` on a zone keyed on `$server_port` | `max_connections` |
 //! | connections per client address | stick table `conn_cur`, `tcp-request session reject` | `limit_conn` on a zone keyed on `$binary_remote_addr` | `max_connections_per_ip` |
@@ -22,7 +22,9 @@
 //! client the header names, as sockgate and nginx do.
 //!
 //! The second backend is another `proxybench backend` process, the first one's twin. Direct
-//! has no protected row: the backends do not read PROXY headers.
+//! has no protected row: the backends do not read PROXY headers. The protected sockgate has
+//! an admin endpoint and the protected HAProxy a stats socket, which `finish` reads after
+//! the runs to show the features were on.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -49,7 +51,8 @@ const MAX_CONNECTIONS_PER_IP: u32 = 5000;
 /// New connections per client address per second.
 const MAX_NEW_PER_IP_PER_SECOND: u32 = 100_000;
 
-/// Name of the file (next to results.md) with what the protected sockgate counted.
+/// Name of the file (next to results.md) with what the protected sockgate and HAProxy
+/// counted.
 const CHECKS: &str = "protected-checks.md";
 
 /// The plain rows with a protected row after each row of scenarios 2 and 6.
