@@ -4,6 +4,7 @@
 #   bench/run.sh             full run, about 15 minutes; writes bench/results/YYYY-MM-DD/
 #   bench/run.sh --smoke     about a second per scenario; writes to a temporary folder
 #   bench/run.sh --curves    costs against size, sockgate and HAProxy; about 10 minutes
+#   bench/run.sh --protected --scenarios 2,6   adds rows with PROXY headers, balancing and limits
 #   bench/run.sh --help      every option
 #
 # Installs HAProxy and nginx (with its stream module) from Debian packages when they are

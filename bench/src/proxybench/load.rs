@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 use sockgate_bench::ws::round_trip;
 
 use crate::backend::{BULK_CHUNK, ECHO, SINK, SOURCE, pattern};
-use crate::tls;
+use crate::{protected, tls};
 
 /// A plain or TLS client stream.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -67,6 +67,9 @@ pub enum Load {
 pub struct Clients {
     pub tcp: TlsConnector,
     pub ws: TlsConnector,
+    /// `--protected`: the request/response and new-connection loads start each connection
+    /// with a PROXY protocol v2 header (see `protected::dial`).
+    pub proxy_header: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -98,7 +101,10 @@ impl Outcome {
     }
 }
 
-async fn dial(addr: SocketAddr, tls: Option<&TlsConnector>) -> anyhow::Result<(Stream, String)> {
+pub async fn dial(
+    addr: SocketAddr,
+    tls: Option<&TlsConnector>,
+) -> anyhow::Result<(Stream, String)> {
     let tcp = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connect {addr}"))?;
@@ -212,7 +218,10 @@ pub async fn run(
                 .collect();
         }
         Load::RequestResponse { size, connections } => {
-            let streams = connect_all(connections, || dial(addr, None)).await?;
+            let streams = connect_all(connections, || {
+                protected::dial(addr, None, clients.proxy_header)
+            })
+            .await?;
             window = Window::starting(timing);
             let w = window;
             tasks = streams
@@ -267,7 +276,8 @@ pub async fn run(
             };
             // One connection outside the window, to learn what TLS settles on and to fail
             // early when the target does not answer at all.
-            let (probe, n) = dial(addr, tls.as_ref()).await?;
+            let header = clients.proxy_header;
+            let (probe, n) = protected::dial(addr, tls.as_ref(), header).await?;
             drop(probe);
             if tls.is_some() {
                 negotiated = Some(n);
@@ -278,9 +288,9 @@ pub async fn run(
             tasks = (0..parallel)
                 .map(|_| {
                     let (counter, errors, tls) = (counter.clone(), errors.clone(), tls.clone());
-                    tokio::spawn(
-                        async move { connections(addr, tls, echo, w, &counter, &errors).await },
-                    )
+                    tokio::spawn(async move {
+                        connections(addr, tls, echo, header, w, &counter, &errors).await
+                    })
                 })
                 .collect();
         }
@@ -487,6 +497,7 @@ async fn connections(
     addr: SocketAddr,
     tls: Option<TlsConnector>,
     echo: bool,
+    proxy_header: bool,
     w: Window,
     counter: &AtomicU64,
     errors: &AtomicU64,
@@ -500,7 +511,7 @@ async fn connections(
             break;
         }
         let attempt = async {
-            let (mut stream, _) = dial(addr, tls.as_ref()).await?;
+            let (mut stream, _) = protected::dial(addr, tls.as_ref(), proxy_header).await?;
             if echo {
                 let mut message = vec![ECHO];
                 message.extend_from_slice(&request);

@@ -15,6 +15,7 @@ mod backend;
 mod curves;
 mod load;
 mod machine;
+mod protected;
 mod proxies;
 mod report;
 mod svg;
@@ -52,6 +53,15 @@ struct Args {
     /// bench/results/DATE-curves.
     #[arg(long)]
     curves: bool,
+
+    /// Adds a protected row beside each row of scenarios 2 and 6 (issue 12): every proxy
+    /// then takes a PROXY protocol v2 header on each connection (from trusted 127.0.0.0/8),
+    /// balances least-connections over two backends with a TCP health check every second,
+    /// and enforces connection limits set too high to refuse (per listener, per client
+    /// address, new connections per address where the proxy can). results.md gets a table
+    /// of protected ÷ plain per proxy. Not with --curves.
+    #[arg(long)]
+    protected: bool,
 
     /// Folder for results.md, the charts and the configs [default: bench/results/DATE, or
     /// a temporary folder with --smoke].
@@ -135,12 +145,15 @@ pub struct Case {
     /// Unique across the suite and short enough for a chart's axis.
     pub short: String,
     pub kind: Kind,
+    /// A `--protected` row: run against the protected proxies, with PROXY headers.
+    pub protected: bool,
 }
 
 impl Case {
-    /// Where direct makes sense: everything but the proxy's own memory.
+    /// Where direct makes sense: everything but the proxy's own memory, and but the
+    /// protected rows (the backends read no PROXY header).
     pub fn has_direct(&self) -> bool {
-        !matches!(self.kind, Kind::Idle { .. })
+        !matches!(self.kind, Kind::Idle { .. }) && !self.protected
     }
 
     /// Whether `target` has a figure for `metric`: direct has no proxy to measure.
@@ -224,6 +237,7 @@ fn cases(smoke: bool, idle: usize, scenarios: &[u8]) -> Vec<Case> {
                 name,
                 short,
                 kind,
+                protected: false,
             });
         }
     };
@@ -357,6 +371,11 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         bail!("there is no scenario {bad}: they are numbered 1 to 6");
     }
     let cases = cases(smoke, idle, &args.scenarios);
+    let cases = if args.protected {
+        protected::with_rows(cases, args.curves)?
+    } else {
+        cases
+    };
 
     // Targets in a fixed order; a proxy that is not installed is fatal unless smoke.
     let mut targets: Vec<Target> = Target::ALL
@@ -444,6 +463,7 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let clients = Clients {
         tcp: tls::connector(&setup.certs.ca, &[])?,
         ws: tls::connector(&setup.certs.ca, &[b"http/1.1"])?,
+        proxy_header: false,
     };
     let environment = machine::describe(&args.sockgate, &setup);
     if args.curves {
@@ -511,14 +531,28 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
             }
             running.push(r);
         }
+        let mut protected = protected::start(&cases, &setup, &targets, &clients, &mut configs)?;
         for repeat in 0..repeats {
             for &case in &load_cases {
                 let Kind::Load(load, service) = cases[case].kind else {
                     continue;
                 };
-                for i in 0..running.len() {
-                    let r = &mut running[(i + repeat) % targets.len()];
-                    let result = run_load(runtime, load, service, r, &clients, timing, ticks);
+                // --protected rows: their own proxies and clients, no direct.
+                let (running, clients, second) = match protected.as_mut() {
+                    Some(p) if cases[case].protected => {
+                        (&mut p.running, &p.clients, Some(&p.backend))
+                    }
+                    _ => (&mut running, &clients, None),
+                };
+                let n = running.len();
+                for i in 0..n {
+                    let r = &mut running[(i + repeat) % n];
+                    let result = match second {
+                        Some(second) => protected::run_load(
+                            runtime, load, service, r, clients, timing, ticks, &backend, second,
+                        ),
+                        None => run_load(runtime, load, service, r, clients, timing, ticks),
+                    };
                     progress(&cases[case], r.target, repeat, repeats, &result);
                     records.push(Record {
                         case,
@@ -534,6 +568,9 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                     std::thread::sleep(Duration::from_millis(300));
                 }
             }
+        }
+        if let Some(p) = protected {
+            protected::finish(p, &mut configs)?;
         }
     }
 

@@ -181,7 +181,7 @@ fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn free_frontends() -> anyhow::Result<Frontends> {
+pub fn free_frontends() -> anyhow::Result<Frontends> {
     Ok(Frontends {
         tcp: free_port()?,
         tls: free_port()?,

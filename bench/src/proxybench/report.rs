@@ -93,7 +93,7 @@ fn shown(case: &Case, metric: Metric, v: f64) -> f64 {
     }
 }
 
-fn figure(case: &Case, metric: Metric) -> String {
+pub fn figure(case: &Case, metric: Metric) -> String {
     let per = match case.kind {
         Kind::Load(Load::Handshake { .. }, _) => "handshake",
         _ => "connection",
@@ -179,7 +179,7 @@ fn stat(records: &[Record], case: usize, target: Target, metric: Metric) -> Opti
     })
 }
 
-fn median_of(records: &[Record], case: usize, target: Target, metric: Metric) -> Option<f64> {
+pub fn median_of(records: &[Record], case: usize, target: Target, metric: Metric) -> Option<f64> {
     stat(records, case, target, metric)
         .map(|s| s.median)
         .filter(|v| v.is_finite())
@@ -801,6 +801,9 @@ pub fn write(
         "Medians. Ratios are of medians from this run: above 1 is more for rates, and worse for latency, CPU and memory. `direct` has no proxy: TCP to the backend, or TLS terminated by the backend itself. `n/a`: direct has no proxy memory to measure.\n"
     );
     md.push_str(&table);
+    md.push_str(&crate::protected::section(
+        cases, records, settings, configs,
+    ));
     let _ = writeln!(md, "\n## sockgate against the targets of issues 4 and 10\n");
     md.push_str(&checks_table(&checks));
     let _ = writeln!(md, "\n## Charts\n");
