@@ -9,7 +9,8 @@
 //! every scenario alike. Scenario 5 (memory per idle connection, and per connection stalled
 //! in the middle of a TLS record) starts each proxy afresh for each repeat and row, so
 //! connections of earlier scenarios cannot leave memory behind that the new ones would
-//! reuse.
+//! reuse. Scenario 8 (UDP datagram echo) runs against nginx and sockgate instances with
+//! only a UDP frontend (see `udp.rs`); HAProxy's community edition does not proxy UDP.
 
 mod backend;
 mod curves;
@@ -33,7 +34,8 @@ use crate::load::{Clients, Load, Outcome, Timing};
 use crate::proxies::{Certs, Running, Service, Setup, Target};
 
 /// sockgate vs HAProxy vs nginx on loopback: TCP and TLS bulk, request/response latency,
-/// TLS handshakes, WebSocket echo, memory per idle connection, connection rate.
+/// TLS handshakes, WebSocket echo, memory per idle connection, connection rate, UDP
+/// datagram echo.
 #[derive(Parser, Debug)]
 #[command(name = "proxybench")]
 struct Args {
