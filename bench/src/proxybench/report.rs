@@ -825,8 +825,15 @@ pub fn write(
     let _ = writeln!(md, "## Results\n");
     let _ = writeln!(
         md,
-        "Medians. Ratios are of medians from this run: above 1 is more for rates, and worse for latency, CPU and memory. `direct` has no proxy: TCP to the backend, or TLS terminated by the backend itself. `n/a`: direct has no proxy memory to measure, and HAProxy's community edition does not proxy UDP (scenario 8; UDP load balancing is an HAProxy Enterprise module). Scenario 8's rates count datagrams echoed (each relayed twice by the proxy, out and back), its CPU is per datagram echoed, and its lost datagrams are those whose echo had not come in 200 ms (another was sent instead), over the whole run.\n"
+        "Medians. Ratios are of medians from this run: above 1 is more for rates, and worse for latency, CPU and memory. `direct` has no proxy: TCP to the backend, or TLS terminated by the backend itself. `n/a`: direct has no proxy memory to measure.\n"
     );
+    let udp = cases.iter().any(|c| matches!(c.kind, Kind::Udp(_)));
+    if udp {
+        let _ = writeln!(
+            md,
+            "Scenario 8 (UDP): `n/a` for HAProxy, whose community edition does not proxy UDP (UDP load balancing is an HAProxy Enterprise module). Its rates count datagrams echoed (each relayed twice by the proxy, out and back), its CPU is per datagram echoed, and its lost datagrams are those whose echo had not come in 200 ms (another was sent instead), over the whole run.\n"
+        );
+    }
     md.push_str(&table);
     let _ = writeln!(md, "\n## sockgate against the targets of issues 4 and 10\n");
     md.push_str(&checks_table(&checks));
@@ -874,8 +881,14 @@ pub fn write(
     let _ = writeln!(md, "\n## Configs\n");
     let _ = writeln!(
         md,
-        "Next to this file, as each proxy ran them (`$RUN` is the run's temporary folder; ports were free ones picked at the start). Each proxy has three frontends to the same backends: plain TCP, TLS-terminated TCP, and TLS-terminated WebSocket. HAProxy runs `nbthread 2` in the foreground (`-db`); nginx `worker_processes 2` with `daemon off`, the `stream` module for TCP and TLS, and `http` with `proxy_http_version 1.1` and the Upgrade and Connection headers for wss (what an operator writes to proxy WebSockets and still route on Host and path); sockgate `--workers 2` with `RUST_LOG=warn`. No access logs anywhere. Defaults otherwise: no `tune.*`, no `reuseport`, no splice options. Only the connection limits that would refuse scenario 5 were raised. Scenario 8 ran against instances of their own with a UDP frontend only (`nginx-udp.conf`, `sockgate-udp.toml`): nginx `listen … udp reuseport` (as nginx's UDP examples have it; sockgate's workers have a `SO_REUSEPORT` socket each too) with `proxy_timeout 60s` and no `proxy_responses`, sockgate a udp listener with the session defaults (60 s idle, 100,000 sessions).\n"
+        "Next to this file, as each proxy ran them (`$RUN` is the run's temporary folder; ports were free ones picked at the start). Each proxy has three frontends to the same backends: plain TCP, TLS-terminated TCP, and TLS-terminated WebSocket. HAProxy runs `nbthread 2` in the foreground (`-db`); nginx `worker_processes 2` with `daemon off`, the `stream` module for TCP and TLS, and `http` with `proxy_http_version 1.1` and the Upgrade and Connection headers for wss (what an operator writes to proxy WebSockets and still route on Host and path); sockgate `--workers 2` with `RUST_LOG=warn`. No access logs anywhere. Defaults otherwise: no `tune.*`, no `reuseport`, no splice options. Only the connection limits that would refuse scenario 5 were raised.\n"
     );
+    if udp {
+        let _ = writeln!(
+            md,
+            "Scenario 8 ran against instances of their own with a UDP frontend only (`nginx-udp.conf`, `sockgate-udp.toml`): nginx `listen … udp reuseport` (as nginx's UDP examples have it; sockgate's workers have a `SO_REUSEPORT` socket each too) with `proxy_timeout 60s` and no `proxy_responses`, sockgate a udp listener with the session defaults (60 s idle, 100,000 sessions).\n"
+        );
+    }
     for (name, text) in configs {
         let text = text.replace(&work_dir.to_string_lossy().into_owned(), "$RUN");
         std::fs::write(out_dir.join(name), text)?;
