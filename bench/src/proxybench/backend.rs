@@ -7,6 +7,7 @@
 //! - `tls`: the same behind TLS, so `direct` has a TLS figure to compare with.
 //! - `ws`: WebSocket echo of every data message.
 //! - `wss`: the same behind TLS.
+//! - `udp`: UDP echo of every datagram (scenario 8, [`crate::udp::echo`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -35,6 +36,7 @@ pub struct BackendAddrs {
     pub tls: SocketAddr,
     pub ws: SocketAddr,
     pub wss: SocketAddr,
+    pub udp: SocketAddr,
 }
 
 /// The backend process: prints its addresses as one JSON line, serves until stdin closes.
@@ -42,6 +44,7 @@ pub async fn serve(cert: &Path, key: &Path) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(tls::server_config(cert, key)?);
     let bind = || TcpListener::bind("127.0.0.1:0");
     let (tcp, tls, ws, wss) = (bind().await?, bind().await?, bind().await?, bind().await?);
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
     println!(
         "{}",
         serde_json::json!({
@@ -49,6 +52,7 @@ pub async fn serve(cert: &Path, key: &Path) -> anyhow::Result<()> {
             "tls": tls.local_addr()?.to_string(),
             "ws": ws.local_addr()?.to_string(),
             "wss": wss.local_addr()?.to_string(),
+            "udp": udp.local_addr()?.to_string(),
         })
     );
     let tls_acceptor = acceptor.clone();
@@ -72,6 +76,7 @@ pub async fn serve(cert: &Path, key: &Path) -> anyhow::Result<()> {
                     }
                 }
             }),
+            crate::udp::echo(udp),
         );
     };
     // The parent holds our stdin: when it goes away, however it ends, so do we.
@@ -190,6 +195,7 @@ pub fn start(cert: &Path, key: &Path) -> anyhow::Result<(Proc, BackendAddrs)> {
         tls: addr("tls")?,
         ws: addr("ws")?,
         wss: addr("wss")?,
+        udp: addr("udp")?,
     };
     Ok((proc, addrs))
 }

@@ -9,7 +9,8 @@
 //! every scenario alike. Scenario 5 (memory per idle connection, and per connection stalled
 //! in the middle of a TLS record) starts each proxy afresh for each repeat and row, so
 //! connections of earlier scenarios cannot leave memory behind that the new ones would
-//! reuse.
+//! reuse. Scenario 8 (UDP datagram echo) runs against nginx and sockgate instances with
+//! only a UDP frontend (see `udp.rs`); HAProxy's community edition does not proxy UDP.
 
 mod backend;
 mod curves;
@@ -20,6 +21,7 @@ mod proxies;
 mod report;
 mod svg;
 mod tls;
+mod udp;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,7 +35,8 @@ use crate::load::{Clients, Load, Outcome, Timing};
 use crate::proxies::{Certs, Running, Service, Setup, Target};
 
 /// sockgate vs HAProxy vs nginx on loopback: TCP and TLS bulk, request/response latency,
-/// TLS handshakes, WebSocket echo, memory per idle connection, connection rate.
+/// TLS handshakes, WebSocket echo, memory per idle connection, connection rate, UDP
+/// datagram echo.
 #[derive(Parser, Debug)]
 #[command(name = "proxybench")]
 struct Args {
@@ -80,8 +83,8 @@ struct Args {
     #[arg(long)]
     warmup: Option<f64>,
 
-    /// Scenarios to run, comma-separated (1-6).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6")]
+    /// Scenarios to run, comma-separated (1-6, 8).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,8")]
     scenarios: Vec<u8>,
 
     /// Targets, comma-separated: direct, haproxy, nginx, sockgate.
@@ -136,6 +139,8 @@ pub enum Kind {
         /// and 100 of its 16,384 bytes) and stops, so the proxy holds a partial record.
         stalled: bool,
     },
+    /// Scenario 8: UDP sessions in a closed loop of one datagram and its echo.
+    Udp(udp::UdpLoad),
 }
 
 #[derive(Clone, Debug)]
@@ -158,6 +163,10 @@ impl Case {
 
     /// Whether `target` has a figure for `metric`: direct has no proxy to measure.
     pub fn applies(&self, target: Target, metric: Metric) -> bool {
+        // HAProxy's community edition has no UDP proxying.
+        if target == Target::Haproxy && matches!(self.kind, Kind::Udp(_)) {
+            return false;
+        }
         target.is_proxy()
             || (self.has_direct() && !matches!(metric, Metric::CpuPerOp | Metric::RssPerConnection))
     }
@@ -174,6 +183,8 @@ pub enum Metric {
     CpuPerOp,
     /// Proxy RSS per idle connection.
     RssPerConnection,
+    /// Datagrams with no echo in time (scenario 8), over the whole run.
+    Lost,
 }
 
 /// What one run of one case at one target measured.
@@ -334,6 +345,30 @@ fn cases(smoke: bool, idle: usize, scenarios: &[u8]) -> Vec<Case> {
             ),
         );
     }
+    let udp_sessions = if smoke { [1, 8] } else { [1, 100] };
+    for sessions in udp_sessions {
+        let what = if sessions == 1 {
+            "1 session".to_string()
+        } else {
+            format!("{sessions} sessions")
+        };
+        add(
+            8,
+            format!("UDP 64 B datagram echo, {what}"),
+            format!("UDP 64 B, {what}"),
+            Kind::Udp(udp::UdpLoad { size: 64, sessions }),
+        );
+    }
+    let sessions = udp_sessions[1];
+    add(
+        8,
+        format!("UDP 1200 B datagram echo, {sessions} sessions"),
+        format!("UDP 1200 B, {sessions} sessions"),
+        Kind::Udp(udp::UdpLoad {
+            size: 1200,
+            sessions,
+        }),
+    );
     out.sort_by_key(|c| c.scenario);
     out
 }
@@ -367,8 +402,8 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     if repeats == 0 || args.targets.is_empty() || args.scenarios.is_empty() {
         bail!("nothing to run: give at least one scenario, one target and one repeat");
     }
-    if let Some(bad) = args.scenarios.iter().find(|s| !(1..=6).contains(*s)) {
-        bail!("there is no scenario {bad}: they are numbered 1 to 6");
+    if let Some(bad) = args.scenarios.iter().find(|s| !matches!(s, 1..=6 | 8)) {
+        bail!("there is no scenario {bad}: they are numbered 1 to 6, and 8");
     }
     let cases = cases(smoke, idle, &args.scenarios);
     let cases = if args.protected {
@@ -571,6 +606,61 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         }
         if let Some(p) = protected {
             protected::finish(p, &mut configs)?;
+        }
+    }
+
+    // Scenario 8 against instances of its own with a UDP frontend only, started once;
+    // HAProxy has none (its community edition does not proxy UDP).
+    let udp_cases: Vec<usize> = (0..cases.len())
+        .filter(|&i| matches!(cases[i].kind, Kind::Udp(_)))
+        .collect();
+    let udp_targets: Vec<Target> = targets
+        .iter()
+        .copied()
+        .filter(|t| *t != Target::Haproxy)
+        .collect();
+    if !udp_cases.is_empty() && !udp_targets.is_empty() {
+        // A target that does not start has every run of it failed, with the reason.
+        let mut running: Vec<(Target, Result<udp::Running, String>)> = Vec::new();
+        for &target in &udp_targets {
+            let r = udp::start(target, &setup);
+            if let Ok(Some((name, text))) = r.as_ref().map(|r| &r.config) {
+                configs.insert(name.clone(), text.clone());
+            }
+            running.push((target, r.map_err(|e| format!("{e:#}"))));
+        }
+        for repeat in 0..repeats {
+            for &case in &udp_cases {
+                let Kind::Udp(load) = cases[case].kind else {
+                    continue;
+                };
+                for i in 0..running.len() {
+                    let (target, r) = &mut running[(i + repeat) % udp_targets.len()];
+                    let result = match r {
+                        Ok(r) => {
+                            let proc: Option<&Proc> = r.proc.as_ref();
+                            let cpu = || proc.map_or(f64::NAN, |p| p.tree_cpu_seconds(ticks));
+                            runtime.block_on(udp::run(load, r.addr, timing, &cpu))
+                        }
+                        Err(e) => Err(anyhow::anyhow!("{e}")),
+                    };
+                    progress(&cases[case], *target, repeat, repeats, &result);
+                    records.push(Record {
+                        case,
+                        target: *target,
+                        repeat,
+                        result: result.map_err(|e| format!("{e:#}")),
+                    });
+                    if let Ok(r) = r {
+                        if let Err(e) = r.check_alive() {
+                            bail!("{e:#}");
+                        }
+                        // Let the sessions' last datagrams leave every process.
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    backend.check_alive()?;
+                }
+            }
         }
     }
 

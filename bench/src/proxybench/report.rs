@@ -67,6 +67,7 @@ fn rate_unit(case: &Case) -> &'static str {
         Kind::Load(Load::Wss { .. } | Load::WssPaced { .. }, _) => "msg/s",
         Kind::Load(Load::Connect { .. }, _) => "conn/s",
         Kind::Idle { .. } => "",
+        Kind::Udp(_) => "datagrams/s",
     }
 }
 
@@ -81,6 +82,7 @@ pub fn unit(case: &Case, metric: Metric) -> &'static str {
         Metric::P50 | Metric::P99 | Metric::P999 if latency_in_ms(case) => "ms",
         Metric::P50 | Metric::P99 | Metric::P999 | Metric::CpuPerOp => "µs",
         Metric::RssPerConnection => "KiB",
+        Metric::Lost => "datagrams",
     }
 }
 
@@ -96,6 +98,7 @@ fn shown(case: &Case, metric: Metric, v: f64) -> f64 {
 pub fn figure(case: &Case, metric: Metric) -> String {
     let per = match case.kind {
         Kind::Load(Load::Handshake { .. }, _) => "handshake",
+        Kind::Udp(_) => "datagram",
         _ => "connection",
     };
     match metric {
@@ -105,6 +108,7 @@ pub fn figure(case: &Case, metric: Metric) -> String {
         Metric::P999 => format!("p99.9 ({})", unit(case, metric)),
         Metric::CpuPerOp => format!("proxy CPU per {per} (µs)"),
         Metric::RssPerConnection => "RSS per connection (KiB)".into(),
+        Metric::Lost => "datagrams lost (no echo in 200 ms)".into(),
     }
 }
 
@@ -116,6 +120,7 @@ fn metric_name(metric: Metric) -> &'static str {
         Metric::P999 => "p99.9",
         Metric::CpuPerOp => "CPU/op",
         Metric::RssPerConnection => "RSS/conn",
+        Metric::Lost => "lost",
     }
 }
 
@@ -124,6 +129,7 @@ pub fn short(case: &Case, metric: Metric, v: f64) -> String {
     let v = shown(case, metric, v);
     match metric {
         Metric::Rate => format!("{} {}", value(v), unit(case, metric)),
+        Metric::Lost => format!("lost {}", thousands(v)),
         _ => format!(
             "{} {} {}",
             metric_name(metric),
@@ -146,6 +152,13 @@ pub fn metrics_of(case: &Case) -> Vec<Metric> {
             vec![Metric::Rate, Metric::CpuPerOp]
         }
         Kind::Idle { .. } => vec![Metric::RssPerConnection],
+        Kind::Udp(_) => vec![
+            Metric::Rate,
+            Metric::P50,
+            Metric::P99,
+            Metric::CpuPerOp,
+            Metric::Lost,
+        ],
     }
 }
 
@@ -227,6 +240,7 @@ fn results_table(cases: &[Case], records: &[Record], settings: &Settings) -> Str
                     return "n/a".to_string();
                 }
                 match m(t) {
+                    Some(v) if metric == Metric::Lost => thousands(v),
                     Some(v) => value(v),
                     None => "failed".into(),
                 }
@@ -272,6 +286,11 @@ fn checks(cases: &[Case], records: &[Record]) -> Vec<Check> {
     let mut out = Vec::new();
     let get = |i: usize, t: Target, m: Metric| median_of(records, i, t, m);
     for (i, case) in cases.iter().enumerate() {
+        // Scenario 8 has no HAProxy figure to hold sockgate to (no UDP in its community
+        // edition), and no target of its own.
+        if matches!(case.kind, Kind::Udp(_)) {
+            continue;
+        }
         let sg = |m| get(i, Target::Sockgate, m);
         let hap = |m| get(i, Target::Haproxy, m);
         // Every throughput, rate and handshake row: at least 1.3× HAProxy.
@@ -465,7 +484,7 @@ fn cores_table(cases: &[Case], records: &[Record], settings: &Settings) -> Strin
     let _ = writeln!(out);
     let _ = writeln!(out, "|---|{}", "--:|--:|".repeat(proxies.len()));
     for (i, case) in cases.iter().enumerate() {
-        if !matches!(case.kind, Kind::Load(..)) {
+        if !matches!(case.kind, Kind::Load(..) | Kind::Udp(_)) {
             continue;
         }
         let _ = write!(out, "| {} |", case.name);
@@ -482,6 +501,10 @@ fn cores_table(cases: &[Case], records: &[Record], settings: &Settings) -> Strin
                     .filter_map(|m| m.values.get(&Metric::Rate).map(|r| m.proxy_cores / r))
                     .collect(),
             );
+            if runs.is_empty() && !case.applies(t, Metric::Rate) {
+                let _ = write!(out, " n/a | n/a |");
+                continue;
+            }
             let _ = write!(out, " {:.2} | {} |", cores, cpu_per_work(case, per_work));
         }
         let _ = writeln!(out);
@@ -509,7 +532,9 @@ fn runs_table(cases: &[Case], records: &[Record], settings: &Settings) -> String
                     .runs
                     .iter()
                     .map(|v| {
-                        if v.is_finite() {
+                        if v.is_finite() && metric == Metric::Lost {
+                            thousands(*v)
+                        } else if v.is_finite() {
                             value(shown(case, metric, *v))
                         } else {
                             "failed".into()
@@ -603,6 +628,8 @@ fn charts(
                 Metric::P50 | Metric::P99 | Metric::P999 => "latency",
                 Metric::CpuPerOp => "cpu",
                 Metric::RssPerConnection => "memory",
+                // Counts, mostly zero: the table has them.
+                Metric::Lost => continue,
             };
             let key = (case.scenario, family, unit(case, metric));
             if !order.contains(&key) {
@@ -686,7 +713,7 @@ fn charts(
             .collect();
         let mut groups = Vec::new();
         for (i, case) in cases.iter().enumerate() {
-            if !metrics_of(case).contains(&Metric::Rate) {
+            if !metrics_of(case).contains(&Metric::Rate) || matches!(case.kind, Kind::Udp(_)) {
                 continue;
             }
             let h = median_of(records, i, Target::Haproxy, Metric::Rate);
@@ -800,6 +827,13 @@ pub fn write(
         md,
         "Medians. Ratios are of medians from this run: above 1 is more for rates, and worse for latency, CPU and memory. `direct` has no proxy: TCP to the backend, or TLS terminated by the backend itself. `n/a`: direct has no proxy memory to measure.\n"
     );
+    let udp = cases.iter().any(|c| matches!(c.kind, Kind::Udp(_)));
+    if udp {
+        let _ = writeln!(
+            md,
+            "Scenario 8 (UDP): `n/a` for HAProxy, whose community edition does not proxy UDP (UDP load balancing is an HAProxy Enterprise module). Its rates count datagrams echoed (each relayed twice by the proxy, out and back), its CPU is per datagram echoed, and its lost datagrams are those whose echo had not come in 200 ms (another was sent instead), over the whole run.\n"
+        );
+    }
     md.push_str(&table);
     md.push_str(&crate::protected::section(
         cases, records, settings, configs,
@@ -852,6 +886,12 @@ pub fn write(
         md,
         "Next to this file, as each proxy ran them (`$RUN` is the run's temporary folder; ports were free ones picked at the start). Each proxy has three frontends to the same backends: plain TCP, TLS-terminated TCP, and TLS-terminated WebSocket. HAProxy runs `nbthread 2` in the foreground (`-db`); nginx `worker_processes 2` with `daemon off`, the `stream` module for TCP and TLS, and `http` with `proxy_http_version 1.1` and the Upgrade and Connection headers for wss (what an operator writes to proxy WebSockets and still route on Host and path); sockgate `--workers 2` with `RUST_LOG=warn`. No access logs anywhere. Defaults otherwise: no `tune.*`, no `reuseport`, no splice options. Only the connection limits that would refuse scenario 5 were raised.\n"
     );
+    if udp {
+        let _ = writeln!(
+            md,
+            "Scenario 8 ran against instances of their own with a UDP frontend only (`nginx-udp.conf`, `sockgate-udp.toml`): nginx `listen … udp reuseport` (as nginx's UDP examples have it; sockgate's workers have a `SO_REUSEPORT` socket each too) with `proxy_timeout 60s` and no `proxy_responses`, sockgate a udp listener with the session defaults (60 s idle, 100,000 sessions).\n"
+        );
+    }
     for (name, text) in configs {
         let text = text.replace(&work_dir.to_string_lossy().into_owned(), "$RUN");
         std::fs::write(out_dir.join(name), text)?;
