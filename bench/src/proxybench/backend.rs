@@ -7,6 +7,10 @@
 //! - `tls`: the same behind TLS, so `direct` has a TLS figure to compare with.
 //! - `ws`: WebSocket echo of every data message.
 //! - `wss`: the same behind TLS.
+//! - `http`: HTTP/1.1 for scenario 7's h2 frontends: a small answer to any request, and
+//!   WebSocket upgrades that echo (see [`crate::h2`]).
+//! - `h2`: the same service behind TLS and HTTP/2 (ALPN `h2`, RFC 8441 extended CONNECT),
+//!   for `direct`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::tls;
+use crate::{h2, tls};
 
 pub const SINK: u8 = b'S';
 pub const SOURCE: u8 = b'D';
@@ -35,13 +39,19 @@ pub struct BackendAddrs {
     pub tls: SocketAddr,
     pub ws: SocketAddr,
     pub wss: SocketAddr,
+    pub http: SocketAddr,
+    pub h2: SocketAddr,
 }
 
 /// The backend process: prints its addresses as one JSON line, serves until stdin closes.
 pub async fn serve(cert: &Path, key: &Path) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(tls::server_config(cert, key)?);
+    let mut h2_config = (*tls::server_config(cert, key)?).clone();
+    h2_config.alpn_protocols = vec![b"h2".to_vec()];
+    let h2_acceptor = TlsAcceptor::from(std::sync::Arc::new(h2_config));
     let bind = || TcpListener::bind("127.0.0.1:0");
     let (tcp, tls, ws, wss) = (bind().await?, bind().await?, bind().await?, bind().await?);
+    let (http, h2_tls) = (bind().await?, bind().await?);
     println!(
         "{}",
         serde_json::json!({
@@ -49,6 +59,8 @@ pub async fn serve(cert: &Path, key: &Path) -> anyhow::Result<()> {
             "tls": tls.local_addr()?.to_string(),
             "ws": ws.local_addr()?.to_string(),
             "wss": wss.local_addr()?.to_string(),
+            "http": http.local_addr()?.to_string(),
+            "h2": h2_tls.local_addr()?.to_string(),
         })
     );
     let tls_acceptor = acceptor.clone();
@@ -69,6 +81,15 @@ pub async fn serve(cert: &Path, key: &Path) -> anyhow::Result<()> {
                 async move {
                     if let Ok(stream) = acceptor.accept(tcp).await {
                         serve_websocket(stream).await;
+                    }
+                }
+            }),
+            accept(http, h2::serve_http1),
+            accept(h2_tls, move |tcp| {
+                let acceptor = h2_acceptor.clone();
+                async move {
+                    if let Ok(stream) = acceptor.accept(tcp).await {
+                        h2::serve_h2(stream).await;
                     }
                 }
             }),
@@ -190,6 +211,8 @@ pub fn start(cert: &Path, key: &Path) -> anyhow::Result<(Proc, BackendAddrs)> {
         tls: addr("tls")?,
         ws: addr("ws")?,
         wss: addr("wss")?,
+        http: addr("http")?,
+        h2: addr("h2")?,
     };
     Ok((proc, addrs))
 }

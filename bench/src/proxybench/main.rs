@@ -3,8 +3,8 @@
 //!
 //! Processes on the machine: this one (the clients, one tokio runtime), the backends (this
 //! binary re-run as the hidden `backend` subcommand), and one process tree per proxy, each
-//! with 2 worker threads or processes. Everything stays on 127.0.0.1. Scenarios 1–4 and 6
-//! run against proxies started once; their order rotates in each repeat and the repeats
+//! with 2 worker threads or processes. Everything stays on 127.0.0.1. Scenarios 1–4, 6 and
+//! 7 run against proxies started once; their order rotates in each repeat and the repeats
 //! go round all scenarios in turn, so drift on a shared machine lands on every proxy and
 //! every scenario alike. Scenario 5 (memory per idle connection, and per connection stalled
 //! in the middle of a TLS record) starts each proxy afresh for each repeat and row, so
@@ -13,6 +13,7 @@
 
 mod backend;
 mod curves;
+mod h2;
 mod load;
 mod machine;
 mod proxies;
@@ -32,7 +33,8 @@ use crate::load::{Clients, Load, Outcome, Timing};
 use crate::proxies::{Certs, Running, Service, Setup, Target};
 
 /// sockgate vs HAProxy vs nginx on loopback: TCP and TLS bulk, request/response latency,
-/// TLS handshakes, WebSocket echo, memory per idle connection, connection rate.
+/// TLS handshakes, WebSocket echo, memory per idle connection, connection rate, HTTP/2
+/// requests and WebSockets over HTTP/2.
 #[derive(Parser, Debug)]
 #[command(name = "proxybench")]
 struct Args {
@@ -70,8 +72,8 @@ struct Args {
     #[arg(long)]
     warmup: Option<f64>,
 
-    /// Scenarios to run, comma-separated (1-6).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6")]
+    /// Scenarios to run, comma-separated (1-7).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7")]
     scenarios: Vec<u8>,
 
     /// Targets, comma-separated: direct, haproxy, nginx, sockgate.
@@ -143,10 +145,18 @@ impl Case {
         !matches!(self.kind, Kind::Idle { .. })
     }
 
+    /// Whether `target` can run this row at all: nginx (1.22) has no WebSockets over
+    /// HTTP/2 (RFC 8441).
+    pub fn runs_at(&self, target: Target) -> bool {
+        !(target == Target::Nginx && matches!(self.kind, Kind::Load(Load::H2Wss { .. }, _)))
+    }
+
     /// Whether `target` has a figure for `metric`: direct has no proxy to measure.
     pub fn applies(&self, target: Target, metric: Metric) -> bool {
-        target.is_proxy()
-            || (self.has_direct() && !matches!(metric, Metric::CpuPerOp | Metric::RssPerConnection))
+        self.runs_at(target)
+            && (target.is_proxy()
+                || (self.has_direct()
+                    && !matches!(metric, Metric::CpuPerOp | Metric::RssPerConnection)))
     }
 }
 
@@ -157,7 +167,7 @@ pub enum Metric {
     P50,
     P99,
     P999,
-    /// Proxy CPU time per operation (handshake, connection).
+    /// Proxy CPU time per operation (handshake, connection, request, message).
     CpuPerOp,
     /// Proxy RSS per idle connection.
     RssPerConnection,
@@ -320,6 +330,24 @@ fn cases(smoke: bool, idle: usize, scenarios: &[u8]) -> Vec<Case> {
             ),
         );
     }
+    add(
+        7,
+        format!("h2 request/response, 1 conn × {ws} streams"),
+        format!("h2 req/resp, {ws} streams"),
+        Kind::Load(Load::H2Requests { streams: ws }, Service::H2),
+    );
+    add(
+        7,
+        format!("wss over h2 echo 128 B, 1 conn × {ws} streams"),
+        format!("wss over h2, {ws} streams"),
+        Kind::Load(
+            Load::H2Wss {
+                size: 128,
+                streams: ws,
+            },
+            Service::H2,
+        ),
+    );
     out.sort_by_key(|c| c.scenario);
     out
 }
@@ -353,8 +381,8 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     if repeats == 0 || args.targets.is_empty() || args.scenarios.is_empty() {
         bail!("nothing to run: give at least one scenario, one target and one repeat");
     }
-    if let Some(bad) = args.scenarios.iter().find(|s| !(1..=6).contains(*s)) {
-        bail!("there is no scenario {bad}: they are numbered 1 to 6");
+    if let Some(bad) = args.scenarios.iter().find(|s| !(1..=7).contains(*s)) {
+        bail!("there is no scenario {bad}: they are numbered 1 to 7");
     }
     let cases = cases(smoke, idle, &args.scenarios);
 
@@ -444,6 +472,7 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let clients = Clients {
         tcp: tls::connector(&setup.certs.ca, &[])?,
         ws: tls::connector(&setup.certs.ca, &[b"http/1.1"])?,
+        h2: h2::connector(&setup.certs.ca)?,
     };
     let environment = machine::describe(&args.sockgate, &setup);
     if args.curves {
@@ -498,7 +527,7 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let mut configs: BTreeMap<String, String> = BTreeMap::new();
     let ticks = ticks_per_second();
 
-    // Scenarios 1-4 and 6 against proxies started once.
+    // Scenarios 1-4, 6 and 7 against proxies started once.
     let load_cases: Vec<usize> = (0..cases.len())
         .filter(|&i| matches!(cases[i].kind, Kind::Load(..)))
         .collect();
@@ -518,6 +547,9 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                 };
                 for i in 0..running.len() {
                     let r = &mut running[(i + repeat) % targets.len()];
+                    if !cases[case].runs_at(r.target) {
+                        continue;
+                    }
                     let result = run_load(runtime, load, service, r, &clients, timing, ticks);
                     progress(&cases[case], r.target, repeat, repeats, &result);
                     records.push(Record {
@@ -686,6 +718,16 @@ fn measured(load: Load, o: &Outcome) -> Measured {
             }
         }
         Load::Handshake { .. } | Load::Connect { .. } => {
+            if o.proxy_cpu.is_finite() {
+                values.insert(Metric::CpuPerOp, o.proxy_cpu / o.count * 1e6);
+            }
+        }
+        Load::H2Requests { .. } | Load::H2Wss { .. } => {
+            for (metric, q) in [(Metric::P50, 0.5), (Metric::P99, 0.99)] {
+                if let Some(v) = latency(q) {
+                    values.insert(metric, v);
+                }
+            }
             if o.proxy_cpu.is_finite() {
                 values.insert(Metric::CpuPerOp, o.proxy_cpu / o.count * 1e6);
             }
