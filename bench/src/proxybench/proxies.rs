@@ -391,6 +391,9 @@ http {{
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_protocols TLSv1.2 TLSv1.3;
+        # nginx closes a connection after 1,000 requests by default (GOAWAY); the row runs
+        # all its requests on one connection.
+        keepalive_requests 100000000;
 
         location / {{
             proxy_pass http://http_backend;
