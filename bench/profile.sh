@@ -4,7 +4,7 @@
 #   bench/profile.sh TARGET SCENARIO [AFTER] [OUT]
 #
 #   TARGET    sockgate, haproxy or nginx
-#   SCENARIO  a proxybench scenario number (1-6, see bench/README.md)
+#   SCENARIO  a proxybench scenario number (1-7, see bench/README.md)
 #   AFTER     record during the row that follows the row whose name contains this text
 #             (proxybench prints a row's line when it ends); without it, the scenario's
 #             first row. Example: `bench/profile.sh sockgate 3 "TLS bulk download, 8 conns"`

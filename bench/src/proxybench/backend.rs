@@ -8,6 +8,10 @@
 //! - `ws`: WebSocket echo of every data message.
 //! - `wss`: the same behind TLS.
 //! - `udp`: UDP echo of every datagram (scenario 8, [`crate::udp::echo`]).
+//! - `http`: HTTP/1.1 for scenario 7's h2 frontends: a small answer to any request, and
+//!   WebSocket upgrades that echo (see [`crate::h2`]).
+//! - `h2`: the same service behind TLS and HTTP/2 (ALPN `h2`, RFC 8441 extended CONNECT),
+//!   for `direct`.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use crate::tls;
+use crate::{h2, tls};
 
 pub const SINK: u8 = b'S';
 pub const SOURCE: u8 = b'D';
@@ -37,14 +41,20 @@ pub struct BackendAddrs {
     pub ws: SocketAddr,
     pub wss: SocketAddr,
     pub udp: SocketAddr,
+    pub http: SocketAddr,
+    pub h2: SocketAddr,
 }
 
 /// The backend process: prints its addresses as one JSON line, serves until stdin closes.
 pub async fn serve(cert: &Path, key: &Path) -> anyhow::Result<()> {
     let acceptor = TlsAcceptor::from(tls::server_config(cert, key)?);
+    let mut h2_config = (*tls::server_config(cert, key)?).clone();
+    h2_config.alpn_protocols = vec![b"h2".to_vec()];
+    let h2_acceptor = TlsAcceptor::from(std::sync::Arc::new(h2_config));
     let bind = || TcpListener::bind("127.0.0.1:0");
     let (tcp, tls, ws, wss) = (bind().await?, bind().await?, bind().await?, bind().await?);
     let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let (http, h2_tls) = (bind().await?, bind().await?);
     println!(
         "{}",
         serde_json::json!({
@@ -53,6 +63,8 @@ pub async fn serve(cert: &Path, key: &Path) -> anyhow::Result<()> {
             "ws": ws.local_addr()?.to_string(),
             "wss": wss.local_addr()?.to_string(),
             "udp": udp.local_addr()?.to_string(),
+            "http": http.local_addr()?.to_string(),
+            "h2": h2_tls.local_addr()?.to_string(),
         })
     );
     let tls_acceptor = acceptor.clone();
@@ -77,6 +89,15 @@ pub async fn serve(cert: &Path, key: &Path) -> anyhow::Result<()> {
                 }
             }),
             crate::udp::echo(udp),
+            accept(http, h2::serve_http1),
+            accept(h2_tls, move |tcp| {
+                let acceptor = h2_acceptor.clone();
+                async move {
+                    if let Ok(stream) = acceptor.accept(tcp).await {
+                        h2::serve_h2(stream).await;
+                    }
+                }
+            }),
         );
     };
     // The parent holds our stdin: when it goes away, however it ends, so do we.
@@ -196,6 +217,8 @@ pub fn start(cert: &Path, key: &Path) -> anyhow::Result<(Proc, BackendAddrs)> {
         ws: addr("ws")?,
         wss: addr("wss")?,
         udp: addr("udp")?,
+        http: addr("http")?,
+        h2: addr("h2")?,
     };
     Ok((proc, addrs))
 }

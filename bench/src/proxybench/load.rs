@@ -35,7 +35,7 @@ pub type Stream = Box<dyn Io>;
 pub type WsClient = WebSocketStream<Stream>;
 
 /// One connect, TLS handshake or operation that takes longer than this is an error.
-const OP_TIMEOUT: Duration = Duration::from_secs(5);
+pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug)]
 pub enum Load {
@@ -61,6 +61,11 @@ pub enum Load {
         connections: usize,
         per_second: f64,
     },
+    /// Scenario 7: one HTTP/2 connection, `streams` closed loops of a small `GET`.
+    H2Requests { streams: usize },
+    /// Scenario 7: one HTTP/2 connection, `streams` WebSockets inside it (RFC 8441), each
+    /// a closed loop of one binary message of `size` bytes and its echo.
+    H2Wss { size: usize, streams: usize },
 }
 
 /// The TLS client configs: TCP frontends offer no ALPN, so neither do their clients.
@@ -70,6 +75,8 @@ pub struct Clients {
     /// `--protected`: the request/response and new-connection loads start each connection
     /// with a PROXY protocol v2 header (see `protected::dial`).
     pub proxy_header: bool,
+    /// ALPN `h2` only (scenario 7).
+    pub h2: TlsConnector,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -153,10 +160,10 @@ async fn dial_ws_raw(addr: SocketAddr, clients: &Clients) -> anyhow::Result<RawW
 }
 
 #[derive(Clone, Copy)]
-struct Window {
-    start: Instant,
-    measure: Instant,
-    end: Instant,
+pub struct Window {
+    pub start: Instant,
+    pub measure: Instant,
+    pub end: Instant,
 }
 
 impl Window {
@@ -171,12 +178,12 @@ impl Window {
         }
     }
 
-    fn counts(&self, sent: Instant, received: Instant) -> bool {
+    pub fn counts(&self, sent: Instant, received: Instant) -> bool {
         sent >= self.measure && received <= self.end
     }
 }
 
-fn nanos(d: Duration) -> u64 {
+pub fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -293,6 +300,21 @@ pub async fn run(
                     })
                 })
                 .collect();
+        }
+        Load::H2Requests { streams } | Load::H2Wss { streams, .. } => {
+            let (size, websockets) = match load {
+                Load::H2Wss { size, .. } => (size, true),
+                _ => (0, false),
+            };
+            let opened = tokio::time::timeout(
+                OP_TIMEOUT * 2,
+                crate::h2::open(addr, &clients.h2, streams, websockets),
+            )
+            .await
+            .context("h2 connection setup timed out")??;
+            negotiated = Some(opened.negotiated.clone());
+            window = Window::starting(timing);
+            tasks = crate::h2::spawn(opened, streams, size, window, &counter);
         }
     }
 
@@ -423,7 +445,7 @@ async fn request_response(
     Ok(rtts)
 }
 
-async fn ws_echo(
+pub async fn ws_echo(
     mut ws: WsClient,
     size: usize,
     w: Window,

@@ -3,8 +3,8 @@
 //!
 //! Processes on the machine: this one (the clients, one tokio runtime), the backends (this
 //! binary re-run as the hidden `backend` subcommand), and one process tree per proxy, each
-//! with 2 worker threads or processes. Everything stays on 127.0.0.1. Scenarios 1–4 and 6
-//! run against proxies started once; their order rotates in each repeat and the repeats
+//! with 2 worker threads or processes. Everything stays on 127.0.0.1. Scenarios 1–4, 6 and
+//! 7 run against proxies started once; their order rotates in each repeat and the repeats
 //! go round all scenarios in turn, so drift on a shared machine lands on every proxy and
 //! every scenario alike. Scenario 5 (memory per idle connection, and per connection stalled
 //! in the middle of a TLS record) starts each proxy afresh for each repeat and row, so
@@ -14,6 +14,7 @@
 
 mod backend;
 mod curves;
+mod h2;
 mod load;
 mod machine;
 mod protected;
@@ -35,8 +36,8 @@ use crate::load::{Clients, Load, Outcome, Timing};
 use crate::proxies::{Certs, Running, Service, Setup, Target};
 
 /// sockgate vs HAProxy vs nginx on loopback: TCP and TLS bulk, request/response latency,
-/// TLS handshakes, WebSocket echo, memory per idle connection, connection rate, UDP
-/// datagram echo.
+/// TLS handshakes, WebSocket echo, memory per idle connection, connection rate, HTTP/2
+/// requests and WebSockets over HTTP/2, UDP datagram echo.
 #[derive(Parser, Debug)]
 #[command(name = "proxybench")]
 struct Args {
@@ -83,8 +84,8 @@ struct Args {
     #[arg(long)]
     warmup: Option<f64>,
 
-    /// Scenarios to run, comma-separated (1-6, 8).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,8")]
+    /// Scenarios to run, comma-separated (1-8).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,5,6,7,8")]
     scenarios: Vec<u8>,
 
     /// Targets, comma-separated: direct, haproxy, nginx, sockgate.
@@ -161,14 +162,23 @@ impl Case {
         !matches!(self.kind, Kind::Idle { .. }) && !self.protected
     }
 
+    /// Whether `target` can run this row at all.
+    pub fn runs_at(&self, target: Target) -> bool {
+        match (target, &self.kind) {
+            // nginx has no WebSockets over HTTP/2 (RFC 8441).
+            (Target::Nginx, Kind::Load(Load::H2Wss { .. }, _)) => false,
+            // HAProxy's community edition has no UDP proxying.
+            (Target::Haproxy, Kind::Udp(_)) => false,
+            _ => true,
+        }
+    }
+
     /// Whether `target` has a figure for `metric`: direct has no proxy to measure.
     pub fn applies(&self, target: Target, metric: Metric) -> bool {
-        // HAProxy's community edition has no UDP proxying.
-        if target == Target::Haproxy && matches!(self.kind, Kind::Udp(_)) {
-            return false;
-        }
-        target.is_proxy()
-            || (self.has_direct() && !matches!(metric, Metric::CpuPerOp | Metric::RssPerConnection))
+        self.runs_at(target)
+            && (target.is_proxy()
+                || (self.has_direct()
+                    && !matches!(metric, Metric::CpuPerOp | Metric::RssPerConnection)))
     }
 }
 
@@ -179,7 +189,7 @@ pub enum Metric {
     P50,
     P99,
     P999,
-    /// Proxy CPU time per operation (handshake, connection).
+    /// Proxy CPU time per operation (handshake, connection, request, message).
     CpuPerOp,
     /// Proxy RSS per idle connection.
     RssPerConnection,
@@ -345,6 +355,24 @@ fn cases(smoke: bool, idle: usize, scenarios: &[u8]) -> Vec<Case> {
             ),
         );
     }
+    add(
+        7,
+        format!("h2 request/response, 1 conn × {ws} streams"),
+        format!("h2 req/resp, {ws} streams"),
+        Kind::Load(Load::H2Requests { streams: ws }, Service::H2),
+    );
+    add(
+        7,
+        format!("wss over h2 echo 128 B, 1 conn × {ws} streams"),
+        format!("wss over h2, {ws} streams"),
+        Kind::Load(
+            Load::H2Wss {
+                size: 128,
+                streams: ws,
+            },
+            Service::H2,
+        ),
+    );
     let udp_sessions = if smoke { [1, 8] } else { [1, 100] };
     for sessions in udp_sessions {
         let what = if sessions == 1 {
@@ -402,8 +430,8 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     if repeats == 0 || args.targets.is_empty() || args.scenarios.is_empty() {
         bail!("nothing to run: give at least one scenario, one target and one repeat");
     }
-    if let Some(bad) = args.scenarios.iter().find(|s| !matches!(s, 1..=6 | 8)) {
-        bail!("there is no scenario {bad}: they are numbered 1 to 6, and 8");
+    if let Some(bad) = args.scenarios.iter().find(|s| !(1..=8).contains(*s)) {
+        bail!("there is no scenario {bad}: they are numbered 1 to 8");
     }
     let cases = cases(smoke, idle, &args.scenarios);
     let cases = if args.protected {
@@ -499,6 +527,7 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
         tcp: tls::connector(&setup.certs.ca, &[])?,
         ws: tls::connector(&setup.certs.ca, &[b"http/1.1"])?,
         proxy_header: false,
+        h2: h2::connector(&setup.certs.ca)?,
     };
     let environment = machine::describe(&args.sockgate, &setup);
     if args.curves {
@@ -553,7 +582,7 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let mut configs: BTreeMap<String, String> = BTreeMap::new();
     let ticks = ticks_per_second();
 
-    // Scenarios 1-4 and 6 against proxies started once.
+    // Scenarios 1-4, 6 and 7 against proxies started once.
     let load_cases: Vec<usize> = (0..cases.len())
         .filter(|&i| matches!(cases[i].kind, Kind::Load(..)))
         .collect();
@@ -582,6 +611,9 @@ fn bench(args: &Args, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
                 let n = running.len();
                 for i in 0..n {
                     let r = &mut running[(i + repeat) % n];
+                    if !cases[case].runs_at(r.target) {
+                        continue;
+                    }
                     let result = match second {
                         Some(second) => protected::run_load(
                             runtime, load, service, r, clients, timing, ticks, &backend, second,
@@ -813,6 +845,16 @@ fn measured(load: Load, o: &Outcome) -> Measured {
             }
         }
         Load::Handshake { .. } | Load::Connect { .. } => {
+            if o.proxy_cpu.is_finite() {
+                values.insert(Metric::CpuPerOp, o.proxy_cpu / o.count * 1e6);
+            }
+        }
+        Load::H2Requests { .. } | Load::H2Wss { .. } => {
+            for (metric, q) in [(Metric::P50, 0.5), (Metric::P99, 0.99)] {
+                if let Some(v) = latency(q) {
+                    values.insert(metric, v);
+                }
+            }
             if o.proxy_cpu.is_finite() {
                 values.insert(Metric::CpuPerOp, o.proxy_cpu / o.count * 1e6);
             }

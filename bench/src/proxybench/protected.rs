@@ -136,6 +136,7 @@ pub fn start(
         clients: Clients {
             tcp: clients.tcp.clone(),
             ws: clients.ws.clone(),
+            h2: clients.h2.clone(),
             proxy_header: true,
         },
         backend,

@@ -1,12 +1,13 @@
 //! The targets a load is driven at, and the equivalent configs of the three proxies.
 //!
-//! Each proxy gets three frontends on 127.0.0.1, all with the same backend process behind:
+//! Each proxy gets four frontends on 127.0.0.1, all with the same backend process behind:
 //!
 //! | frontend | HAProxy | nginx | sockgate |
 //! |---|---|---|---|
 //! | `tcp`: plain TCP | `mode tcp` | `stream` module | listener whose routes are all `tcp` |
 //! | `tls`: TLS terminated, then TCP | `mode tcp`, `bind ... ssl` | `stream` with `listen ... ssl` | the same with `tls` |
 //! | `wss`: TLS terminated, WebSocket upgrade | `mode http` (upgrades are native) | `http` with `proxy_http_version 1.1` and the Upgrade/Connection headers | route `protocol = "websocket"` |
+//! | `h2`: TLS terminated, ALPN `h2`, HTTP/1.1 backend (scenario 7) | `mode http`, `alpn h2,http/1.1` | `http`, `listen ... ssl http2`, upstream `keepalive` | routes `websocket` and `http` |
 //!
 //! The wss frontend is what an operator of each would write for a WebSocket service: an
 //! HTTP-aware hop that sees the upgrade (HAProxy and nginx could also tunnel it as TCP,
@@ -70,6 +71,7 @@ pub enum Service {
     Tcp,
     Tls,
     Wss,
+    H2,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -77,6 +79,7 @@ pub struct Frontends {
     pub tcp: SocketAddr,
     pub tls: SocketAddr,
     pub wss: SocketAddr,
+    pub h2: SocketAddr,
 }
 
 impl Frontends {
@@ -85,6 +88,7 @@ impl Frontends {
             Service::Tcp => self.tcp,
             Service::Tls => self.tls,
             Service::Wss => self.wss,
+            Service::H2 => self.h2,
         }
     }
 }
@@ -167,6 +171,7 @@ pub fn start(target: Target, setup: &Setup, instance: &str) -> anyhow::Result<Ru
                 tcp: setup.backend.tcp,
                 tls: setup.backend.tls,
                 wss: setup.backend.wss,
+                h2: setup.backend.h2,
             },
             config: None,
         }),
@@ -186,13 +191,14 @@ pub fn free_frontends() -> anyhow::Result<Frontends> {
         tcp: free_port()?,
         tls: free_port()?,
         wss: free_port()?,
+        h2: free_port()?,
     })
 }
 
 /// Waits until every frontend accepts connections.
 fn wait_listening(proc: &mut Proc, frontends: &Frontends) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    for addr in [frontends.tcp, frontends.tls, frontends.wss] {
+    for addr in [frontends.tcp, frontends.tls, frontends.wss, frontends.h2] {
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
             proc.check_alive()?;
             if Instant::now() > deadline {
@@ -238,18 +244,31 @@ frontend wss
     bind {wss} ssl crt {pem} alpn http/1.1
     default_backend ws
 
+# Scenario 7: HTTP/2 to clients (and RFC 8441 WebSockets, which HAProxy 2.4+ announces
+# and turns into an HTTP/1.1 upgrade toward the server), HTTP/1.1 to the backend.
+frontend h2
+    mode http
+    bind {h2} ssl crt {pem} alpn h2,http/1.1
+    default_backend http
+
 backend tcp
     server s1 {btcp}
 
 backend ws
     mode http
     server s1 {bws}
+
+backend http
+    mode http
+    server s1 {bhttp}
 "#,
         tcp = f.tcp,
         tls = f.tls,
         wss = f.wss,
+        h2 = f.h2,
         btcp = b.tcp,
         bws = b.ws,
+        bhttp = b.http,
     )
 }
 
@@ -358,13 +377,40 @@ http {{
             proxy_send_timeout 1h;
         }}
     }}
+
+    # Scenario 7: HTTP/2 to clients, HTTP/1.1 to the backend. nginx 1.22 has no WebSockets
+    # over HTTP/2 (RFC 8441). Idle backend connections are kept for reuse, as HAProxy does
+    # by default (nginx opens one per request without `keepalive`).
+    upstream http_backend {{
+        server {bhttp};
+        keepalive 100;
+    }}
+
+    server {{
+        listen {h2} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        # nginx closes a connection after 1,000 requests by default (GOAWAY); the row runs
+        # all its requests on one connection.
+        keepalive_requests 100000000;
+
+        location / {{
+            proxy_pass http://http_backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+        }}
+    }}
 }}
 "#,
         tcp = f.tcp,
         tls = f.tls,
         wss = f.wss,
+        h2 = f.h2,
         btcp = b.tcp,
         bws = b.ws,
+        bhttp = b.http,
     )
 }
 
@@ -444,6 +490,22 @@ tls = {{ cert = "{cert}", key = "{key}" }}
   protocol = "websocket"
   backend = "ws"
 
+# Scenario 7: HTTP/2 (ALPN h2) on a TLS listener with HTTP routes; the backend is HTTP/1.1.
+[[listener]]
+name = "h2"
+listen = "127.0.0.1:0"
+tls = {{ cert = "{cert}", key = "{key}" }}
+
+  [[listener.route]]
+  name = "h2-ws"
+  protocol = "websocket"
+  backend = "http"
+
+  [[listener.route]]
+  name = "h2-http"
+  protocol = "http"
+  backend = "http"
+
 [[backend]]
 name = "tcp"
 servers = ["{btcp}"]
@@ -451,9 +513,14 @@ servers = ["{btcp}"]
 [[backend]]
 name = "ws"
 servers = ["{bws}"]
+
+[[backend]]
+name = "http"
+servers = ["{bhttp}"]
 "#,
         btcp = b.tcp,
         bws = b.ws,
+        bhttp = b.http,
     )
 }
 
@@ -467,6 +534,7 @@ fn start_sockgate(setup: &Setup, dir: &Path) -> anyhow::Result<Running> {
             tcp: gateway.addr("tcp")?,
             tls: gateway.addr("tls")?,
             wss: gateway.addr("wss")?,
+            h2: gateway.addr("h2")?,
         },
         proc: Some(gateway.proc),
         config: Some(("sockgate.toml".into(), text)),

@@ -66,14 +66,22 @@ fn rate_unit(case: &Case) -> &'static str {
         Kind::Load(Load::Handshake { .. }, _) => "handshakes/s",
         Kind::Load(Load::Wss { .. } | Load::WssPaced { .. }, _) => "msg/s",
         Kind::Load(Load::Connect { .. }, _) => "conn/s",
+        Kind::Load(Load::H2Requests { .. }, _) => "req/s",
+        Kind::Load(Load::H2Wss { .. }, _) => "msg/s",
         Kind::Idle { .. } => "",
         Kind::Udp(_) => "datagrams/s",
     }
 }
 
-/// WebSocket round trips are shown in ms, TCP ones in µs.
+/// WebSocket and HTTP/2 round trips are shown in ms, TCP ones in µs.
 fn latency_in_ms(case: &Case) -> bool {
-    matches!(case.kind, Kind::Load(Load::Wss { .. }, _))
+    matches!(
+        case.kind,
+        Kind::Load(
+            Load::Wss { .. } | Load::H2Requests { .. } | Load::H2Wss { .. },
+            _
+        )
+    )
 }
 
 pub fn unit(case: &Case, metric: Metric) -> &'static str {
@@ -99,6 +107,8 @@ pub fn figure(case: &Case, metric: Metric) -> String {
     let per = match case.kind {
         Kind::Load(Load::Handshake { .. }, _) => "handshake",
         Kind::Udp(_) => "datagram",
+        Kind::Load(Load::H2Requests { .. }, _) => "request",
+        Kind::Load(Load::H2Wss { .. }, _) => "message",
         _ => "connection",
     };
     match metric {
@@ -150,6 +160,9 @@ pub fn metrics_of(case: &Case) -> Vec<Metric> {
         }
         Kind::Load(Load::Handshake { .. } | Load::Connect { .. }, _) => {
             vec![Metric::Rate, Metric::CpuPerOp]
+        }
+        Kind::Load(Load::H2Requests { .. } | Load::H2Wss { .. }, _) => {
+            vec![Metric::Rate, Metric::P50, Metric::P99, Metric::CpuPerOp]
         }
         Kind::Idle { .. } => vec![Metric::RssPerConnection],
         Kind::Udp(_) => vec![
@@ -489,6 +502,10 @@ fn cores_table(cases: &[Case], records: &[Record], settings: &Settings) -> Strin
         }
         let _ = write!(out, "| {} |", case.name);
         for &t in &proxies {
+            if !case.runs_at(t) {
+                let _ = write!(out, " n/a | n/a |");
+                continue;
+            }
             let runs: Vec<&crate::Measured> = records
                 .iter()
                 .filter(|r| r.case == i && r.target == t)
@@ -574,6 +591,7 @@ fn negotiated(cases: &[Case], records: &[Record]) -> String {
         };
         let frontend = match cases[r.case].kind {
             Kind::Load(_, Service::Wss) => "wss",
+            Kind::Load(_, Service::H2) => "h2",
             _ => "TLS TCP",
         };
         seen.entry((r.target, frontend))
@@ -825,7 +843,7 @@ pub fn write(
     let _ = writeln!(md, "## Results\n");
     let _ = writeln!(
         md,
-        "Medians. Ratios are of medians from this run: above 1 is more for rates, and worse for latency, CPU and memory. `direct` has no proxy: TCP to the backend, or TLS terminated by the backend itself. `n/a`: direct has no proxy memory to measure.\n"
+        "Medians. Ratios are of medians from this run: above 1 is more for rates, and worse for latency, CPU and memory. `direct` has no proxy: TCP to the backend, or TLS terminated by the backend itself. `n/a`: direct has no proxy CPU or memory to measure, and nginx 1.22 has no WebSockets over HTTP/2 (RFC 8441).\n"
     );
     let udp = cases.iter().any(|c| matches!(c.kind, Kind::Udp(_)));
     if udp {
@@ -884,7 +902,7 @@ pub fn write(
     let _ = writeln!(md, "\n## Configs\n");
     let _ = writeln!(
         md,
-        "Next to this file, as each proxy ran them (`$RUN` is the run's temporary folder; ports were free ones picked at the start). Each proxy has three frontends to the same backends: plain TCP, TLS-terminated TCP, and TLS-terminated WebSocket. HAProxy runs `nbthread 2` in the foreground (`-db`); nginx `worker_processes 2` with `daemon off`, the `stream` module for TCP and TLS, and `http` with `proxy_http_version 1.1` and the Upgrade and Connection headers for wss (what an operator writes to proxy WebSockets and still route on Host and path); sockgate `--workers 2` with `RUST_LOG=warn`. No access logs anywhere. Defaults otherwise: no `tune.*`, no `reuseport`, no splice options. Only the connection limits that would refuse scenario 5 were raised.\n"
+        "Next to this file, as each proxy ran them (`$RUN` is the run's temporary folder; ports were free ones picked at the start). Each proxy has four frontends to the same backends: plain TCP, TLS-terminated TCP, TLS-terminated WebSocket, and TLS-terminated HTTP/2 (ALPN h2) toward an HTTP/1.1 backend (scenario 7; nginx's upstream keeps idle backend connections with `keepalive`, as HAProxy does by default). HAProxy runs `nbthread 2` in the foreground (`-db`); nginx `worker_processes 2` with `daemon off`, the `stream` module for TCP and TLS, and `http` with `proxy_http_version 1.1` and the Upgrade and Connection headers for wss (what an operator writes to proxy WebSockets and still route on Host and path); sockgate `--workers 2` with `RUST_LOG=warn`. No access logs anywhere. Defaults otherwise: no `tune.*`, no `reuseport`, no splice options. Only the connection limits that would refuse scenario 5 were raised.\n"
     );
     if udp {
         let _ = writeln!(
