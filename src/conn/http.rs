@@ -335,6 +335,10 @@ struct HttpConn {
     /// Its subject, ready for the listener's `client_cert_header`.
     client_subject: Option<HeaderValue>,
     session: tokio::sync::Mutex<Option<BackendSession>>,
+    /// Backend sessions of concurrent HTTP/2 streams, kept once their request is done for
+    /// the next stream that finds `session` busy; at most [`h2::MAX_STREAMS`], as many as
+    /// the client had streams open at once. HTTP/1.1 never fills it.
+    spare: Mutex<Vec<BackendSession>>,
     /// A reload removed the session's backend while a request was using it: the session
     /// is dropped once that request has its response.
     session_stale: AtomicBool,
@@ -364,6 +368,7 @@ impl HttpConn {
             client_cert,
             client_subject,
             session: tokio::sync::Mutex::new(None),
+            spare: Mutex::new(Vec::new()),
             session_stale: AtomicBool::new(false),
             upgrade: Mutex::new(None),
             flushed: Mutex::new(Flushed::default()),
@@ -413,6 +418,10 @@ impl Drop for HttpConn {
     /// The client is gone: its backend connection goes too, even mid-response.
     fn drop(&mut self) {
         if let Some(session) = self.session.get_mut().take() {
+            session.abort.cancel();
+        }
+        let spare = self.spare.get_mut().unwrap_or_else(|p| p.into_inner());
+        for session in spare.drain(..) {
             session.abort.cancel();
         }
     }
@@ -612,9 +621,13 @@ impl HttpConn {
         flushed.down = down;
     }
 
-    /// Closes the backend connection kept for the next request: a reload removed its
-    /// backend. A request waiting for its response head holds it; it is closed after that.
+    /// Closes the backend connections kept for the next requests: a reload removed their
+    /// backend. A request waiting for its response head holds the shared one; it is closed
+    /// after that. Spares in use go back to the spares after their request, where the next
+    /// request routed on the new snapshot drops them (their pool is not its backend's).
     fn close_idle_backend(&self) {
+        // Dropped, not aborted: a response body still streaming to the client finishes.
+        self.spare.lock().unwrap_or_else(|p| p.into_inner()).clear();
         match self.session.try_lock() {
             // Dropped, not aborted: a response body still streaming to the client finishes.
             Ok(mut session) => drop(session.take()),
@@ -681,7 +694,7 @@ impl HttpConn {
         let idle = listener.defaults.idle_timeout;
         let mut req = Request::from_parts(parts, Idle::new(body, idle, Side::Client));
 
-        let mut session = SessionSlot::take(&self.session);
+        let mut session = SessionSlot::take(&self.session, &self.spare);
         if session.is_shared() && self.session_stale.swap(false, Ordering::Relaxed) {
             *session = None;
         }
@@ -1032,19 +1045,35 @@ async fn answer_late_head(mut client: Rewind<ClientStream>, state: &HttpConn, ti
 }
 
 /// The connection's kept-alive backend session, or, while another request of the same
-/// connection holds it (concurrent HTTP/2 streams), a session of this request's own, so
-/// that no stream waits behind another's response. HTTP/1.1 requests come one at a time
-/// and always find it free.
+/// connection holds it (concurrent HTTP/2 streams), a spare one that is free (or none, and
+/// this request opens one), so that no stream waits behind another's response. The spare
+/// goes back to the connection's spares when the request is done with it. HTTP/1.1 requests
+/// come one at a time and always find the shared one free.
 enum SessionSlot<'a> {
     Shared(tokio::sync::MutexGuard<'a, Option<BackendSession>>),
-    Own(Option<BackendSession>),
+    Own {
+        session: Option<BackendSession>,
+        spare: &'a Mutex<Vec<BackendSession>>,
+    },
 }
 
 impl<'a> SessionSlot<'a> {
-    fn take(shared: &'a tokio::sync::Mutex<Option<BackendSession>>) -> Self {
+    fn take(
+        shared: &'a tokio::sync::Mutex<Option<BackendSession>>,
+        spare: &'a Mutex<Vec<BackendSession>>,
+    ) -> Self {
         match shared.try_lock() {
             Ok(guard) => SessionSlot::Shared(guard),
-            Err(_) => SessionSlot::Own(None),
+            Err(_) => {
+                let mut spares = spare.lock().unwrap_or_else(|p| p.into_inner());
+                // Closed ones go; one still streaming a response body stays for later.
+                spares.retain(|s| !s.sender.is_closed());
+                let free = spares.iter().rposition(|s| s.sender.is_ready());
+                SessionSlot::Own {
+                    session: free.map(|i| spares.swap_remove(i)),
+                    spare,
+                }
+            }
         }
     }
 
@@ -1054,12 +1083,26 @@ impl<'a> SessionSlot<'a> {
     }
 }
 
+impl Drop for SessionSlot<'_> {
+    fn drop(&mut self) {
+        if let SessionSlot::Own { session, spare } = self
+            && let Some(s) = session.take()
+            && !s.sender.is_closed()
+        {
+            let mut spares = spare.lock().unwrap_or_else(|p| p.into_inner());
+            if spares.len() < h2::MAX_STREAMS as usize {
+                spares.push(s);
+            }
+        }
+    }
+}
+
 impl std::ops::Deref for SessionSlot<'_> {
     type Target = Option<BackendSession>;
     fn deref(&self) -> &Self::Target {
         match self {
             SessionSlot::Shared(guard) => guard,
-            SessionSlot::Own(own) => own,
+            SessionSlot::Own { session, .. } => session,
         }
     }
 }
@@ -1068,7 +1111,7 @@ impl std::ops::DerefMut for SessionSlot<'_> {
     fn deref_mut(&mut self) -> &mut Self::Target {
         match self {
             SessionSlot::Shared(guard) => guard,
-            SessionSlot::Own(own) => own,
+            SessionSlot::Own { session, .. } => session,
         }
     }
 }

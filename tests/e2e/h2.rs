@@ -36,6 +36,8 @@ struct Backend {
     /// Lets the `/slow` requests answer.
     release: Arc<Notify>,
     saw: mpsc::UnboundedReceiver<Saw>,
+    /// Connections accepted.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// An HTTP/1.1 backend: `/slow` answers when released, a WebSocket upgrade on `/chat` is
@@ -46,9 +48,12 @@ async fn backend() -> Backend {
     let release = Arc::new(Notify::new());
     let (tx, saw) = mpsc::unbounded_channel();
     let notify = release.clone();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (notify, tx) = (notify.clone(), tx.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
@@ -62,7 +67,12 @@ async fn backend() -> Backend {
             });
         }
     });
-    Backend { addr, release, saw }
+    Backend {
+        addr,
+        release,
+        saw,
+        accepted,
+    }
 }
 
 async fn answer(
@@ -408,6 +418,43 @@ async fn concurrent_streams_do_not_wait_behind_a_slow_one() {
         .unwrap();
     assert_eq!((status, page.as_str()), (200, "slow done\n"));
     assert_eq!(s.responses("app", "200").await, 6.0);
+}
+
+/// Streams that find the connection's backend session busy keep the sessions they opened
+/// for the streams after them: three rounds of five concurrent requests beside a slow one
+/// need six backend connections, not sixteen.
+#[tokio::test]
+async fn concurrent_streams_reuse_the_backend_connections_they_opened() {
+    let s = setup().await;
+    let (sender, _conn) = s.h2().await;
+    let mut slow_sender = sender.clone();
+    let slow = tokio::spawn(async move { get(&mut slow_sender, "/slow", &[]).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for round in 0..3 {
+        let fast: Vec<_> = (0..5)
+            .map(|i| {
+                let mut sender = sender.clone();
+                tokio::spawn(async move { get(&mut sender, &format!("/r{round}/{i}"), &[]).await })
+            })
+            .collect();
+        for task in fast {
+            assert_eq!(task.await.unwrap().0, 200);
+        }
+        // The backend connections finish their responses and are ready again.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let accepted = s
+        .backend
+        .accepted
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(accepted, 6, "backend connections for 16 requests");
+    s.backend.release.notify_one();
+    let (status, _) = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(s.responses("app", "200").await, 16.0);
 }
 
 #[tokio::test]
