@@ -31,7 +31,6 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -415,22 +414,7 @@ backend tcp
 fn start_haproxy(setup: &Setup, dir: &Path, servers: [SocketAddr; 2]) -> anyhow::Result<Running> {
     let frontends = proxies::free_frontends()?;
     let text = haproxy_config(&frontends, servers, &setup.certs.combined, dir);
-    let config = dir.join("haproxy.cfg");
-    let log = dir.join("haproxy.log");
-    std::fs::write(&config, &text)?;
-    let output = std::fs::File::create(&log)?;
-    let mut proc = Proc::spawn(
-        Command::new(&setup.haproxy)
-            .arg("-db")
-            .arg("-f")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(output.try_clone()?)
-            .stderr(output),
-        "haproxy",
-        Some(log),
-        Some(libc::SIGTERM),
-    )?;
+    let mut proc = proxies::spawn_haproxy(setup, dir, &text)?;
     wait_listening(&mut proc, &frontends)?;
     Ok(Running {
         target: Target::Haproxy,
@@ -507,26 +491,7 @@ stream {{
 fn start_nginx(setup: &Setup, dir: &Path, servers: [SocketAddr; 2]) -> anyhow::Result<Running> {
     let frontends = proxies::free_frontends()?;
     let text = nginx_config(&frontends, servers, setup, dir);
-    let config = dir.join("nginx.conf");
-    let log = dir.join("nginx.log");
-    std::fs::write(&config, &text)?;
-    let output = std::fs::File::create(&log)?;
-    let mut proc = Proc::spawn(
-        Command::new(&setup.nginx)
-            .arg("-p")
-            .arg(dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(&config)
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(output.try_clone()?)
-            .stderr(output),
-        "nginx",
-        Some(dir.join("error.log")),
-        Some(libc::SIGTERM),
-    )?;
+    let mut proc = proxies::spawn_nginx(setup, dir, &text)?;
     wait_listening(&mut proc, &frontends)?;
     Ok(Running {
         target: Target::Nginx,

@@ -275,12 +275,24 @@ backend http
 fn start_haproxy(setup: &Setup, dir: &Path) -> anyhow::Result<Running> {
     let frontends = free_frontends()?;
     let text = haproxy_config(&frontends, &setup.backend, &setup.certs.combined);
+    let mut proc = spawn_haproxy(setup, dir, &text)?;
+    wait_listening(&mut proc, &frontends)?;
+    Ok(Running {
+        target: Target::Haproxy,
+        proc: Some(proc),
+        frontends,
+        config: Some(("haproxy.cfg".into(), text)),
+    })
+}
+
+/// Writes `text` to DIR/haproxy.cfg and starts HAProxy on it in the foreground (`-db`), its
+/// output in DIR/haproxy.log; stopped with SIGTERM (immediate stop).
+pub fn spawn_haproxy(setup: &Setup, dir: &Path, text: &str) -> anyhow::Result<Proc> {
     let config = dir.join("haproxy.cfg");
     let log = dir.join("haproxy.log");
-    std::fs::write(&config, &text)?;
+    std::fs::write(&config, text)?;
     let output = std::fs::File::create(&log)?;
-    // -db: foreground, no daemon; stopped with SIGTERM (immediate stop).
-    let mut proc = Proc::spawn(
+    Proc::spawn(
         Command::new(&setup.haproxy)
             .arg("-db")
             .arg("-f")
@@ -291,14 +303,33 @@ fn start_haproxy(setup: &Setup, dir: &Path) -> anyhow::Result<Running> {
         "haproxy",
         Some(log),
         Some(libc::SIGTERM),
-    )?;
-    wait_listening(&mut proc, &frontends)?;
-    Ok(Running {
-        target: Target::Haproxy,
-        proc: Some(proc),
-        frontends,
-        config: Some(("haproxy.cfg".into(), text)),
-    })
+    )
+}
+
+/// Writes `text` to DIR/nginx.conf and starts nginx on it in the foreground. `-e`: the error
+/// log before the config is read (the built-in path may not be writable); `-p`: the prefix
+/// for relative paths. SIGTERM to the master is a fast shutdown that also stops the workers.
+pub fn spawn_nginx(setup: &Setup, dir: &Path, text: &str) -> anyhow::Result<Proc> {
+    let config = dir.join("nginx.conf");
+    let log = dir.join("nginx.log");
+    std::fs::write(&config, text)?;
+    let output = std::fs::File::create(&log)?;
+    Proc::spawn(
+        Command::new(&setup.nginx)
+            .arg("-p")
+            .arg(dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(&config)
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(output.try_clone()?)
+            .stderr(output),
+        "nginx",
+        Some(dir.join("error.log")),
+        Some(libc::SIGTERM),
+    )
 }
 
 pub fn nginx_config(
@@ -423,29 +454,7 @@ fn start_nginx(setup: &Setup, dir: &Path) -> anyhow::Result<Running> {
         dir,
         setup.nginx_stream_module.as_deref(),
     );
-    let config = dir.join("nginx.conf");
-    let log = dir.join("nginx.log");
-    std::fs::write(&config, &text)?;
-    let output = std::fs::File::create(&log)?;
-    // -e: the error log before the config is read (the built-in path may not be writable);
-    // -p: the prefix for relative paths. SIGTERM to the master is a fast shutdown that also
-    // stops the workers.
-    let mut proc = Proc::spawn(
-        Command::new(&setup.nginx)
-            .arg("-p")
-            .arg(dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(&config)
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(output.try_clone()?)
-            .stderr(output),
-        "nginx",
-        Some(dir.join("error.log")),
-        Some(libc::SIGTERM),
-    )?;
+    let mut proc = spawn_nginx(setup, dir, &text)?;
     wait_listening(&mut proc, &frontends)?;
     Ok(Running {
         target: Target::Nginx,

@@ -13,7 +13,6 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -209,28 +208,7 @@ fn start_nginx(setup: &Setup, dir: &Path) -> anyhow::Result<Running> {
         dir,
         setup.nginx_stream_module.as_deref(),
     );
-    let config = dir.join("nginx.conf");
-    let log = dir.join("nginx.log");
-    std::fs::write(&config, &text)?;
-    let output = std::fs::File::create(&log)?;
-    // As the main instance: -p for relative paths, -e for the early error log, SIGTERM to
-    // the master for a fast shutdown that also stops the workers.
-    let proc = Proc::spawn(
-        Command::new(&setup.nginx)
-            .arg("-p")
-            .arg(dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .arg("-c")
-            .arg(&config)
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(output.try_clone()?)
-            .stderr(output),
-        "nginx",
-        Some(dir.join("error.log")),
-        Some(libc::SIGTERM),
-    )?;
+    let proc = crate::proxies::spawn_nginx(setup, dir, &text)?;
     Ok(Running {
         target: Target::Nginx,
         proc: Some(proc),
