@@ -196,7 +196,11 @@ impl Gateway {
             let bound = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
             bound
                 .iter()
-                .filter(|(name, b)| wanted.get(*name) == Some(&(b.configured.clone(), b.udp)))
+                .filter(|(name, b)| {
+                    wanted
+                        .get(*name)
+                        .is_some_and(|(addr, udp)| *addr == b.configured && *udp == b.udp)
+                })
                 .map(|(name, _)| name.clone())
                 .collect()
         };

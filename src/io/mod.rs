@@ -117,64 +117,6 @@ impl AsFd for Socket {
     }
 }
 
-impl AsyncRead for Socket {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Socket::Unix(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Socket {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Socket::Unix(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Socket::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Socket::Tcp(s) => s.is_write_vectored(),
-            Socket::Unix(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Socket::Unix(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Socket::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Socket::Unix(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
 /// The client's stream after the TLS stage.
 pub enum ClientStream {
     Plain(Socket),
@@ -264,7 +206,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     }
 }
 
-/// Forwards every call to the stream inside, whichever variant it is.
+/// Forwards every call to the stream inside, whichever variant it is (a boxed one through
+/// tokio's impls for `Box`, which forward every call).
 macro_rules! either_stream {
     ($ty:ident, $a:ident, $b:ident) => {
         impl AsyncRead for $ty {
@@ -275,7 +218,7 @@ macro_rules! either_stream {
             ) -> Poll<io::Result<()>> {
                 match self.get_mut() {
                     $ty::$a(s) => Pin::new(s).poll_read(cx, buf),
-                    $ty::$b(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+                    $ty::$b(s) => Pin::new(s).poll_read(cx, buf),
                 }
             }
         }
@@ -288,7 +231,7 @@ macro_rules! either_stream {
             ) -> Poll<io::Result<usize>> {
                 match self.get_mut() {
                     $ty::$a(s) => Pin::new(s).poll_write(cx, buf),
-                    $ty::$b(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+                    $ty::$b(s) => Pin::new(s).poll_write(cx, buf),
                 }
             }
 
@@ -299,7 +242,7 @@ macro_rules! either_stream {
             ) -> Poll<io::Result<usize>> {
                 match self.get_mut() {
                     $ty::$a(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-                    $ty::$b(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+                    $ty::$b(s) => Pin::new(s).poll_write_vectored(cx, bufs),
                 }
             }
 
@@ -313,19 +256,20 @@ macro_rules! either_stream {
             fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
                 match self.get_mut() {
                     $ty::$a(s) => Pin::new(s).poll_flush(cx),
-                    $ty::$b(s) => Pin::new(s.as_mut()).poll_flush(cx),
+                    $ty::$b(s) => Pin::new(s).poll_flush(cx),
                 }
             }
 
             fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
                 match self.get_mut() {
                     $ty::$a(s) => Pin::new(s).poll_shutdown(cx),
-                    $ty::$b(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+                    $ty::$b(s) => Pin::new(s).poll_shutdown(cx),
                 }
             }
         }
     };
 }
 
+either_stream!(Socket, Tcp, Unix);
 either_stream!(ClientStream, Plain, Tls);
 either_stream!(BackendStream, Plain, Tls);

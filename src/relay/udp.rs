@@ -227,7 +227,11 @@ fn receive(
                 }
             };
             session.touch();
-            if !session.answered.swap(true, Ordering::Relaxed) {
+            // A load first: after the first datagram this reads the session's cache line
+            // instead of writing it (the receive loop's `forward` writes `last` there).
+            if !session.answered.load(Ordering::Relaxed)
+                && !session.answered.swap(true, Ordering::Relaxed)
+            {
                 answered();
             }
             match socket2::SockRef::from(listening).send_to(&buf[..n], &session.client.into()) {

@@ -91,6 +91,13 @@ impl Servers {
 }
 
 impl Server {
+    /// The server answered (a connect completed, a datagram came back): its failure and
+    /// ejection counts start again.
+    fn reached(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.ejections.store(0, Ordering::Relaxed);
+    }
+
     /// The `Host` a health check sends: the address, or `localhost` for a Unix socket,
     /// whose `unix:/path` is not a host.
     fn host(&self) -> &str {
@@ -415,33 +422,25 @@ impl Pool {
             let server = &self.servers.list[index];
             match self.connect_one(index, budget, opening).await {
                 Ok(stream) => {
-                    server.failures.store(0, Ordering::Relaxed);
-                    server.ejections.store(0, Ordering::Relaxed);
+                    server.reached();
                     return Ok((stream, lease));
                 }
                 Err(e) => {
                     drop(lease);
-                    self.connect_errors.get(&self.name).inc();
-                    self.connect_failed(server);
+                    self.attempt_failed(server);
                     tracing::debug!(backend = %self.name, server = %server.address, error = %crate::error::error_chain(&e), "backend connect failed");
                     last_error = Some(e);
                     tried.push(index);
                 }
             }
         }
-        Err(last_error.unwrap_or_else(|| {
-            self.no_healthy_server.get(&self.name).inc();
-            ConnectError::NoHealthyServer {
-                backend: self.name.clone(),
-            }
-        }))
+        Err(self.exhausted(last_error))
     }
 
     /// A UDP socket connected to a server picked as [`Pool::connect`] picks one, for one
     /// client session. `connect(2)` on a datagram socket sends nothing: it fixes the peer,
     /// so the kernel drops datagrams from anyone else and reports the server's ICMP port
     /// unreachable as `ECONNREFUSED` on the next send or receive (see [`Pool::udp_refused`]).
-    /// Only a host name to resolve or a local error (no route) can fail here.
     /// Only a local error (no route to the server) can fail here; a server whose address is
     /// a name is refused (config refuses it on udp routes: a session's first datagram is sent
     /// as it arrives, with no name lookup in between).
@@ -463,8 +462,7 @@ impl Pool {
                 Ok(socket) => return Ok((socket, lease)),
                 Err(source) => {
                     drop(lease);
-                    self.connect_errors.get(&self.name).inc();
-                    self.connect_failed(server);
+                    self.attempt_failed(server);
                     last_error = Some(ConnectError::Io {
                         server: server.address.clone(),
                         source,
@@ -473,31 +471,40 @@ impl Pool {
                 }
             }
         }
-        Err(last_error.unwrap_or_else(|| {
-            self.no_healthy_server.get(&self.name).inc();
-            ConnectError::NoHealthyServer {
-                backend: self.name.clone(),
-            }
-        }))
+        Err(self.exhausted(last_error))
     }
 
     /// The server of a UDP session answered with ICMP port unreachable: counted as a
     /// failed connect, for `sockgate_backend_connect_errors_total` and passive ejection.
     pub fn udp_refused(&self, lease: &Lease) {
-        let Some(server) = self.lease_server(lease) else {
-            return;
-        };
-        self.connect_errors.get(&self.name).inc();
-        self.connect_failed(server);
+        if let Some(server) = self.lease_server(lease) {
+            self.attempt_failed(server);
+        }
     }
 
     /// The server of a UDP session sent a datagram back: it is there, as a completed
     /// connect shows for TCP, so its failure counts start again.
     pub fn udp_answered(&self, lease: &Lease) {
         if let Some(server) = self.lease_server(lease) {
-            server.failures.store(0, Ordering::Relaxed);
-            server.ejections.store(0, Ordering::Relaxed);
+            server.reached();
         }
+    }
+
+    /// A failed attempt on `server`: counted, and told to passive ejection.
+    fn attempt_failed(&self, server: &Server) {
+        self.connect_errors.get(&self.name).inc();
+        self.connect_failed(server);
+    }
+
+    /// Why no server could be had: the last attempt's error, or, when none could be
+    /// tried, no healthy server (counted).
+    fn exhausted(&self, last_error: Option<ConnectError>) -> ConnectError {
+        last_error.unwrap_or_else(|| {
+            self.no_healthy_server.get(&self.name).inc();
+            ConnectError::NoHealthyServer {
+                backend: self.name.clone(),
+            }
+        })
     }
 
     /// The server a lease of this pool is on (`None` if a reload replaced the servers).

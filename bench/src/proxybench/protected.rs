@@ -31,7 +31,7 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use sockgate_bench::proc::{Proc, Sockgate};
@@ -338,26 +338,6 @@ fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     Ok(body.to_string())
 }
 
-/// Waits until both frontends accept connections. A bare connect gets no PROXY header,
-/// which the proxy refuses or times out: that costs nothing measured.
-fn wait_listening(proc: &mut Proc, frontends: &Frontends) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for addr in [frontends.tcp, frontends.tls] {
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            proc.check_alive()?;
-            if Instant::now() > deadline {
-                bail!(
-                    "{} does not listen on {addr} after 10 s{}",
-                    proc.name(),
-                    proc.log_tail()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    Ok(())
-}
-
 pub fn haproxy_config(f: &Frontends, servers: [SocketAddr; 2], pem: &Path, dir: &Path) -> String {
     let pem = pem.display();
     let mut text = String::from(
@@ -415,7 +395,9 @@ fn start_haproxy(setup: &Setup, dir: &Path, servers: [SocketAddr; 2]) -> anyhow:
     let frontends = proxies::free_frontends()?;
     let text = haproxy_config(&frontends, servers, &setup.certs.combined, dir);
     let mut proc = proxies::spawn_haproxy(setup, dir, &text)?;
-    wait_listening(&mut proc, &frontends)?;
+    // A bare connect gets no PROXY header, which the proxy refuses or times out: that
+    // costs nothing measured.
+    proxies::wait_listening(&mut proc, &[frontends.tcp, frontends.tls])?;
     Ok(Running {
         target: Target::Haproxy,
         proc: Some(proc),
@@ -492,7 +474,9 @@ fn start_nginx(setup: &Setup, dir: &Path, servers: [SocketAddr; 2]) -> anyhow::R
     let frontends = proxies::free_frontends()?;
     let text = nginx_config(&frontends, servers, setup, dir);
     let mut proc = proxies::spawn_nginx(setup, dir, &text)?;
-    wait_listening(&mut proc, &frontends)?;
+    // A bare connect gets no PROXY header, which the proxy refuses or times out: that
+    // costs nothing measured.
+    proxies::wait_listening(&mut proc, &[frontends.tcp, frontends.tls])?;
     Ok(Running {
         target: Target::Nginx,
         proc: Some(proc),

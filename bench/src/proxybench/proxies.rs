@@ -195,10 +195,10 @@ pub fn free_frontends() -> anyhow::Result<Frontends> {
     })
 }
 
-/// Waits until every frontend accepts connections.
-fn wait_listening(proc: &mut Proc, frontends: &Frontends) -> anyhow::Result<()> {
+/// Waits until every address in `addrs` accepts connections.
+pub fn wait_listening(proc: &mut Proc, addrs: &[SocketAddr]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    for addr in [frontends.tcp, frontends.tls, frontends.wss, frontends.h2] {
+    for &addr in addrs {
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
             proc.check_alive()?;
             if Instant::now() > deadline {
@@ -212,6 +212,13 @@ fn wait_listening(proc: &mut Proc, frontends: &Frontends) -> anyhow::Result<()> 
         }
     }
     Ok(())
+}
+
+impl Frontends {
+    /// Every frontend's address.
+    fn all(&self) -> [SocketAddr; 4] {
+        [self.tcp, self.tls, self.wss, self.h2]
+    }
 }
 
 pub fn haproxy_config(f: &Frontends, b: &BackendAddrs, pem: &Path) -> String {
@@ -276,7 +283,7 @@ fn start_haproxy(setup: &Setup, dir: &Path) -> anyhow::Result<Running> {
     let frontends = free_frontends()?;
     let text = haproxy_config(&frontends, &setup.backend, &setup.certs.combined);
     let mut proc = spawn_haproxy(setup, dir, &text)?;
-    wait_listening(&mut proc, &frontends)?;
+    wait_listening(&mut proc, &frontends.all())?;
     Ok(Running {
         target: Target::Haproxy,
         proc: Some(proc),
@@ -455,7 +462,7 @@ fn start_nginx(setup: &Setup, dir: &Path) -> anyhow::Result<Running> {
         setup.nginx_stream_module.as_deref(),
     );
     let mut proc = spawn_nginx(setup, dir, &text)?;
-    wait_listening(&mut proc, &frontends)?;
+    wait_listening(&mut proc, &frontends.all())?;
     Ok(Running {
         target: Target::Nginx,
         proc: Some(proc),
