@@ -144,6 +144,23 @@ pub struct Permits {
     pub ip_table: Option<Arc<IpTable>>,
 }
 
+/// Runs a setup stage (TLS handshake, detection, backend connect) unless the connection is
+/// closed first: by the operator, or by a hard stop when `drain_timeout` runs out, which a
+/// stage waiting on a slow peer must not outlast. The stage is polled first, so one that is
+/// done at once (a loopback connect) never registers with the token, which takes its lock.
+///
+/// A macro, not an async fn: a function's future would hold the stage twice (its argument,
+/// and the copy it polls), and every stage's future is part of the connection's.
+macro_rules! unless_closed {
+    ($ctx:expr, $stage:expr $(,)?) => {
+        tokio::select! {
+            biased;
+            done = $stage => done,
+            _ = $ctx.cancel.cancelled() => Err(ConnError::Cancelled),
+        }
+    };
+}
+
 /// Runs one accepted connection through the whole pipeline. `permits` (its places under
 /// the limits) are held until the connection ends.
 ///
@@ -294,15 +311,14 @@ async fn proxied(
             .with_label_values(&[&listener.name, reason])
             .inc();
     };
-    let header = unless_closed(ctx, async {
+    let header = unless_closed!(ctx, async {
         proxy_header::read(tcp, listener.defaults.detect_timeout)
             .await
             .map_err(|e| {
                 count(e.reason());
                 ConnError::ProxyHeader(e)
             })
-    })
-    .await?;
+    })?;
     if let Header::Proxied { client, local } = header {
         ctx.set_proxied(client, local);
     }
@@ -347,22 +363,27 @@ async fn pipeline(
                         else {
                             return Err(ConnError::NoRoute);
                         };
-                        return passthrough_path(client, ctx, &current, services, detect_deadline)
-                            .await
-                            .map(Handoff::Finished);
+                        return Box::pin(passthrough_path(
+                            client,
+                            ctx,
+                            &current,
+                            services,
+                            detect_deadline,
+                        ))
+                        .await
+                        .map(Handoff::Finished);
                     }
                     Peeked::Terminate(received, tcp) => (received, tcp),
                 }
             } else {
                 (Bytes::new(), tcp)
             };
-            unless_closed(
+            unless_closed!(
                 ctx,
                 Box::pin(tls_handshake(
                     tcp, received, config, &listener, ctx, services,
                 )),
-            )
-            .await?
+            )?
         }
         None => ClientStream::Plain(tcp),
     };
@@ -372,12 +393,11 @@ async fn pipeline(
         return h2_path(client, ctx, &listener.name, services).await;
     }
     let (detected, client) = if listener.detect {
-        unless_closed(ctx, async {
+        unless_closed!(ctx, async {
             detect::detect(client, listener.defaults.detect_timeout)
                 .await
                 .map_err(ConnError::Detect)
-        })
-        .await?
+        })?
     } else {
         (Detected::Tcp, Rewind::new(Bytes::new(), client))
     };
@@ -397,9 +417,17 @@ async fn pipeline(
         // On a TLS listener the ClientHello was looked at before the handshake; TLS inside
         // the session is the client's business.
         Detected::Tls if !tls && listener.routes.any_passthrough() => {
-            passthrough_path(client, ctx, &listener, services, detect_deadline)
-                .await
-                .map(Handoff::Finished)
+            // Boxed, like the other paths but TCP's, so their state does not size the
+            // task of every plain connection.
+            Box::pin(passthrough_path(
+                client,
+                ctx,
+                &listener,
+                services,
+                detect_deadline,
+            ))
+            .await
+            .map(Handoff::Finished)
         }
         // A listener whose only routes are TCP and passthrough runs detection for the
         // ClientHello alone: HTTP-looking bytes are TCP there, as they were without it.
@@ -505,7 +533,7 @@ async fn peek_client_hello(
     listener: &ListenerSnap,
     deadline: tokio::time::Instant,
 ) -> Result<Peeked, ConnError> {
-    let (sni, rewind) = unless_closed(ctx, async {
+    let (sni, rewind) = unless_closed!(ctx, async {
         detect::read_until(
             Rewind::new(Bytes::new(), tcp),
             deadline,
@@ -518,8 +546,7 @@ async fn peek_client_hello(
         )
         .await
         .map_err(ConnError::Detect)
-    })
-    .await?;
+    })?;
     let passthrough = sni.as_deref().is_some_and(|sni| {
         let query = RouteQuery {
             protocol: Protocol::TlsPassthrough,
@@ -661,7 +688,7 @@ async fn passthrough_path(
     services: &Services,
     deadline: tokio::time::Instant,
 ) -> Result<Finish, ConnError> {
-    let read = unless_closed(ctx, async {
+    let read = unless_closed!(ctx, async {
         detect::read_until(client, deadline, client_hello::MAX_BUFFERED, |buf| {
             match client_hello::parse(buf) {
                 Ok(Hello::Incomplete) => None,
@@ -671,8 +698,7 @@ async fn passthrough_path(
         })
         .await
         .map_err(ConnError::Detect)
-    })
-    .await;
+    });
     let (sni, mut client) = match read {
         Ok((Ok(sni), client)) => (sni, client),
         Ok((Err(malformed), mut client)) => {
@@ -734,14 +760,13 @@ async fn relay_tcp(
         reached: ctx.reached(),
         http: false,
     };
-    let connected = unless_closed(ctx, async {
+    let connected = unless_closed!(ctx, async {
         route
             .backend
             .connect(affinity, opening)
             .await
             .map_err(ConnError::Connect)
-    })
-    .await;
+    });
     // The lease counts this connection on its server until the relay ends.
     let (mut backend, lease) = match connected {
         Ok(connected) => connected,
@@ -820,21 +845,6 @@ fn websocket_session(
         close_timeout: defaults.close_timeout,
         drain_spread: defaults.drain_spread,
         drain_timeout: defaults.drain_timeout,
-    }
-}
-
-/// Runs a setup stage (TLS handshake, detection, backend connect) unless the connection is
-/// closed first: by the operator, or by a hard stop when `drain_timeout` runs out, which a
-/// stage waiting on a slow peer must not outlast. The stage is polled first, so one that is
-/// done at once (a loopback connect) never registers with the token, which takes its lock.
-async fn unless_closed<T>(
-    ctx: &ConnCtx,
-    stage: impl Future<Output = Result<T, ConnError>>,
-) -> Result<T, ConnError> {
-    tokio::select! {
-        biased;
-        done = stage => done,
-        _ = ctx.cancel.cancelled() => Err(ConnError::Cancelled),
     }
 }
 

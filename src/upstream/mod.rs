@@ -637,8 +637,9 @@ impl Pool {
             }
             match &self.servers.tls {
                 None => Ok(BackendStream::Plain(stream)),
-                Some(connector) => connector
-                    .handshake(stream, index, opening.http)
+                // Boxed: the handshake's state would otherwise size every connect's
+                // future, and with it the task of each plain connection.
+                Some(connector) => Box::pin(connector.handshake(stream, index, opening.http))
                     .await
                     .map(|tls| BackendStream::Tls(Box::new(tls)))
                     .map_err(|source| ConnectError::Tls {
