@@ -559,11 +559,22 @@ async fn accept_loop(
             return;
         }
     };
+    // Made once and kept registered, rather than a pair of waiters made and dropped for
+    // every connection.
+    let mut stopping = std::pin::pin!(async {
+        tokio::select! {
+            () = services.shutdown.drained() => {}
+            () = stop.cancelled() => {}
+        }
+    });
     loop {
+        // Accepting first: the stop is looked at whenever the backlog is empty, and a
+        // backlog that never empties still yields to it (tokio's task budget makes `accept`
+        // return pending after 128 connections in a row).
         let accepted = tokio::select! {
+            biased;
             accepted = socket.accept() => accepted,
-            _ = services.shutdown.drained() => break,
-            _ = stop.cancelled() => break,
+            () = &mut stopping => break,
         };
         let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
