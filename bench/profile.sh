@@ -16,10 +16,13 @@
 # (kernel, proxy, libc, crypto library) and the top 40 functions. Open the full profile with
 # `perf report -i OUT/perf.data`. Needs perf (Debian: linux-perf) and what bench/run.sh needs;
 # it uses the release builds bench/run.sh makes (SOCKGATE=FILE picks another gateway binary).
+# CALLGRAPH=dwarf records call chains from the stack (1,999 Hz, 3 s) instead of frame
+# pointers, which the release build does not keep: slower to record, but `perf report -G` and
+# `perf script` then show who called a function (who calls memcpy or malloc, for example).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ $# -lt 2 ]; then
-    sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 target=$1
@@ -63,7 +66,12 @@ case "$target" in
     nginx) pids=$(pgrep -d, -x nginx) ;;
 esac
 [ -n "$pids" ] || { echo "profile.sh: no $target process found" >&2; exit 1; }
-perf record -e cpu-clock -F 4999 -g -p "$pids" -o "$out/perf.data" -- sleep 6 2>"$out/perf.err"
+case "${CALLGRAPH:-fp}" in
+    dwarf) record=(-F 1999 --call-graph dwarf,32768) seconds=3 ;;
+    fp) record=(-F 4999 -g) seconds=6 ;;
+    *) echo "profile.sh: CALLGRAPH is fp or dwarf, not '$CALLGRAPH'" >&2; exit 2 ;;
+esac
+perf record -e cpu-clock "${record[@]}" -p "$pids" -o "$out/perf.data" -- sleep "$seconds" 2>"$out/perf.err"
 wait $bench || true
 trap - EXIT
 
