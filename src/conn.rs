@@ -417,8 +417,8 @@ async fn pipeline(
         // On a TLS listener the ClientHello was looked at before the handshake; TLS inside
         // the session is the client's business.
         Detected::Tls if !tls && listener.routes.any_passthrough() => {
-            // Boxed, like the other paths but TCP's, so their state does not size the
-            // task of every plain connection.
+            // Boxed (here and above): its state is larger than the TCP path's, and would
+            // otherwise size the task of every plain connection.
             Box::pin(passthrough_path(
                 client,
                 ctx,

@@ -717,23 +717,9 @@ mod tests {
         ));
 
         // A TCP socket that is not listening is refused.
-        let (mut old, mut new) = pair();
         let l = tcp_listener_on_loopback();
         let not_listening = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let sockets = Sockets {
-            listeners: vec![ListenerSockets {
-                name: "edge".into(),
-                configured: "127.0.0.1:0".into(),
-                fds: vec![
-                    l.as_fd().try_clone_to_owned().unwrap(),
-                    not_listening.as_fd().try_clone_to_owned().unwrap(),
-                ],
-            }],
-            ..Sockets::default()
-        };
-        let (sent, received) = tokio::join!(old.offer(&sockets), new.receive());
-        sent.unwrap();
-        let e = received.unwrap_err();
+        let e = listener_refused(&[l.as_fd(), not_listening.as_fd()]).await;
         assert!(
             e.to_string()
                 .contains("neither a listening stream socket nor a bound UDP socket"),
@@ -741,28 +727,33 @@ mod tests {
         );
 
         // A udp listener's sockets are all datagram sockets: one listener does not mix them.
-        let (mut old, mut new) = pair();
         let l = tcp_listener_on_loopback();
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let sockets = Sockets {
-            listeners: vec![ListenerSockets {
-                name: "edge".into(),
-                configured: "127.0.0.1:0".into(),
-                fds: vec![
-                    l.as_fd().try_clone_to_owned().unwrap(),
-                    udp.as_fd().try_clone_to_owned().unwrap(),
-                ],
-            }],
-            ..Sockets::default()
-        };
-        let (sent, received) = tokio::join!(old.offer(&sockets), new.receive());
-        sent.unwrap();
-        let e = received.unwrap_err();
+        let e = listener_refused(&[l.as_fd(), udp.as_fd()]).await;
         assert!(
             e.to_string()
                 .contains("came with stream and datagram sockets"),
             "{e}"
         );
+    }
+
+    /// Offers one listener with `fds` and returns the error the receiving side answers.
+    async fn listener_refused(fds: &[BorrowedFd<'_>]) -> HandoffError {
+        let (mut old, mut new) = pair();
+        let sockets = Sockets {
+            listeners: vec![ListenerSockets {
+                name: "edge".into(),
+                configured: "127.0.0.1:0".into(),
+                fds: fds
+                    .iter()
+                    .map(|fd| fd.try_clone_to_owned().unwrap())
+                    .collect(),
+            }],
+            ..Sockets::default()
+        };
+        let (sent, received) = tokio::join!(old.offer(&sockets), new.receive());
+        sent.unwrap();
+        received.unwrap_err()
     }
 
     #[test]
