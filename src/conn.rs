@@ -180,12 +180,15 @@ pub fn serve(
     async move {
         // The TLS configuration comes from the snapshot in force at accept; the route is
         // picked on the one in force when detection is done (see `pipeline`).
-        let ctx = Arc::new(ConnCtx::new(
-            services.live.next_id(),
-            lsnap.name.clone(),
-            peer,
-            services.shutdown.stop_token().child_token(),
-        ));
+        let ctx = Arc::new(
+            ConnCtx::new(
+                services.live.next_id(),
+                lsnap.name.clone(),
+                peer,
+                services.shutdown.conn_token(),
+            )
+            .with_metrics(lsnap.conn_metrics.clone()),
+        );
         services.live.insert(ctx.clone());
         let span = tracing::info_span!(
             "conn",
@@ -243,15 +246,20 @@ pub fn serve(
                 Ok(Handoff::Finished(finish)) => return finishing.finish(Ok(finish)),
                 Err(e) => return finishing.finish(Err(e)),
             };
-        let end = relay::websocket::relay(
-            &mut ws.client,
-            &mut ws.backend,
-            &ws.session,
-            ctx,
-            &services.metrics,
-            &services.shutdown,
+        // Boxed too: a plain connection's task then carries neither the WebSocket relay
+        // nor the setup, only what every connection needs, and the task is moved into
+        // place and freed with that size.
+        let end = Box::pin(
+            relay::websocket::relay(
+                &mut ws.client,
+                &mut ws.backend,
+                &ws.session,
+                ctx,
+                &services.metrics,
+                &services.shutdown,
+            )
+            .instrument(span.clone()),
         )
-        .instrument(span.clone())
         .await;
         drop(ws);
         finishing.finish(Ok(Finish::WebSocket(end)));
@@ -351,8 +359,15 @@ async fn pipeline(
     // `listener::bind`).
     #[cfg(not(target_os = "linux"))]
     let _ = tcp.set_nodelay(true);
-    // A ClientHello still being read after detection has what is left of the same budget.
-    let detect_deadline = tokio::time::Instant::now() + listener.defaults.detect_timeout;
+    // A ClientHello still being read after detection has what is left of the same budget,
+    // counted from the accept (no clock read of its own), or from the end of the PROXY
+    // header, which had a budget of its own.
+    let detect_start = if listener.proxy_protocol {
+        tokio::time::Instant::now()
+    } else {
+        tokio::time::Instant::from_std(ctx.started_at)
+    };
+    let detect_deadline = detect_start + listener.defaults.detect_timeout;
     let client = match &listener.tls {
         // Boxed so the handshake's state is freed when it ends instead of sizing the task.
         Some(config) => {
@@ -403,7 +418,14 @@ async fn pipeline(
     };
     // Routes are picked on the config in force now: a reload during the handshake or
     // detection applies to this connection (the TLS certificate came from the one before).
-    let current = services.snapshot().listener(&listener.name).cloned();
+    // With neither (nor a PROXY header), nothing has waited since the accept took the
+    // snapshot, which is still the one in force.
+    let waited = tls || listener.detect || listener.proxy_protocol;
+    let current = if waited {
+        services.snapshot().listener(&listener.name).cloned()
+    } else {
+        Some(listener)
+    };
     let listener = match current {
         Some(current) => current,
         None => {
@@ -777,10 +799,7 @@ async fn relay_tcp(
     };
     ctx.set_server(lease.address());
 
-    let counters =
-        services
-            .metrics
-            .route_counters(&listener.name, &route.name, &route.backend.name);
+    let counters = route.counters(&services.metrics, &listener.name);
     let up = Flow {
         total: &ctx.bytes_client_to_backend,
         counter: &counters.client_to_backend,
@@ -857,6 +876,11 @@ async fn close_gently(client: &mut Rewind<ClientStream>) {
 /// The access log's final event: the connection's fields (as `/connections` and the
 /// progress events carry them) and how it ended.
 fn access_log(ctx: &ConnCtx, outcome: &Result<Finish, ConnError>) {
+    // Nothing to gather (the fields are copied out of the connection) when the filter drops
+    // the event, as `RUST_LOG=warn` does.
+    if !tracing::enabled!(target: "sockgate::access", tracing::Level::INFO) {
+        return;
+    }
     let websocket_close = match outcome {
         Ok(Finish::WebSocket(end)) => end.close.map(|(code, _)| code),
         _ => None,

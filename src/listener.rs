@@ -12,10 +12,10 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::{ListenAddr, UnixAddr, UnixPerms};
 use crate::conn::Permits;
@@ -23,6 +23,7 @@ use crate::io::Socket;
 use crate::limits::IpTable;
 use crate::live::{ConnLimit, Peer};
 use crate::services::Services;
+use crate::shutdown::{Stop, registering};
 use crate::snapshot::ListenerSnap;
 use crate::workers::Workers;
 
@@ -106,7 +107,7 @@ pub struct Bound {
     /// The address actually bound.
     pub local_addr: ListenAddr,
     /// Stops this accept loop (a reload removed the listener).
-    pub stop: CancellationToken,
+    pub stop: Stop,
     /// The sockets, for a binary upgrade to hand over (see [`crate::handoff`]).
     pub copies: crate::handoff::Copies,
     /// A Unix listener's socket file, removed when the listener ends here (a reload removed
@@ -450,7 +451,7 @@ impl Pending {
         limit: &Arc<ConnLimit>,
         workers: &Workers,
     ) -> (String, Bound) {
-        let stop = CancellationToken::new();
+        let stop = Stop::new();
         let name: Arc<str> = self.name.as_str().into();
         let copies = crate::handoff::Copies::default();
         // Shared by the listener's accept loops on every worker; they outlive reloads, so
@@ -472,6 +473,7 @@ impl Pending {
             let run = async move {
                 match socket {
                     Listening::Udp(socket) => {
+                        let stop = stop.token().clone();
                         crate::conn::udp::serve(socket, name, shared, sessions, stop).await;
                     }
                     socket => accept_loop(socket, name, shared, limits, stop).await,
@@ -534,13 +536,16 @@ impl Acceptor {
         })
     }
 
-    async fn accept(&self) -> std::io::Result<(Socket, Peer)> {
+    /// The socket's own waker slot, rather than an `accept` future that joins (and, when
+    /// dropped, leaves) the socket's list of waiters under its lock on every wake-up.
+    fn poll_accept(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<(Socket, Peer)>> {
         match self {
             Acceptor::Tcp(l) => l
-                .accept()
-                .await
-                .map(|(s, peer)| (Socket::Tcp(s), Peer::Ip(peer))),
-            Acceptor::Unix(l) => l.accept().await.map(|(s, _)| (Socket::Unix(s), Peer::Unix)),
+                .poll_accept(cx)
+                .map_ok(|(s, peer)| (Socket::Tcp(s), Peer::Ip(peer))),
+            Acceptor::Unix(l) => l
+                .poll_accept(cx)
+                .map_ok(|(s, _)| (Socket::Unix(s), Peer::Unix)),
         }
     }
 }
@@ -550,7 +555,7 @@ async fn accept_loop(
     name: Arc<str>,
     services: Arc<Services>,
     limits: ListenerLimits,
-    stop: CancellationToken,
+    stop: Stop,
 ) {
     let socket = match Acceptor::new(socket) {
         Ok(socket) => socket,
@@ -560,22 +565,37 @@ async fn accept_loop(
         }
     };
     // Made once and kept registered, rather than a pair of waiters made and dropped for
-    // every connection.
+    // every connection; polled on the first wake-up that finds the backlog empty and then on
+    // every 64th, with the flags set before either token fires read in between (see
+    // `shutdown::registering`).
     let mut stopping = std::pin::pin!(async {
         tokio::select! {
             () = services.shutdown.drained() => {}
-            () = stop.cancelled() => {}
+            () = stop.token().cancelled() => {}
         }
     });
+    let mut wakeups = 0;
     loop {
         // Accepting first: the stop is looked at whenever the backlog is empty, and a
-        // backlog that never empties still yields to it (tokio's task budget makes `accept`
-        // return pending after 128 connections in a row).
-        let accepted = tokio::select! {
-            biased;
-            accepted = socket.accept() => accepted,
-            () = &mut stopping => break,
-        };
+        // backlog that never empties still yields to it (tokio's task budget makes
+        // `poll_accept` return pending after 128 connections in a row).
+        let accepted = std::future::poll_fn(|cx| {
+            if let Poll::Ready(accepted) = socket.poll_accept(cx) {
+                return Poll::Ready(Some(accepted));
+            }
+            let stopped = if registering(&mut wakeups) {
+                stopping.as_mut().poll(cx).is_ready()
+            } else {
+                services.shutdown.is_draining() || stop.is_cancelled()
+            };
+            if stopped {
+                Poll::Ready(None)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        let Some(accepted) = accepted else { break };
         let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {

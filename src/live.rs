@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Protocol;
+use crate::metrics::{ConnHandles, ListenerHandles};
 
 /// Why the gateway closes a connection on purpose. Only the WebSocket relay turns it into a
 /// close code; a drain reaches every relay through `Shutdown` instead.
@@ -86,7 +87,8 @@ pub struct ConnCtx {
     /// peer is the client). Set once, before routing; unset when neither a PROXY header nor
     /// a backend's `send_proxy_protocol` needs it.
     reached: OnceLock<(Option<SocketAddr>, SocketAddr)>,
-    pub started: SystemTime,
+    /// When the connection was accepted. The wall-clock time of it is worked out from this
+    /// when asked for (one clock read fewer per connection).
     pub started_at: Instant,
     info: Mutex<ConnInfo>,
     pub bytes_client_to_backend: AtomicU64,
@@ -104,7 +106,13 @@ pub struct ConnCtx {
     close_requested: AtomicBool,
     /// A shed has picked this connection and will close it; another shed passes it over.
     shed_picked: AtomicBool,
+    /// Its listener's connection metrics, resolved once per protocol (see
+    /// [`ConnCtx::with_metrics`]); without them, each start and end looks its labels up.
+    handles: Option<Arc<ListenerHandles>>,
 }
+
+// Protocols index the listener's handles.
+const _: () = assert!((Protocol::Udp as usize) < crate::metrics::PROTOCOL_SLOTS);
 
 impl ConnCtx {
     pub fn new(id: u64, listener: Arc<str>, peer: Peer, cancel: CancellationToken) -> Self {
@@ -113,7 +121,6 @@ impl ConnCtx {
             listener,
             peer,
             reached: OnceLock::new(),
-            started: SystemTime::now(),
             started_at: Instant::now(),
             info: Mutex::new(ConnInfo::default()),
             bytes_client_to_backend: AtomicU64::new(0),
@@ -124,6 +131,27 @@ impl ConnCtx {
             close_reason: AtomicU8::new(CloseReason::Operator as u8),
             close_requested: AtomicBool::new(false),
             shed_picked: AtomicBool::new(false),
+            handles: None,
+        }
+    }
+
+    /// Counts the connection in its listener's cached metric handles (a listener snapshot's)
+    /// rather than looking up its labels at start and end.
+    pub fn with_metrics(mut self, handles: Arc<ListenerHandles>) -> Self {
+        self.handles = Some(handles);
+        self
+    }
+
+    /// Runs `f` with the connection metrics of its listener and `protocol`.
+    fn conn_handles(
+        &self,
+        protocol: Protocol,
+        metrics: &crate::metrics::Metrics,
+        f: impl FnOnce(&ConnHandles),
+    ) {
+        match &self.handles {
+            Some(cached) => f(cached.get(metrics, protocol as usize, protocol.as_str())),
+            None => f(&metrics.conn_handles(&self.listener, protocol.as_str())),
         }
     }
 
@@ -232,6 +260,7 @@ impl ConnCtx {
                 self.messages_backend_to_client.load(Ordering::Relaxed),
             )
         });
+        let elapsed = self.started_at.elapsed();
         ConnSummary {
             id: self.id,
             listener: self.listener.clone(),
@@ -243,12 +272,14 @@ impl ConnCtx {
             route: info.route,
             backend: info.backend,
             server: info.server,
-            started: self.started,
+            started: SystemTime::now()
+                .checked_sub(elapsed)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
             bytes_client_to_backend: self.bytes_client_to_backend.load(Ordering::Relaxed),
             bytes_backend_to_client: self.bytes_backend_to_client.load(Ordering::Relaxed),
             messages_client_to_backend: messages.map(|m| m.0),
             messages_backend_to_client: messages.map(|m| m.1),
-            duration_ms: self.started_at.elapsed().as_secs_f64() * 1000.0,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
         }
     }
 }
@@ -464,9 +495,10 @@ impl ConnCtx {
             }
             info.protocol = Some(protocol);
         }
-        let labels = [&*self.listener, protocol.as_str()];
-        metrics.connections_total.with_label_values(&labels).inc();
-        metrics.connections_active.with_label_values(&labels).inc();
+        self.conn_handles(protocol, metrics, |h| {
+            h.total.inc();
+            h.active.inc();
+        });
     }
 
     /// Undoes `set_protocol`'s gauge and records the lifetime; once, when the connection ends.
@@ -474,12 +506,10 @@ impl ConnCtx {
         let Some(protocol) = self.info().protocol else {
             return;
         };
-        let labels = [&*self.listener, protocol.as_str()];
-        metrics.connections_active.with_label_values(&labels).dec();
-        metrics
-            .connection_duration_seconds
-            .with_label_values(&labels)
-            .observe(self.started_at.elapsed().as_secs_f64());
+        self.conn_handles(protocol, metrics, |h| {
+            h.active.dec();
+            h.duration.observe(self.started_at.elapsed().as_secs_f64());
+        });
     }
 }
 

@@ -5,9 +5,11 @@
 //! Hot-path counters are resolved to their labelled child once per connection
 //! ([`RouteCounters`]), so relaying a chunk costs an atomic add, not a label lookup.
 
+use std::sync::{Arc, OnceLock};
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -270,6 +272,17 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 
+    /// The connection metrics of one listener and protocol, resolved (see [`ListenerHandles`]
+    /// for the cached ones).
+    pub fn conn_handles(&self, listener: &str, protocol: &str) -> ConnHandles {
+        let labels = [listener, protocol];
+        ConnHandles {
+            total: self.connections_total.with_label_values(&labels),
+            active: self.connections_active.with_label_values(&labels),
+            duration: self.connection_duration_seconds.with_label_values(&labels),
+        }
+    }
+
     /// Byte counters for one listener/route/backend, resolved once.
     pub fn route_counters(&self, listener: &str, route: &str, backend: &str) -> RouteCounters {
         RouteCounters {
@@ -295,9 +308,81 @@ impl Default for Metrics {
     }
 }
 
+/// `sockgate_connections_total`, `_active` and `sockgate_connection_duration_seconds` for one
+/// listener and protocol.
+pub struct ConnHandles {
+    pub total: IntCounter,
+    pub active: IntGauge,
+    pub duration: Histogram,
+}
+
+/// Protocols a [`ListenerHandles`] has room for, indexed by the caller.
+pub const PROTOCOL_SLOTS: usize = 8;
+
+/// One listener's [`ConnHandles`] by protocol, each resolved when its first connection
+/// needs it: a connection's start and end then take no label lookups. A listener's snapshot
+/// holds one, so a reload starts a new one (under the same labels).
+pub struct ListenerHandles {
+    listener: Arc<str>,
+    by_protocol: [OnceLock<ConnHandles>; PROTOCOL_SLOTS],
+}
+
+impl std::fmt::Debug for ListenerHandles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerHandles")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ListenerHandles {
+    pub fn new(listener: Arc<str>) -> Self {
+        ListenerHandles {
+            listener,
+            by_protocol: Default::default(),
+        }
+    }
+
+    /// The handles of the protocol in `slot` (below [`PROTOCOL_SLOTS`]), labelled `protocol`.
+    pub fn get(&self, metrics: &Metrics, slot: usize, protocol: &str) -> &ConnHandles {
+        self.by_protocol[slot].get_or_init(|| metrics.conn_handles(&self.listener, protocol))
+    }
+}
+
 /// `sockgate_bytes_total` children for one route, per direction.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct RouteCounters {
     pub client_to_backend: IntCounter,
     pub backend_to_client: IntCounter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_connection_handles_count_in_the_same_series_as_lookups() {
+        let metrics = Metrics::new();
+        let cached = ListenerHandles::new("edge".into());
+        let h = cached.get(&metrics, 2, "tcp");
+        h.total.inc();
+        h.active.inc();
+        h.duration.observe(0.5);
+        // The slot is resolved once: a second get is the same children.
+        cached.get(&metrics, 2, "tcp").total.inc();
+        let looked_up = metrics.conn_handles("edge", "tcp");
+        assert_eq!(looked_up.total.get(), 2);
+        assert_eq!(looked_up.active.get(), 1);
+        assert_eq!(looked_up.duration.get_sample_count(), 1);
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"sockgate_connections_total{listener="edge",protocol="tcp"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"sockgate_connections_active{listener="edge",protocol="tcp"} 1"#));
+        // Another protocol's slot is its own series.
+        cached.get(&metrics, 1, "http").total.inc();
+        assert_eq!(metrics.conn_handles("edge", "http").total.get(), 1);
+        assert_eq!(looked_up.total.get(), 2);
+    }
 }

@@ -2,10 +2,11 @@
 //! order wins; a route's absent keys match anything.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::config::{Defaults, Protocol, RouteConfig, UdpSessions, WebSocketLimits};
+use crate::metrics::{Metrics, RouteCounters};
 use crate::upstream::Pool;
 
 /// One route, with its backend pool resolved.
@@ -25,6 +26,9 @@ pub struct Route {
     pub websocket: WebSocketLimits,
     /// UDP routes: session idle timeout and limit.
     pub sessions: UdpSessions,
+    /// Its byte counters, resolved by the first connection that relays (see
+    /// [`Route::counters`]).
+    counters: OnceLock<RouteCounters>,
 }
 
 /// What is known about a connection or request when it is routed.
@@ -55,7 +59,15 @@ impl Route {
             client_cert: config.client_cert,
             websocket: config.websocket.clone(),
             sessions: config.sessions,
+            counters: OnceLock::new(),
         }
+    }
+
+    /// The route's `sockgate_bytes_total` children, looked up once for the route's life
+    /// (a route belongs to one listener, `listener`).
+    pub fn counters(&self, metrics: &Metrics, listener: &str) -> &RouteCounters {
+        self.counters
+            .get_or_init(|| metrics.route_counters(listener, &self.name, &self.backend.name))
     }
 
     pub fn matches(&self, q: &RouteQuery<'_>) -> bool {
@@ -192,6 +204,21 @@ mod tests {
             .clone()
     }
 
+    #[test]
+    fn a_routes_counters_are_its_listener_route_and_backend_series_resolved_once() {
+        let metrics = Metrics::new();
+        let r = route(0, ((0, 0, 0, 1), 0), &pool());
+        r.counters(&metrics, "edge").client_to_backend.inc_by(5);
+        r.counters(&metrics, "edge").backend_to_client.inc_by(7);
+        let series = metrics.route_counters("edge", "r0", "b");
+        assert_eq!(series.client_to_backend.get(), 5);
+        assert_eq!(series.backend_to_client.get(), 7);
+        assert!(std::ptr::eq(
+            r.counters(&metrics, "edge"),
+            r.counters(&metrics, "edge")
+        ));
+    }
+
     const HOSTS: [Option<&str>; 4] = [None, Some("a.test"), Some("b.test"), Some("c.test")];
     const SNIS: [Option<&str>; 3] = [None, Some("a.test"), Some("x.test")];
     const PATHS: [Option<&str>; 3] = [None, Some("/"), Some("/chat")];
@@ -222,6 +249,7 @@ mod tests {
             client_cert: CLIENT_CERTS[client_cert],
             websocket: WebSocketLimits::default(),
             sessions: Default::default(),
+            counters: OnceLock::new(),
         })
     }
 

@@ -45,6 +45,8 @@ pub struct ListenerSnap {
     pub max_new_connections_per_ip: Option<Rate>,
     /// Carries the client certificate's subject to HTTP and WebSocket backends.
     pub client_cert_header: Option<http::HeaderName>,
+    /// This listener's connection metrics, resolved once per protocol.
+    pub conn_metrics: Arc<crate::metrics::ListenerHandles>,
 }
 
 impl ListenerSnap {
@@ -150,10 +152,12 @@ impl Snapshot {
                     },
                 )?),
             };
+            let name: Arc<str> = l.name.as_str().into();
             listeners.insert(
                 l.name.clone(),
                 Arc::new(ListenerSnap {
-                    name: l.name.as_str().into(),
+                    conn_metrics: Arc::new(crate::metrics::ListenerHandles::new(name.clone())),
+                    name,
                     udp: l.udp,
                     tls,
                     detect: !routes.all_tcp(),

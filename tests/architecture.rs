@@ -48,6 +48,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "listener",
         &[
             "conn", "services", "snapshot", "limits", "handoff", "live", "io", "workers", "config",
+            "shutdown",
         ],
     ),
     // The pipeline: calls every stage in order and maps their errors and ends.
@@ -101,7 +102,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("detect", &["io"]),
     // The server name in a TLS ClientHello, for passthrough routes: a pure parser.
     ("client_hello", &[]),
-    ("route", &["upstream", "config"]),
+    ("route", &["upstream", "config", "metrics"]),
     // Backend TLS builds its client configurations with the crypto provider `certs` holds.
     ("upstream", &["config", "metrics", "io", "error", "certs"]),
     // A relay knows its two streams, its counters and limits, and the drain signal.

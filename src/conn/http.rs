@@ -598,11 +598,11 @@ impl HttpConn {
     fn attribute(&self, route: &Arc<Route>) {
         self.ctx.set_route(&route.name, &route.backend.name);
         let mut flushed = self.flushed.lock().unwrap_or_else(|p| p.into_inner());
-        flushed.counters = Some(self.services.metrics.route_counters(
-            &self.ctx.listener,
-            &route.name,
-            &route.backend.name,
-        ));
+        flushed.counters = Some(
+            route
+                .counters(&self.services.metrics, &self.ctx.listener)
+                .clone(),
+        );
     }
 
     /// Adds the bytes counted since the last flush to the current route's counters. Before

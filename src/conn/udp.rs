@@ -245,7 +245,7 @@ impl Listening {
             services.live.next_id(),
             self.name.clone(),
             Peer::Ip(client),
-            services.shutdown.stop_token().child_token(),
+            services.shutdown.conn_token(),
         ));
         ctx.set_protocol(Protocol::Udp, &services.metrics);
         ctx.set_route(&route.name, &route.backend.name);

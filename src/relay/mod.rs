@@ -14,16 +14,7 @@ use std::task::Context;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-/// Whether this wake-up of a relay registers its waker with the tokens that can end it.
-/// Polling a token's future takes its lock (twice: the state, then the waiter list), and a
-/// relay runs on every wake-up, so it does so on every 64th and reads plain flags, set
-/// before the tokens fire, in between (see [`fired`]). That is enough while the task's waker
-/// stays the same, which it does within one task.
-pub fn registering(wakeups: &mut u32) -> bool {
-    let register = wakeups.is_multiple_of(64);
-    *wakeups = wakeups.wrapping_add(1);
-    register
-}
+pub use crate::shutdown::registering;
 
 /// Whether a token has fired: its future polled on a [`registering`] wake-up, `flag` (true
 /// once the token has fired) read on the others.

@@ -247,8 +247,9 @@ pub async fn relay(
     let mut first_eof = None;
     let mut cancelled = pin!(cancel.cancelled());
     let mut wakeups = 0;
-    let mut idle = pin!(tokio::time::sleep(idle_timeout));
+    // One clock read for both.
     let mut last_progress = Instant::now();
+    let mut idle = pin!(tokio::time::sleep_until(last_progress + idle_timeout));
 
     poll_fn(|cx| {
         if cancel.poll(cancelled.as_mut(), &mut wakeups, cx) {

@@ -403,7 +403,9 @@ impl Pool {
         affinity: Affinity,
         opening: Opening,
     ) -> Result<(BackendStream, Lease), ConnectError> {
-        let deadline = Instant::now() + self.connect_timeout;
+        // The first attempt starts at once: the clock is read again only for a retry.
+        let mut now = Instant::now();
+        let deadline = now + self.connect_timeout;
         // Allocated only once an attempt fails.
         let mut tried: Vec<usize> = Vec::new();
         let mut last_error = None;
@@ -411,7 +413,10 @@ impl Pool {
         // from other connections (which would send every one of them to a dead server).
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
         while let Some(index) = self.pick(affinity, turn, &tried) {
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            if !tried.is_empty() {
+                now = Instant::now();
+            }
+            let remaining = deadline.saturating_duration_since(now);
             if remaining.is_zero() {
                 break;
             }
@@ -420,7 +425,7 @@ impl Pool {
             // Counted from the pick, so concurrent picks see each other.
             let lease = Lease::new(&self.servers, index);
             let server = &self.servers.list[index];
-            match self.connect_one(index, budget, opening).await {
+            match self.connect_one(index, now, budget, opening).await {
                 Ok(stream) => {
                     server.reached();
                     return Ok((stream, lease));
@@ -601,17 +606,17 @@ impl Pool {
         }
     }
 
-    /// One attempt on server `index` within `timeout`: the connect, the PROXY header the
-    /// servers expect (in plaintext before TLS, as HAProxy sends it), then the TLS
-    /// handshake if the backend has `tls`.
+    /// One attempt on server `index`, started at `started`, within `timeout`: the connect,
+    /// the PROXY header the servers expect (in plaintext before TLS, as HAProxy sends it),
+    /// then the TLS handshake if the backend has `tls`.
     async fn connect_one(
         &self,
         index: usize,
+        started: Instant,
         timeout: Duration,
         opening: Opening,
     ) -> Result<BackendStream, ConnectError> {
         let server = &self.servers.list[index];
-        let started = Instant::now();
         let io_error = |source| ConnectError::Io {
             server: server.address.clone(),
             source,
@@ -648,7 +653,8 @@ impl Pool {
                     }),
             }
         };
-        let stream = match tokio::time::timeout(timeout, attempt).await {
+        let deadline = tokio::time::Instant::from_std(started + timeout);
+        let stream = match tokio::time::timeout_at(deadline, attempt).await {
             Err(_) => {
                 return Err(ConnectError::Timeout {
                     server: server.address.clone(),

@@ -433,11 +433,11 @@ impl H2Conn {
         let http = &self.http;
         http.ctx.set_route(&route.name, &route.backend.name);
         let mut flushed = self.flushed.lock().unwrap_or_else(|p| p.into_inner());
-        flushed.counters = Some(http.services.metrics.route_counters(
-            &http.ctx.listener,
-            &route.name,
-            &route.backend.name,
-        ));
+        flushed.counters = Some(
+            route
+                .counters(&http.services.metrics, &http.ctx.listener)
+                .clone(),
+        );
     }
 
     /// Adds the bytes that crossed the client connection since the last flush, less what
