@@ -180,15 +180,12 @@ pub fn serve(
     async move {
         // The TLS configuration comes from the snapshot in force at accept; the route is
         // picked on the one in force when detection is done (see `pipeline`).
-        let ctx = Arc::new(
-            ConnCtx::new(
-                services.live.next_id(),
-                lsnap.name.clone(),
-                peer,
-                services.shutdown.conn_token(),
-            )
-            .with_metrics(lsnap.conn_metrics.clone()),
-        );
+        let ctx = Arc::new(ConnCtx::new(
+            services.live.next_id(),
+            lsnap.conn_metrics.clone(),
+            peer,
+            services.shutdown.conn_token(),
+        ));
         services.live.insert(ctx.clone());
         let span = tracing::info_span!(
             "conn",
@@ -950,7 +947,12 @@ servers = ["127.0.0.1:9"]
         let peer = Peer::Ip("127.0.0.1:40000".parse().unwrap());
         let ctx = Arc::new(ConnCtx::new(
             services.live.next_id(),
-            "edge".into(),
+            services
+                .snapshot()
+                .listener("edge")
+                .unwrap()
+                .conn_metrics
+                .clone(),
             peer,
             services.shutdown.stop_token().child_token(),
         ));

@@ -106,19 +106,25 @@ pub struct ConnCtx {
     close_requested: AtomicBool,
     /// A shed has picked this connection and will close it; another shed passes it over.
     shed_picked: AtomicBool,
-    /// Its listener's connection metrics, resolved once per protocol (see
-    /// [`ConnCtx::with_metrics`]); without them, each start and end looks its labels up.
-    handles: Option<Arc<ListenerHandles>>,
+    /// Its listener's connection metrics, resolved once per protocol (a listener
+    /// snapshot's): a connection's start and end look no labels up.
+    handles: Arc<ListenerHandles>,
 }
 
 // Protocols index the listener's handles.
 const _: () = assert!((Protocol::Udp as usize) < crate::metrics::PROTOCOL_SLOTS);
 
 impl ConnCtx {
-    pub fn new(id: u64, listener: Arc<str>, peer: Peer, cancel: CancellationToken) -> Self {
+    /// `listener`: the connection metrics of its listener, which carry its name.
+    pub fn new(
+        id: u64,
+        listener: Arc<ListenerHandles>,
+        peer: Peer,
+        cancel: CancellationToken,
+    ) -> Self {
         ConnCtx {
             id,
-            listener,
+            listener: listener.listener().clone(),
             peer,
             reached: OnceLock::new(),
             started_at: Instant::now(),
@@ -131,28 +137,14 @@ impl ConnCtx {
             close_reason: AtomicU8::new(CloseReason::Operator as u8),
             close_requested: AtomicBool::new(false),
             shed_picked: AtomicBool::new(false),
-            handles: None,
+            handles: listener,
         }
     }
 
-    /// Counts the connection in its listener's cached metric handles (a listener snapshot's)
-    /// rather than looking up its labels at start and end.
-    pub fn with_metrics(mut self, handles: Arc<ListenerHandles>) -> Self {
-        self.handles = Some(handles);
-        self
-    }
-
-    /// Runs `f` with the connection metrics of its listener and `protocol`.
-    fn conn_handles(
-        &self,
-        protocol: Protocol,
-        metrics: &crate::metrics::Metrics,
-        f: impl FnOnce(&ConnHandles),
-    ) {
-        match &self.handles {
-            Some(cached) => f(cached.get(metrics, protocol as usize, protocol.as_str())),
-            None => f(&metrics.conn_handles(&self.listener, protocol.as_str())),
-        }
+    /// The connection metrics of its listener and `protocol`.
+    fn conn_handles(&self, protocol: Protocol, metrics: &crate::metrics::Metrics) -> &ConnHandles {
+        self.handles
+            .get(metrics, protocol as usize, protocol.as_str())
     }
 
     /// The client: the address a PROXY header carried, else the socket's peer.
@@ -495,10 +487,9 @@ impl ConnCtx {
             }
             info.protocol = Some(protocol);
         }
-        self.conn_handles(protocol, metrics, |h| {
-            h.total.inc();
-            h.active.inc();
-        });
+        let h = self.conn_handles(protocol, metrics);
+        h.total.inc();
+        h.active.inc();
     }
 
     /// Undoes `set_protocol`'s gauge and records the lifetime; once, when the connection ends.
@@ -506,10 +497,9 @@ impl ConnCtx {
         let Some(protocol) = self.info().protocol else {
             return;
         };
-        self.conn_handles(protocol, metrics, |h| {
-            h.active.dec();
-            h.duration.observe(self.started_at.elapsed().as_secs_f64());
-        });
+        let h = self.conn_handles(protocol, metrics);
+        h.active.dec();
+        h.duration.observe(self.started_at.elapsed().as_secs_f64());
     }
 }
 

@@ -343,6 +343,10 @@ impl ListenerHandles {
         }
     }
 
+    pub fn listener(&self) -> &Arc<str> {
+        &self.listener
+    }
+
     /// The handles of the protocol in `slot` (below [`PROTOCOL_SLOTS`]), labelled `protocol`.
     pub fn get(&self, metrics: &Metrics, slot: usize, protocol: &str) -> &ConnHandles {
         self.by_protocol[slot].get_or_init(|| metrics.conn_handles(&self.listener, protocol))

@@ -153,7 +153,7 @@ mod tests {
             .map(|id| {
                 Arc::new(ConnCtx::new(
                     id,
-                    "edge".into(),
+                    Arc::new(crate::metrics::ListenerHandles::new("edge".into())),
                     crate::live::Peer::Ip("127.0.0.1:1".parse().expect("addr")),
                     tokio_util::sync::CancellationToken::new(),
                 ))

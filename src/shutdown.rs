@@ -12,24 +12,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Each token comes with a flag set before it fires (see [`Stop`]): every worker asks both on
+/// every wake-up, and a token's own `is_cancelled` takes its lock, which made it a shared hot
+/// spot; a flag is a load.
 #[derive(Clone, Debug)]
 pub struct Shutdown {
-    drain: CancellationToken,
-    stop: CancellationToken,
+    drain: Stop,
+    stop: Stop,
     /// Children of `stop` that connections' tokens hang from, one per thread (see
     /// [`Shutdown::conn_token`]).
     conn_parents: Arc<[CancellationToken]>,
     tracker: TaskTracker,
-    /// The tokens' states as plain flags, set before each token fires. A token's own
-    /// `is_cancelled` takes its lock, and every worker asking the same two tokens on every
-    /// wake-up made that lock a shared hot spot; a flag is a load.
-    flags: Arc<Flags>,
-}
-
-#[derive(Debug, Default)]
-struct Flags {
-    draining: AtomicBool,
-    stopped: AtomicBool,
 }
 
 /// Parents for connections' tokens: more than the workers of any machine this runs on
@@ -38,13 +31,14 @@ const CONN_PARENTS: usize = 16;
 
 impl Default for Shutdown {
     fn default() -> Self {
-        let stop = CancellationToken::new();
+        let stop = Stop::new();
         Shutdown {
-            drain: CancellationToken::new(),
-            conn_parents: (0..CONN_PARENTS).map(|_| stop.child_token()).collect(),
+            drain: Stop::new(),
+            conn_parents: (0..CONN_PARENTS)
+                .map(|_| stop.token.child_token())
+                .collect(),
             stop,
             tracker: TaskTracker::new(),
-            flags: Arc::default(),
         }
     }
 }
@@ -67,41 +61,41 @@ impl Shutdown {
     }
 
     pub fn drain(&self) {
-        self.flags.draining.store(true, Ordering::Release);
         self.drain.cancel();
     }
 
     pub fn stop(&self) {
-        self.flags.draining.store(true, Ordering::Release);
-        self.flags.stopped.store(true, Ordering::Release);
-        self.drain.cancel();
-        self.stop.cancel();
+        // Both flags before either token: a task the drain wakes already sees the stop.
+        self.drain.fired.store(true, Ordering::Release);
+        self.stop.fired.store(true, Ordering::Release);
+        self.drain.token.cancel();
+        self.stop.token.cancel();
     }
 
     pub fn is_draining(&self) -> bool {
-        self.flags.draining.load(Ordering::Acquire)
+        self.drain.is_cancelled()
     }
 
     pub fn is_stopped(&self) -> bool {
-        self.flags.stopped.load(Ordering::Acquire)
+        self.stop.is_cancelled()
     }
 
     /// Fires with [`Shutdown::drain`]; do not cancel it directly (the flag would not follow).
     pub fn drain_token(&self) -> &CancellationToken {
-        &self.drain
+        self.drain.token()
     }
 
     /// Fires with [`Shutdown::stop`]; do not cancel it directly (the flag would not follow).
     pub fn stop_token(&self) -> &CancellationToken {
-        &self.stop
+        self.stop.token()
     }
 
     pub async fn drained(&self) {
-        self.drain.cancelled().await
+        self.drain.token.cancelled().await
     }
 
     pub async fn stopped(&self) {
-        self.stop.cancelled().await
+        self.stop.token.cancelled().await
     }
 
     /// Spawns a task that `wait` waits for.
@@ -139,7 +133,8 @@ impl Shutdown {
 }
 
 /// A token with a flag set before it fires, for a loop that looks at it on every wake-up:
-/// the flag is a load where the token's own `is_cancelled` takes its lock.
+/// the flag is a load where the token's own `is_cancelled` takes its lock. Shutdown's drain
+/// and stop are two; a listener's accept loops have one.
 #[derive(Clone, Debug, Default)]
 pub struct Stop {
     token: CancellationToken,

@@ -243,7 +243,7 @@ impl Listening {
         };
         let ctx = Arc::new(ConnCtx::new(
             services.live.next_id(),
-            self.name.clone(),
+            listener.conn_metrics.clone(),
             Peer::Ip(client),
             services.shutdown.conn_token(),
         ));

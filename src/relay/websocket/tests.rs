@@ -173,7 +173,7 @@ fn session(limits: WebSocketLimits) -> Session {
 fn ctx() -> ConnCtx {
     ConnCtx::new(
         1,
-        "l".into(),
+        Arc::new(crate::metrics::ListenerHandles::new("l".into())),
         crate::live::Peer::Ip(std::net::SocketAddr::from(([127, 0, 0, 1], 1))),
         CancellationToken::new(),
     )
