@@ -103,8 +103,11 @@ struct Listening {
     services: Arc<Services>,
     limits: SessionLimits,
     sessions: Sessions,
-    /// `sockgate_udp_dropped_total` for a new source no server could take.
+    /// `sockgate_udp_dropped_total` for a new source no server could take, and for a
+    /// datagram that found the server's or the client's send buffer full.
     no_server: IntCounter,
+    backend_busy: IntCounter,
+    client_busy: IntCounter,
 }
 
 /// Receives on one listening socket until the listener is removed (`stop`) or a drain
@@ -124,11 +127,16 @@ pub async fn serve(
             return;
         }
     };
-    let listening = Listening {
-        no_server: services
+    let dropped = |reason: &str| {
+        services
             .metrics
             .udp_dropped_total
-            .with_label_values(&[&name, "no_server"]),
+            .with_label_values(&[&name, reason])
+    };
+    let listening = Listening {
+        no_server: dropped("no_server"),
+        backend_busy: dropped("backend_busy"),
+        client_busy: dropped("client_busy"),
         socket,
         name,
         services,
@@ -252,22 +260,17 @@ impl Listening {
         ctx.set_server(lease.address());
         let metrics = &services.metrics;
         let labels = |direction: &'static str| [&*self.name, &*route.name, direction];
-        let dropped = |reason: &str| {
-            metrics
-                .udp_dropped_total
-                .with_label_values(&[&*self.name, reason])
-        };
         let entry = Arc::new(Entry {
             session: Session::new(backend, client),
-            counters: metrics.route_counters(&self.name, &route.name, &route.backend.name),
+            counters: route.counters(metrics, &self.name).clone(),
             datagrams_up: metrics
                 .udp_datagrams_total
                 .with_label_values(&labels("client_to_backend")),
             datagrams_down: metrics
                 .udp_datagrams_total
                 .with_label_values(&labels("backend_to_client")),
-            dropped_up: dropped("backend_busy"),
-            dropped_down: dropped("client_busy"),
+            dropped_up: self.backend_busy.clone(),
+            dropped_down: self.client_busy.clone(),
             ctx,
             route,
             lease,
