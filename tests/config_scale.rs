@@ -71,3 +71,61 @@ fn twenty_thousand_routes_cost_about_ten_times_two_thousand() {
         "config handling grew faster than the config: 2,000 routes took {small:?}, 20,000 took {large:?} ({ratio:.1}×; linear is about 10×)"
     );
 }
+
+/// `n` backends that each draw a warning (`verify = false`) and, with `errors`, an error too
+/// (weight 0): positions in the file are worked out for every one of them.
+fn reported_text(n: usize, errors: bool) -> String {
+    let mut text = String::from(
+        "[[listener]]\nname = \"edge\"\nlisten = \"127.0.0.1:0\"\n\n  [[listener.route]]\n  name = \"r\"\n  backend = \"b0\"\n\n",
+    );
+    let weight = if errors { 0 } else { 1 };
+    for i in 0..n {
+        writeln!(
+            text,
+            "[[backend]]\nname = \"b{i}\"\nservers = [{{ address = \"127.0.0.1:{}\", weight = {weight} }}]\ntls = {{ verify = false }}\n",
+            1024 + i % 60_000
+        )
+        .unwrap();
+    }
+    text
+}
+
+/// The fastest of three checks of `text`, which may fail.
+fn fastest_check(text: &str) -> Duration {
+    let dir = tempfile::tempdir().unwrap();
+    (0..3)
+        .map(|_| {
+            let started = thread_cpu();
+            let checked = sockgate::config::from_str(text, Path::new("sockgate.toml"), dir.path());
+            let took = thread_cpu() - started;
+            drop(checked);
+            took
+        })
+        .min()
+        .unwrap()
+}
+
+#[test]
+fn ten_thousand_warnings_and_errors_cost_about_ten_times_a_thousand() {
+    for errors in [false, true] {
+        let small_text = reported_text(1_000, errors);
+        let large_text = reported_text(10_000, errors);
+        if errors {
+            let e =
+                sockgate::config::from_str(&large_text, Path::new("sockgate.toml"), Path::new("."))
+                    .unwrap_err();
+            assert!(e.0.len() >= 10_000, "{} errors", e.0.len());
+            let last = e.0.last().unwrap();
+            // The last backend's weight is on its `servers` line, the third from the end.
+            assert_eq!(last.line, large_text.lines().count() - 2, "{last}");
+        }
+        let small = fastest_check(&small_text);
+        let large = fastest_check(&large_text);
+        let ratio = large.as_secs_f64() / small.as_secs_f64();
+        println!("errors {errors}: 1,000 backends: {small:?}; 10,000: {large:?}; ratio {ratio:.1}");
+        assert!(
+            ratio < 15.0,
+            "reporting grew faster than the config (errors: {errors}): 1,000 backends took {small:?}, 10,000 took {large:?} ({ratio:.1}×; linear is about 10×)"
+        );
+    }
+}

@@ -59,6 +59,10 @@ impl std::error::Error for ConfigErrors {}
 pub(super) struct Report<'a> {
     text: &'a str,
     file: &'a Path,
+    /// Where each line starts, built by the first position asked for: a config of 10,000
+    /// SNI entries can warn 10,000 times, and each position is then a binary search instead
+    /// of a walk from the top of the file.
+    lines: std::cell::OnceCell<Lines>,
     /// With the byte offset they were reported at, to sort them into file order.
     errors: Vec<(usize, ConfigError)>,
     /// Accepted but worth telling: never fail a check.
@@ -70,6 +74,7 @@ impl<'a> Report<'a> {
         Report {
             text,
             file,
+            lines: std::cell::OnceCell::new(),
             errors: Vec::new(),
             warnings: Vec::new(),
         }
@@ -92,7 +97,7 @@ impl<'a> Report<'a> {
 
     /// A warning at `span`: `message` is printed after `warning: `; checking goes on.
     pub(super) fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
-        let (line, col) = line_col(self.text, span.start);
+        let (line, col) = self.line_col(span.start);
         let warning = ConfigError {
             file: self.file.to_owned(),
             line,
@@ -112,7 +117,7 @@ impl<'a> Report<'a> {
 
     /// A span rendered as `LINE:COL`, for hints that point at another place in the file.
     pub(super) fn position(&self, span: &Range<usize>) -> String {
-        let (line, col) = line_col(self.text, span.start);
+        let (line, col) = self.line_col(span.start);
         format!("{line}:{col}")
     }
 
@@ -133,8 +138,14 @@ impl<'a> Report<'a> {
         }
     }
 
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        self.lines
+            .get_or_init(|| Lines::new(self.text))
+            .line_col(self.text, offset)
+    }
+
     fn push(&mut self, offset: usize, message: String, hint: Option<String>) {
-        let (line, col) = line_col(self.text, offset);
+        let (line, col) = self.line_col(offset);
         let error = ConfigError {
             file: self.file.to_owned(),
             line,
@@ -146,21 +157,61 @@ impl<'a> Report<'a> {
     }
 }
 
-/// 1-based line and character column of a byte offset; offsets past the end (a parser
-/// error at end of file) land just after the last character.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut line = 1;
-    let mut col = 1;
-    for (i, c) in text.char_indices() {
-        if i >= offset {
-            break;
+/// The byte offsets at which a text's lines start.
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn new(text: &str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Lines(starts)
+    }
+
+    /// 1-based line and character column of a byte offset; offsets past the end (a parser
+    /// error at end of file) land just after the last character, and an offset inside a
+    /// character counts as that character.
+    fn line_col(&self, text: &str, offset: usize) -> (usize, usize) {
+        let offset = offset.min(text.len());
+        // The last line starting at or before the offset.
+        let index = self.0.partition_point(|&start| start <= offset) - 1;
+        let start = self.0[index];
+        let col = text[start..]
+            .char_indices()
+            .take_while(|(i, _)| start + i < offset)
+            .count();
+        (index + 1, col + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Lines;
+    use proptest::prelude::*;
+
+    /// Character by character from the top of the file: what `Lines` must agree with.
+    fn walked(text: &str, offset: usize) -> (usize, usize) {
+        let (mut line, mut col) = (1, 1);
+        for (i, c) in text.char_indices() {
+            if i >= offset {
+                break;
+            }
+            if c == '\n' {
+                (line, col) = (line + 1, 1);
+            } else {
+                col += 1;
+            }
         }
-        if c == '\n' {
-            line += 1;
-            col = 1;
-        } else {
-            col += 1;
+        (line, col)
+    }
+
+    proptest! {
+        #[test]
+        fn positions_match_a_walk_from_the_top(text in "[a\\n\\r=é日\"]{0,40}") {
+            let lines = Lines::new(&text);
+            for offset in 0..=text.len() + 2 {
+                prop_assert_eq!(lines.line_col(&text, offset), walked(&text, offset), "offset {}", offset);
+            }
         }
     }
-    (line, col)
 }
