@@ -142,6 +142,9 @@ impl Gateway {
     async fn reload(&self, config: Config) -> Result<(), ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
         let result = self.apply(config).await;
+        // The parse tree and, unless connections still hold it, the old snapshot are freed
+        // by now.
+        release_freed_memory();
         let label = if result.is_ok() { "ok" } else { "error" };
         self.services
             .metrics
@@ -442,6 +445,22 @@ pub struct Handle {
     admin_socket: Option<(SocketAddr, handoff::Copies)>,
 }
 
+/// Hands the allocator's free pages back to the kernel, off the calling thread. glibc keeps
+/// what a config load frees (the TOML parse tree, an old snapshot after a reload) resident
+/// for later allocations. At 100,000 routes that is about half of the process's RSS. Each
+/// load and reload is followed by one trim; connections never cause one.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    std::thread::spawn(|| {
+        #[allow(unsafe_code)]
+        // SAFETY: malloc_trim takes no pointers; it works on the allocator's own state,
+        // under the allocator's locks, as malloc and free do.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    });
+}
+
 /// Binds every listener and the admin endpoint, then starts accepting on the current
 /// runtime.
 pub async fn start(config: Config) -> Result<Handle, StartError> {
@@ -479,6 +498,7 @@ pub async fn start_adopting(
         .set(i64::try_from(max_connections).unwrap_or(i64::MAX));
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
     let snapshot = Arc::new(Snapshot::build(config, &metrics)?);
+    release_freed_memory();
 
     let mut pending = Vec::new();
     for l in &snapshot.config.listeners {
