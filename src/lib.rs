@@ -451,14 +451,22 @@ pub struct Handle {
 /// load and reload is followed by one trim; connections never cause one.
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    std::thread::spawn(|| {
-        #[allow(unsafe_code)]
-        // SAFETY: malloc_trim takes no pointers; it works on the allocator's own state,
-        // under the allocator's locks, as malloc and free do.
-        unsafe {
-            libc::malloc_trim(0);
+    {
+        let trim = std::thread::Builder::new()
+            .name("sockgate-trim".into())
+            .spawn(|| {
+                #[allow(unsafe_code)]
+                // SAFETY: malloc_trim takes no pointers; it works on the allocator's own
+                // state, under the allocator's locks, as malloc and free do.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            });
+        // Without a thread to spare, the pages stay with the allocator, as before.
+        if let Err(e) = trim {
+            tracing::debug!(error = %e, "no thread to hand freed memory back on");
         }
-    });
+    }
 }
 
 /// Binds every listener and the admin endpoint, then starts accepting on the current
