@@ -1,6 +1,7 @@
-//! Certificate watching: every `cert`/`key` file of the config in force is looked at once a
-//! [`POLL`], and a pair whose files changed and then held still is re-read, checked and
-//! handed to the gateway to put in force, without SIGHUP. A control-plane task owned by the
+//! Certificate watching: every `cert`/`key` file of the config in force (listeners' pairs
+//! and the client certificates of backends' `tls`) and every backend's `ca` bundle is looked
+//! at once a [`POLL`], and a pair or bundle whose files changed and then held still is
+//! re-read, checked and handed to the gateway to put in force, without SIGHUP. A control-plane task owned by the
 //! gateway; no connection sees it.
 //!
 //! Polling rather than inotify (`notify`): Kubernetes updates a Secret volume by creating a
@@ -21,8 +22,8 @@ use std::time::{Duration, SystemTime};
 use rustls::sign::CertifiedKey;
 use tokio_util::sync::CancellationToken;
 
-use crate::certs;
-use crate::config::Config;
+use crate::certs::{self, CaBundle};
+use crate::config::{BackendVerify, CertPair, ClientCert, Config};
 use crate::error::error_chain;
 use crate::metrics::Metrics;
 
@@ -38,9 +39,10 @@ pub trait Target: Send + Sync + 'static {
     /// The config in force now: its pairs are the ones watched.
     fn config(&self) -> Arc<Config>;
     fn metrics(&self) -> &Metrics;
-    /// Puts re-read pairs in force for new TLS handshakes, serialized with reloads; pairs
-    /// the config in force no longer names are skipped. Open connections keep theirs.
-    fn apply(&self, loaded: Vec<Loaded>) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// Puts re-read pairs and bundles in force for new TLS handshakes, serialized with
+    /// reloads; those the config in force no longer names are skipped. Open connections
+    /// keep theirs.
+    fn apply(&self, changed: Changed) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
 /// A pair re-read from disk and checked: the key matches the certificate.
@@ -51,7 +53,39 @@ pub struct Loaded {
     pub certified: Arc<CertifiedKey>,
 }
 
-/// Watches the pairs of `target`'s config in force until `stop` fires.
+/// A backend's `ca` bundle re-read from disk, with other certificates than the one in force.
+#[derive(Debug, Clone)]
+pub struct LoadedBundle {
+    pub path: PathBuf,
+    pub bundle: CaBundle,
+}
+
+/// What one look found changed and loadable.
+#[derive(Debug, Default)]
+pub struct Changed {
+    pub pairs: Vec<Loaded>,
+    pub bundles: Vec<LoadedBundle>,
+}
+
+impl Changed {
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty() && self.bundles.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.pairs.len() + self.bundles.len()
+    }
+
+    fn files(&self) -> Vec<String> {
+        self.pairs
+            .iter()
+            .map(|l| l.cert.display().to_string())
+            .chain(self.bundles.iter().map(|b| b.path.display().to_string()))
+            .collect()
+    }
+}
+
+/// Watches the pairs and bundles of `target`'s config in force until `stop` fires.
 pub async fn run<T: Target>(target: Arc<T>, stop: CancellationToken) {
     let metrics = target.metrics();
     for result in ["ok", "error"] {
@@ -93,16 +127,12 @@ pub async fn run<T: Target>(target: Arc<T>, stop: CancellationToken) {
                 .with_label_values(&["error"])
                 .inc_by(outcome.failed);
         }
-        if outcome.loaded.is_empty() {
+        if outcome.changed.is_empty() {
             continue;
         }
-        let pairs = outcome.loaded.len() as u64;
-        let names: Vec<String> = outcome
-            .loaded
-            .iter()
-            .map(|l| l.cert.display().to_string())
-            .collect();
-        let result = match target.apply(outcome.loaded).await {
+        let pairs = outcome.changed.len() as u64;
+        let names = outcome.changed.files();
+        let result = match target.apply(outcome.changed).await {
             Ok(()) => {
                 tracing::info!(certificates = ?names, "certificates changed on disk are in force for new TLS handshakes");
                 "ok"
@@ -119,26 +149,47 @@ pub async fn run<T: Target>(target: Arc<T>, stop: CancellationToken) {
     }
 }
 
-/// The config with every pair in `loaded` (matched by its cert and key paths) replaced;
-/// `None` when it names none of them (a reload took them away meanwhile).
-pub fn replace(config: &Config, loaded: &[Loaded]) -> Option<Config> {
+/// The config with every pair and bundle of `changed` (matched by its paths) replaced, and
+/// whether a backend's changed (its connections need new TLS client settings); `None` when
+/// it names none of them (a reload took them away meanwhile).
+pub fn replace(config: &Config, changed: &Changed) -> Option<(Config, bool)> {
     let mut config = config.clone();
     let mut replaced = false;
+    let pair_of = |pair: &CertPair| {
+        changed
+            .pairs
+            .iter()
+            .find(|n| n.cert == pair.cert && n.key == pair.key)
+            .map(|n| n.certified.clone())
+    };
     for l in &mut config.listeners {
         let Some(tls) = &mut l.tls else { continue };
         let pairs =
             std::iter::once(&mut tls.default).chain(tls.sni.iter_mut().map(|s| &mut s.pair));
         for pair in pairs {
-            if let Some(new) = loaded
-                .iter()
-                .find(|n| n.cert == pair.cert && n.key == pair.key)
-            {
-                pair.certified = new.certified.clone();
+            if let Some(certified) = pair_of(pair) {
+                pair.certified = certified;
                 replaced = true;
             }
         }
     }
-    replaced.then_some(config)
+    let mut backends = false;
+    for b in &mut config.backends {
+        let Some(tls) = &mut b.tls else { continue };
+        if let Some(ClientCert(pair)) = &mut tls.client_cert
+            && let Some(certified) = pair_of(pair)
+        {
+            pair.certified = certified;
+            backends = true;
+        }
+        if let BackendVerify::Ca { path, bundle } = &mut tls.verify
+            && let Some(new) = changed.bundles.iter().find(|n| n.path == *path)
+        {
+            *bundle = new.bundle.clone();
+            backends = true;
+        }
+    }
+    (replaced || backends).then_some((config, backends))
 }
 
 /// Sets `sockgate_certificate_expiry_seconds` to the notAfter of every leaf certificate
@@ -216,9 +267,10 @@ pub struct Watch {
 /// One poll's result.
 #[derive(Debug, Default)]
 pub struct Outcome {
-    /// Pairs re-read and checked, to put in force.
-    pub loaded: Vec<Loaded>,
-    /// Pairs that changed but cannot be used (logged); re-read only when they change again.
+    /// Pairs and bundles re-read and checked, to put in force.
+    pub changed: Changed,
+    /// Pairs and bundles that changed but cannot be used (logged); re-read only when they
+    /// change again.
     pub failed: u64,
 }
 
@@ -231,7 +283,12 @@ impl Watch {
     /// already in force is no change.
     pub fn poll(&mut self, config: &Config) -> Outcome {
         let pairs = pairs(config);
-        let wanted: HashSet<&PathBuf> = pairs.iter().flat_map(|(c, k, _)| [c, k]).collect();
+        let bundles = bundles(config);
+        let wanted: HashSet<&PathBuf> = pairs
+            .iter()
+            .flat_map(|(c, k, _)| [c, k])
+            .chain(bundles.iter().map(|(path, _)| path))
+            .collect();
         self.files.retain(|path, _| wanted.contains(path));
         let mut changed = HashSet::new();
         let mut unsettled = HashSet::new();
@@ -263,7 +320,7 @@ impl Watch {
             }
             match certs::load_cert_pair(&cert, &key) {
                 Ok(certified) if certified.cert == in_force.cert => {}
-                Ok(certified) => outcome.loaded.push(Loaded {
+                Ok(certified) => outcome.changed.pairs.push(Loaded {
                     cert: cert.clone(),
                     key: key.clone(),
                     certified,
@@ -279,8 +336,25 @@ impl Watch {
                 }
             }
         }
-        // Whatever happened, these files are settled: a bad pair is not retried until it
-        // changes again.
+        for (path, in_force) in bundles {
+            if !changed.contains(&path) {
+                continue;
+            }
+            match certs::load_ca_bundle(&path) {
+                Ok(bundle) if bundle == in_force => {}
+                Ok(bundle) => outcome.changed.bundles.push(LoadedBundle { path, bundle }),
+                Err(e) => {
+                    tracing::warn!(
+                        ca = %path.display(),
+                        error = %error_chain(&e),
+                        "CA bundle changed on disk but cannot be used; the one in force stays until the file changes again"
+                    );
+                    outcome.failed += 1;
+                }
+            }
+        }
+        // Whatever happened, these files are settled: a bad pair or bundle is not retried
+        // until it changes again.
         for path in changed.difference(&waiting) {
             if let Some(state) = self.files.get_mut(path)
                 && let Some(seen) = state.pending.take()
@@ -292,21 +366,42 @@ impl Watch {
     }
 }
 
-/// Every (cert, key) pair of the config's listeners, once each, with what is in force.
+/// Every (cert, key) pair of the config's listeners and backends, once each, with what is
+/// in force.
 fn pairs(config: &Config) -> Vec<(PathBuf, PathBuf, Arc<CertifiedKey>)> {
     let mut pairs: Vec<(PathBuf, PathBuf, Arc<CertifiedKey>)> = Vec::new();
-    for l in &config.listeners {
-        let Some(tls) = &l.tls else { continue };
-        for pair in std::iter::once(&tls.default).chain(tls.sni.iter().map(|s| &s.pair)) {
-            if !pairs
-                .iter()
-                .any(|(c, k, _)| *c == pair.cert && *k == pair.key)
-            {
-                pairs.push((pair.cert.clone(), pair.key.clone(), pair.certified.clone()));
-            }
+    let listeners = config
+        .listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref())
+        .flat_map(|tls| std::iter::once(&tls.default).chain(tls.sni.iter().map(|s| &s.pair)));
+    let backends = config
+        .backends
+        .iter()
+        .filter_map(|b| b.tls.as_ref()?.client_cert.as_ref())
+        .map(|ClientCert(pair)| pair);
+    for pair in listeners.chain(backends) {
+        if !pairs
+            .iter()
+            .any(|(c, k, _)| *c == pair.cert && *k == pair.key)
+        {
+            pairs.push((pair.cert.clone(), pair.key.clone(), pair.certified.clone()));
         }
     }
     pairs
+}
+
+/// Every backend `ca` bundle of the config, once each, with what is in force.
+fn bundles(config: &Config) -> Vec<(PathBuf, CaBundle)> {
+    let mut bundles: Vec<(PathBuf, CaBundle)> = Vec::new();
+    for b in &config.backends {
+        if let Some(BackendVerify::Ca { path, bundle }) = b.tls.as_ref().map(|t| &t.verify)
+            && !bundles.iter().any(|(p, _)| p == path)
+        {
+            bundles.push((path.clone(), bundle.clone()));
+        }
+    }
+    bundles
 }
 
 #[cfg(test)]

@@ -145,6 +145,9 @@ impl Gateway {
         // The parse tree and, unless connections still hold it, the old snapshot are freed
         // by now.
         release_freed_memory();
+        if result.is_ok() {
+            tracing::info!("config reloaded");
+        }
         let label = if result.is_ok() { "ok" } else { "error" };
         self.services
             .metrics
@@ -322,7 +325,6 @@ impl Gateway {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(bound.0, bound.1);
         }
-        tracing::info!("config reloaded");
         Ok(())
     }
 }
@@ -373,7 +375,7 @@ impl Gateway {
 /// read, serialized with reloads, but only the TLS configurations change: no listener is
 /// rebound and no connection closed.
 impl certwatch::Target for Gateway {
-    type Error = SnapshotError;
+    type Error = ReloadError;
 
     fn config(&self) -> Arc<Config> {
         self.snapshot().config.clone()
@@ -383,13 +385,24 @@ impl certwatch::Target for Gateway {
         &self.services.metrics
     }
 
-    async fn apply(&self, loaded: Vec<certwatch::Loaded>) -> Result<(), SnapshotError> {
+    async fn apply(&self, changed: certwatch::Changed) -> Result<(), ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
         let old = self.snapshot();
-        if let Some(config) = certwatch::replace(&old.config, &loaded) {
-            let snapshot = Arc::new(old.with_certificates(config)?);
-            self.services.publish(snapshot.clone());
-            certwatch::export_expiry(&self.services.metrics, &snapshot.config);
+        match certwatch::replace(&old.config, &changed) {
+            None => {}
+            // A backend's TLS client settings are part of its server state: the snapshot is
+            // built again as a reload that re-reads these files builds it. That backend gets
+            // new server state, whose health checks use the new settings; every other
+            // backend keeps its own, and open connections keep theirs.
+            Some((config, true)) => self.apply(config).await?,
+            Some((config, false)) => {
+                let snapshot = Arc::new(
+                    old.with_certificates(config)
+                        .map_err(|e| ReloadError::Start(e.into()))?,
+                );
+                self.services.publish(snapshot.clone());
+                certwatch::export_expiry(&self.services.metrics, &snapshot.config);
+            }
         }
         Ok(())
     }

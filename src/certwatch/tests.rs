@@ -36,7 +36,7 @@ servers = ["127.0.0.1:9"]
 fn start(watch: &mut Watch, config: &Config) {
     for _ in 0..2 {
         let outcome = watch.poll(config);
-        assert!(outcome.loaded.is_empty());
+        assert!(outcome.changed.pairs.is_empty());
         assert_eq!(outcome.failed, 0);
     }
 }
@@ -55,7 +55,7 @@ fn an_unchanged_pair_is_never_reread() {
     let mut watch = Watch::default();
     for _ in 0..3 {
         let outcome = watch.poll(&config);
-        assert!(outcome.loaded.is_empty());
+        assert!(outcome.changed.pairs.is_empty());
         assert_eq!(outcome.failed, 0);
     }
 }
@@ -73,17 +73,17 @@ fn a_rewritten_pair_is_read_once_it_held_still_for_one_poll() {
     let (c2, k2) = pair("b.test");
     write(&dir.path().join("tls.crt"), &c2);
     // The key is not written yet: the certificate moved this poll, so the pair waits.
-    assert!(watch.poll(&config).loaded.is_empty());
+    assert!(watch.poll(&config).changed.pairs.is_empty());
     write(&dir.path().join("tls.key"), &k2);
     // The key moved now: still waiting.
-    assert!(watch.poll(&config).loaded.is_empty());
+    assert!(watch.poll(&config).changed.pairs.is_empty());
     let outcome = watch.poll(&config);
     assert_eq!(outcome.failed, 0);
-    assert_eq!(outcome.loaded.len(), 1);
+    assert_eq!(outcome.changed.pairs.len(), 1);
     let expected = crate::certs::cert_pair_from_pem(&c2, &k2).expect("pair");
-    assert_eq!(leaf(&outcome.loaded[0].certified), leaf(&expected));
+    assert_eq!(leaf(&outcome.changed.pairs[0].certified), leaf(&expected));
     // Put in force: nothing more until the next change.
-    assert!(watch.poll(&config).loaded.is_empty());
+    assert!(watch.poll(&config).changed.pairs.is_empty());
 }
 
 #[test]
@@ -97,11 +97,11 @@ fn files_changed_between_the_config_read_and_the_first_look_are_a_change() {
     write(&dir.path().join("tls.crt"), &c2);
     write(&dir.path().join("tls.key"), &k2);
     let mut watch = Watch::default();
-    assert!(watch.poll(&config).loaded.is_empty());
+    assert!(watch.poll(&config).changed.pairs.is_empty());
     let outcome = watch.poll(&config);
-    assert_eq!(outcome.loaded.len(), 1);
+    assert_eq!(outcome.changed.pairs.len(), 1);
     let expected = crate::certs::cert_pair_from_pem(&c2, &k2).expect("pair");
-    assert_eq!(leaf(&outcome.loaded[0].certified), leaf(&expected));
+    assert_eq!(leaf(&outcome.changed.pairs[0].certified), leaf(&expected));
 }
 
 #[test]
@@ -116,20 +116,20 @@ fn a_bad_pair_is_counted_once_and_read_again_when_it_changes() {
 
     let (other_cert, other_key) = pair("b.test");
     write(&dir.path().join("tls.key"), &other_key);
-    assert!(watch.poll(&config).loaded.is_empty());
+    assert!(watch.poll(&config).changed.pairs.is_empty());
     let outcome = watch.poll(&config);
-    assert!(outcome.loaded.is_empty());
+    assert!(outcome.changed.pairs.is_empty());
     assert_eq!(outcome.failed, 1, "the key does not match the certificate");
     for _ in 0..3 {
         let outcome = watch.poll(&config);
         assert_eq!(outcome.failed, 0, "not retried while unchanged");
-        assert!(outcome.loaded.is_empty());
+        assert!(outcome.changed.pairs.is_empty());
     }
     // The certificate that goes with the new key arrives: a good pair.
     write(&dir.path().join("tls.crt"), &other_cert);
     watch.poll(&config);
     let outcome = watch.poll(&config);
-    assert_eq!((outcome.loaded.len(), outcome.failed), (1, 0));
+    assert_eq!((outcome.changed.pairs.len(), outcome.failed), (1, 0));
 }
 
 #[test]
@@ -148,7 +148,7 @@ fn a_missing_file_is_a_failed_change_and_its_return_no_change() {
     write(&dir.path().join("tls.crt"), &c);
     watch.poll(&config);
     let outcome = watch.poll(&config);
-    assert_eq!((outcome.loaded.len(), outcome.failed), (0, 0));
+    assert_eq!((outcome.changed.pairs.len(), outcome.failed), (0, 0));
 }
 
 #[test]
@@ -172,11 +172,11 @@ fn a_symlink_swap_of_the_data_directory_is_a_change() {
     write(&root.join("..2026_b/tls.key"), &k2);
     std::os::unix::fs::symlink("..2026_b", root.join("..data_tmp")).expect("symlink");
     std::fs::rename(root.join("..data_tmp"), root.join("..data")).expect("rename");
-    assert!(watch.poll(&config).loaded.is_empty());
+    assert!(watch.poll(&config).changed.pairs.is_empty());
     let outcome = watch.poll(&config);
-    assert_eq!(outcome.loaded.len(), 1);
+    assert_eq!(outcome.changed.pairs.len(), 1);
     let expected = crate::certs::cert_pair_from_pem(&c2, &k2).expect("pair");
-    assert_eq!(leaf(&outcome.loaded[0].certified), leaf(&expected));
+    assert_eq!(leaf(&outcome.changed.pairs[0].certified), leaf(&expected));
 }
 
 #[test]
@@ -193,13 +193,18 @@ fn replace_swaps_only_the_pairs_read() {
         key: dir.path().join("other.key"),
         certified: certified.clone(),
     };
-    assert!(replace(&config, std::slice::from_ref(&elsewhere)).is_none());
+    let only = |pairs: Vec<Loaded>| Changed {
+        pairs,
+        bundles: Vec::new(),
+    };
+    assert!(replace(&config, &only(vec![elsewhere.clone()])).is_none());
     let here = Loaded {
         cert: dir.path().join("tls.crt"),
         key: dir.path().join("tls.key"),
         certified: certified.clone(),
     };
-    let replaced = replace(&config, &[elsewhere, here]).expect("replaced");
+    let (replaced, backends) = replace(&config, &only(vec![elsewhere, here])).expect("replaced");
+    assert!(!backends, "a listener's pair is no backend change");
     let tls = replaced.listeners[0].tls.as_ref().expect("tls");
     assert_eq!(leaf(&tls.default.certified), leaf(&certified));
 }
@@ -219,4 +224,85 @@ fn expiry_is_the_leaf_not_after() {
         .with_label_values(&["edge", "default"])
         .get();
     assert_eq!(value, 67_090_118_400);
+}
+
+/// A plain listener, and a backend re-encrypting toward its server with `ca` and a client
+/// certificate.
+fn backend_config(dir: &Path) -> Config {
+    let text = r#"
+[[listener]]
+name = "edge"
+listen = "127.0.0.1:0"
+  [[listener.route]]
+  name = "all"
+  backend = "secure"
+
+[[backend]]
+name = "secure"
+servers = ["127.0.0.1:9"]
+tls = { ca = "ca.crt", cert = "client.crt", key = "client.key", sni = "b.test" }
+"#;
+    crate::config::from_str(text, &dir.join("sockgate.toml"), dir).expect("test config")
+}
+
+#[test]
+fn a_backends_client_pair_and_ca_bundle_are_watched_and_replaced() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (ca, _) = pair("ca.test");
+    let (c, k) = pair("gateway.test");
+    write(&dir.path().join("ca.crt"), &ca);
+    write(&dir.path().join("client.crt"), &c);
+    write(&dir.path().join("client.key"), &k);
+    let config = backend_config(dir.path());
+    let mut watch = Watch::default();
+    for _ in 0..2 {
+        let outcome = watch.poll(&config);
+        assert!(outcome.changed.is_empty(), "{outcome:?}");
+        assert_eq!(outcome.failed, 0);
+    }
+
+    let (ca2, _) = pair("ca2.test");
+    let (c2, k2) = pair("gateway2.test");
+    write(&dir.path().join("ca.crt"), &ca2);
+    write(&dir.path().join("client.crt"), &c2);
+    write(&dir.path().join("client.key"), &k2);
+    assert!(watch.poll(&config).changed.is_empty(), "still moving");
+    let outcome = watch.poll(&config);
+    assert_eq!(outcome.failed, 0);
+    assert_eq!(outcome.changed.pairs.len(), 1);
+    assert_eq!(outcome.changed.bundles.len(), 1);
+    assert_eq!(outcome.changed.bundles[0].path, dir.path().join("ca.crt"));
+
+    let (replaced, backends) = replace(&config, &outcome.changed).expect("replaced");
+    assert!(backends);
+    let tls = replaced.backends[0].tls.as_ref().expect("tls");
+    let expected = crate::certs::cert_pair_from_pem(&c2, &k2).expect("pair");
+    let ClientCert(pair) = tls.client_cert.as_ref().expect("client cert");
+    assert_eq!(leaf(&pair.certified), leaf(&expected));
+    let BackendVerify::Ca { bundle, .. } = &tls.verify else {
+        panic!("verify is on")
+    };
+    assert_eq!(bundle, &outcome.changed.bundles[0].bundle);
+    assert_ne!(
+        Some(bundle),
+        match &config.backends[0].tls.as_ref().expect("tls").verify {
+            BackendVerify::Ca { bundle, .. } => Some(bundle),
+            BackendVerify::Off => None,
+        },
+        "the bundle in force before was another"
+    );
+    // In force from here: nothing more until the next change.
+    assert!(watch.poll(&replaced).changed.is_empty());
+
+    // A bundle that cannot be read is counted once and leaves the one in force.
+    write(&dir.path().join("ca.crt"), "not a certificate");
+    assert!(watch.poll(&replaced).changed.is_empty());
+    let outcome = watch.poll(&replaced);
+    assert!(outcome.changed.is_empty());
+    assert_eq!(outcome.failed, 1);
+    assert_eq!(
+        watch.poll(&replaced).failed,
+        0,
+        "not retried while unchanged"
+    );
 }

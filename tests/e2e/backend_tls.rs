@@ -607,3 +607,98 @@ async fn a_reload_picks_up_a_changed_ca_bundle() {
     .await
     .unwrap();
 }
+
+/// GETs `path` through `edge` until the answer is `status`, for up to 10 s: the certificate
+/// watcher looks once a second and applies a change once it held still for a look.
+async fn until_status(gw: &Gateway, path: &str, status: u16) -> (u16, String) {
+    let mut last = (0, String::new());
+    for _ in 0..100 {
+        last = http_get(gw.addr("edge"), path).await;
+        if last.0 == status {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    last
+}
+
+#[tokio::test]
+async fn a_ca_bundle_rewritten_on_disk_is_in_force_without_a_reload() {
+    tokio::time::timeout(LIMIT, async {
+        let good = certgen::dev_pki(certgen::DEV_NAMES).unwrap();
+        let other = certgen::dev_pki(certgen::DEV_NAMES).unwrap();
+        let backend = tls_backend(&good.server, Serve::Http, None).await;
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "backend-ca.crt", &other.ca.cert);
+        let gw = Gateway::start(
+            dir.path(),
+            &config(
+                "http",
+                &[backend.addr],
+                r#"tls = { ca = "backend-ca.crt" }"#,
+            ),
+        )
+        .await;
+        assert_eq!(http_get(gw.addr("edge"), "/before").await.0, 502);
+
+        // The CA that did issue the server's certificate, at the same path; no reload.
+        write(dir.path(), "backend-ca.crt", &good.ca.cert);
+        let (status, body) = until_status(&gw, "/after", 200).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(backend.handshakes.load(Ordering::SeqCst) >= 1);
+        let m = gw.metrics().await;
+        assert_eq!(
+            m.get("sockgate_certificate_reloads_total", &[("result", "ok")]),
+            1.0
+        );
+        assert_eq!(
+            m.get("sockgate_config_reloads_total", &[("result", "ok")]),
+            0.0,
+            "a watched file is no config reload"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_client_certificate_rewritten_on_disk_is_presented_without_a_reload() {
+    tokio::time::timeout(LIMIT, async {
+        let server = certgen::dev_pki(certgen::DEV_NAMES).unwrap();
+        // The backend trusts only `trusted`'s CA; the gateway starts with a certificate
+        // from another.
+        let untrusted = certgen::dev_pki(&["gateway.internal"]).unwrap();
+        let trusted = certgen::dev_pki(&["gateway.internal"]).unwrap();
+        let mut backend = tls_backend(&server.server, Serve::Http, Some(&trusted.ca.cert)).await;
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "backend-ca.crt", &server.ca.cert);
+        write(dir.path(), "gateway.crt", &untrusted.server.cert);
+        write(dir.path(), "gateway.key", &untrusted.server.key);
+        let gw = Gateway::start(
+            dir.path(),
+            &config(
+                "http",
+                &[backend.addr],
+                r#"tls = { ca = "backend-ca.crt", cert = "gateway.crt", key = "gateway.key" }"#,
+            ),
+        )
+        .await;
+        assert_eq!(http_get(gw.addr("edge"), "/before").await.0, 502);
+        assert_eq!(backend.handshakes.load(Ordering::SeqCst), 0);
+
+        write(dir.path(), "gateway.crt", &trusted.server.cert);
+        write(dir.path(), "gateway.key", &trusted.server.key);
+        let (status, body) = until_status(&gw, "/after", 200).await;
+        assert_eq!(status, 200, "{body}");
+        let saw = backend.saw.recv().await.unwrap();
+        assert!(saw.client_cert, "the backend got the new certificate");
+        assert_eq!(
+            gw.metrics()
+                .await
+                .get("sockgate_certificate_reloads_total", &[("result", "ok")]),
+            1.0
+        );
+    })
+    .await
+    .unwrap();
+}
