@@ -1,6 +1,6 @@
 //! Certificate watching: every `cert`/`key` file of the config in force (listeners' pairs
-//! and the client certificates of backends' `tls`) and every backend's `ca` bundle is looked
-//! at once a [`POLL`], and a pair or bundle whose files changed and then held still is
+//! and the client certificates of backends' `tls`) and every CA bundle (listeners'
+//! `client_auth`, backends' `ca`) is looked at once a [`POLL`], and a pair or bundle whose files changed and then held still is
 //! re-read, checked and handed to the gateway to put in force, without SIGHUP. A control-plane task owned by the
 //! gateway; no connection sees it.
 //!
@@ -53,7 +53,8 @@ pub struct Loaded {
     pub certified: Arc<CertifiedKey>,
 }
 
-/// A backend's `ca` bundle re-read from disk, with other certificates than the one in force.
+/// A CA bundle (a listener's `client_auth`, a backend's `ca`) re-read from disk, with other
+/// certificates than the one in force.
 #[derive(Debug, Clone)]
 pub struct LoadedBundle {
     pub path: PathBuf,
@@ -171,6 +172,12 @@ pub fn replace(config: &Config, changed: &Changed) -> Option<(Config, bool)> {
                 pair.certified = certified;
                 replaced = true;
             }
+        }
+        if let Some(auth) = &mut tls.client_auth
+            && let Some(new) = changed.bundles.iter().find(|n| n.path == auth.ca)
+        {
+            auth.bundle = new.bundle.clone();
+            replaced = true;
         }
     }
     let mut backends = false;
@@ -391,13 +398,24 @@ fn pairs(config: &Config) -> Vec<(PathBuf, PathBuf, Arc<CertifiedKey>)> {
     pairs
 }
 
-/// Every backend `ca` bundle of the config, once each, with what is in force.
+/// Every CA bundle of the config (listeners' `client_auth` and backends' `ca`), once each,
+/// with what is in force.
 fn bundles(config: &Config) -> Vec<(PathBuf, CaBundle)> {
+    let listeners = config
+        .listeners
+        .iter()
+        .filter_map(|l| l.tls.as_ref()?.client_auth.as_ref())
+        .map(|auth| (&auth.ca, &auth.bundle));
+    let backends = config
+        .backends
+        .iter()
+        .filter_map(|b| match &b.tls.as_ref()?.verify {
+            BackendVerify::Ca { path, bundle } => Some((path, bundle)),
+            BackendVerify::Off => None,
+        });
     let mut bundles: Vec<(PathBuf, CaBundle)> = Vec::new();
-    for b in &config.backends {
-        if let Some(BackendVerify::Ca { path, bundle }) = b.tls.as_ref().map(|t| &t.verify)
-            && !bundles.iter().any(|(p, _)| p == path)
-        {
+    for (path, bundle) in listeners.chain(backends) {
+        if !bundles.iter().any(|(p, _)| p == path) {
             bundles.push((path.clone(), bundle.clone()));
         }
     }

@@ -281,13 +281,14 @@ pub struct TlsConfig {
     pub client_auth: Option<ClientAuth>,
 }
 
-/// `client_auth = { ca, mode }`: the CA bundle is read once per config load.
+/// `client_auth = { ca, mode }`: the CA bundle is read once per config load, and again when
+/// the file changes (see `certwatch`).
 #[derive(Debug, Clone)]
 pub struct ClientAuth {
     pub ca: PathBuf,
     pub mode: ClientAuthMode,
     /// The certificates of `ca`, at least one.
-    pub roots: Arc<rustls::RootCertStore>,
+    pub bundle: CaBundle,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1926,7 +1926,7 @@ route = [{ name = "private", client_cert = true, protocol = "tcp", backend = "ch
     let auth = edge.tls.as_ref().unwrap().client_auth.as_ref().unwrap();
     assert_eq!(auth.mode, ClientAuthMode::Request);
     assert!(auth.ca.ends_with("certs/clients-ca.crt"));
-    assert_eq!(auth.roots.len(), 1);
+    assert_eq!(auth.bundle.roots.len(), 1);
     let wants: Vec<_> = edge.routes.iter().map(|r| r.client_cert).collect();
     assert_eq!(wants, [Some(true), Some(false), None]);
     // `mode` defaults to "require".

@@ -860,8 +860,8 @@ impl Validator<'_, '_> {
             r#""clients-ca.crt""#,
         )?;
         let path = self.base_dir.join(ca.get_ref());
-        let roots = match certs::load_ca_bundle(&path) {
-            Ok(bundle) => Some(bundle.roots),
+        let bundle = match certs::load_ca_bundle(&path) {
+            Ok(bundle) => Some(bundle),
             Err(error) => {
                 let hint = match &error {
                     CaLoadError::Read { .. } | CaLoadError::Empty { .. } => {
@@ -885,7 +885,7 @@ impl Validator<'_, '_> {
         Some(ClientAuth {
             ca: path,
             mode: mode?,
-            roots: roots?,
+            bundle: bundle?,
         })
     }
 

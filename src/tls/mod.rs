@@ -97,7 +97,7 @@ pub fn server_config(
         None => builder.with_no_client_auth(),
         Some(auth) => {
             let verifier =
-                WebPkiClientVerifier::builder_with_provider(auth.roots.clone(), provider);
+                WebPkiClientVerifier::builder_with_provider(auth.bundle.roots.clone(), provider);
             let verifier = match auth.mode {
                 ClientAuthMode::Require => verifier,
                 ClientAuthMode::Request => verifier.allow_unauthenticated(),

@@ -1,6 +1,6 @@
 //! Client certificates on TLS listeners: `client_auth` in "require" and "request" mode,
 //! routes on `client_cert`, the subject passed to HTTP and WebSocket backends in
-//! `client_cert_header` (a client's own copy stripped), and a reload that changes the CA.
+//! `client_cert_header` (a client's own copy stripped), and a CA changed by a reload or on disk.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -571,6 +571,52 @@ async fn a_reload_puts_a_changed_client_ca_in_force() {
     assert!(body.contains("no PEM certificate found in"), "{body}");
     let tls = connect(strict, client_tls(&s.pki, Some(next.client()), alpn)).await;
     assert_eq!(forged_get(tls).await.0, 200);
+}
+
+/// The gateway answers a request over a connection with `config` (true), or refuses the
+/// client's certificate (false).
+async fn answers(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> bool {
+    let mut tls = connect(addr, config).await;
+    let _ = tls
+        .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(LIMIT, tls.read(&mut buf))
+        .await
+        .expect("the gateway answers within 10s");
+    matches!(read, Ok(n) if n > 0)
+}
+
+#[tokio::test]
+async fn a_client_ca_rewritten_on_disk_is_in_force_without_a_reload() {
+    let s = setup().await;
+    let strict = s.gw.addr("strict");
+    let alpn: &[&[u8]] = &[b"http/1.1"];
+    let next = ClientCa::new("next clients CA");
+    assert!(!answers(strict, client_tls(&s.pki, Some(next.client()), alpn)).await);
+
+    crate::certgen::write_file(&s.pki.path().join("clients-ca.crt"), &next.pem).unwrap();
+    // The watcher looks once a second and applies a file that held still for a look.
+    let mut in_force = false;
+    for _ in 0..100 {
+        if answers(strict, client_tls(&s.pki, Some(next.client()), alpn)).await {
+            in_force = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(in_force, "the new CA was not in force within 10 s");
+    let alert = refused_with(strict, client_tls(&s.pki, Some(s.ca.client()), alpn)).await;
+    assert_eq!(alert, AlertDescription::UnknownCA);
+    let m = s.gw.metrics().await;
+    assert_eq!(
+        m.get("sockgate_certificate_reloads_total", &[("result", "ok")]),
+        1.0
+    );
+    assert_eq!(
+        m.get("sockgate_config_reloads_total", &[("result", "ok")]),
+        0.0
+    );
 }
 
 #[tokio::test]
