@@ -1,8 +1,9 @@
 //! Certificate watching: every `cert`/`key` file of the config in force (listeners' pairs
 //! and the client certificates of backends' `tls`) and every CA bundle (listeners'
-//! `client_auth`, backends' `ca`) is looked at once a [`POLL`], and a pair or bundle whose files changed and then held still is
-//! re-read, checked and handed to the gateway to put in force, without SIGHUP. A control-plane task owned by the
-//! gateway; no connection sees it.
+//! `client_auth`, backends' `ca`) is looked at once a [`POLL`], and a pair or bundle whose
+//! files changed and then held still is re-read, checked and handed to the gateway to put
+//! in force, without SIGHUP. A control-plane task owned by the gateway; no connection sees
+//! it.
 //!
 //! Polling rather than inotify (`notify`): Kubernetes updates a Secret volume by creating a
 //! new timestamped directory and renaming the `..data` symlink over the old one, so the
@@ -163,6 +164,13 @@ pub fn replace(config: &Config, changed: &Changed) -> Option<(Config, bool)> {
             .find(|n| n.cert == pair.cert && n.key == pair.key)
             .map(|n| n.certified.clone())
     };
+    let bundle_of = |path: &PathBuf| {
+        changed
+            .bundles
+            .iter()
+            .find(|n| n.path == *path)
+            .map(|n| n.bundle.clone())
+    };
     for l in &mut config.listeners {
         let Some(tls) = &mut l.tls else { continue };
         let pairs =
@@ -174,9 +182,9 @@ pub fn replace(config: &Config, changed: &Changed) -> Option<(Config, bool)> {
             }
         }
         if let Some(auth) = &mut tls.client_auth
-            && let Some(new) = changed.bundles.iter().find(|n| n.path == auth.ca)
+            && let Some(bundle) = bundle_of(&auth.ca)
         {
-            auth.bundle = new.bundle.clone();
+            auth.bundle = bundle;
             replaced = true;
         }
     }
@@ -190,9 +198,9 @@ pub fn replace(config: &Config, changed: &Changed) -> Option<(Config, bool)> {
             backends = true;
         }
         if let BackendVerify::Ca { path, bundle } = &mut tls.verify
-            && let Some(new) = changed.bundles.iter().find(|n| n.path == *path)
+            && let Some(new) = bundle_of(path)
         {
-            *bundle = new.bundle.clone();
+            *bundle = new;
             backends = true;
         }
     }

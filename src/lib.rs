@@ -141,7 +141,7 @@ impl Gateway {
     /// then swaps the snapshot in one store. On any error nothing changes.
     async fn reload(&self, config: Config) -> Result<(), ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
-        let result = self.apply(config).await;
+        let result = self.apply_config(config).await;
         // The parse tree and, unless connections still hold it, the old snapshot are freed
         // by now.
         release_freed_memory();
@@ -182,7 +182,7 @@ impl Gateway {
         }
     }
 
-    async fn apply(&self, config: Config) -> Result<(), ReloadError> {
+    async fn apply_config(&self, config: Config) -> Result<(), ReloadError> {
         let old = self.snapshot();
         if old.config.admin.as_ref().map(|a| a.listen) != config.admin.as_ref().map(|a| a.listen) {
             tracing::warn!(
@@ -371,9 +371,10 @@ impl Gateway {
     }
 }
 
-/// Certificates changed on disk are put in force the way a reload puts in force what it
-/// read, serialized with reloads, but only the TLS configurations change: no listener is
-/// rebound and no connection closed.
+/// Certificates and CA bundles changed on disk are put in force the way a reload puts in
+/// force what it read, serialized with reloads. A listener's change rebuilds only the TLS
+/// configurations; a backend's goes through the reload path, which rebuilds that backend's
+/// server state. No listener is rebound and no connection closed.
 impl certwatch::Target for Gateway {
     type Error = ReloadError;
 
@@ -394,7 +395,7 @@ impl certwatch::Target for Gateway {
             // built again as a reload that re-reads these files builds it. That backend gets
             // new server state, whose health checks use the new settings; every other
             // backend keeps its own, and open connections keep theirs.
-            Some((config, true)) => self.apply(config).await?,
+            Some((config, true)) => self.apply_config(config).await?,
             Some((config, false)) => {
                 let snapshot = Arc::new(
                     old.with_certificates(config)

@@ -114,17 +114,24 @@ async fn connect_as(
     .expect("the client's side of the handshake completes")
 }
 
-/// The alert the gateway refused the connection with, read where the client meets it.
-async fn refused_with(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> AlertDescription {
+/// A request over a connection with `config`, and the first read of the answer: bytes, or
+/// the refusal of the client's certificate.
+async fn first_read(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> std::io::Result<usize> {
     let mut tls = connect(addr, config).await;
     let _ = tls
         .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
         .await;
     let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(LIMIT, tls.read(&mut buf))
+    tokio::time::timeout(LIMIT, tls.read(&mut buf))
         .await
-        .expect("the gateway answers within 10s");
-    let error = read.expect_err("the gateway refuses the connection");
+        .expect("the gateway answers within 10s")
+}
+
+/// The alert the gateway refused the connection with, read where the client meets it.
+async fn refused_with(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> AlertDescription {
+    let error = first_read(addr, config)
+        .await
+        .expect_err("the gateway refuses the connection");
     match error
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
@@ -576,15 +583,7 @@ async fn a_reload_puts_a_changed_client_ca_in_force() {
 /// The gateway answers a request over a connection with `config` (true), or refuses the
 /// client's certificate (false).
 async fn answers(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> bool {
-    let mut tls = connect(addr, config).await;
-    let _ = tls
-        .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
-        .await;
-    let mut buf = [0u8; 64];
-    let read = tokio::time::timeout(LIMIT, tls.read(&mut buf))
-        .await
-        .expect("the gateway answers within 10s");
-    matches!(read, Ok(n) if n > 0)
+    matches!(first_read(addr, config).await, Ok(n) if n > 0)
 }
 
 #[tokio::test]
